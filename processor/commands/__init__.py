@@ -1,0 +1,1 @@
+"""One module per `recohop` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,114 @@
+"""The one interface every pipeline stage implements, and what a stage may use from the hop.
+
+A stage receives whole OTLP export requests (protobuf messages, never dicts) and returns what goes on.
+Stages run one at a time under the pipeline's lock, so a stage owns its state without locks of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry
+
+TracesRequest = ExportTraceServiceRequest
+MetricsRequest = ExportMetricsServiceRequest
+LogsRequest = ExportLogsServiceRequest
+
+
+@dataclass
+class Emitted:
+    """What a stage sends on outside of a request: timer flushes, shutdown flushes, derived metrics."""
+
+    traces: list[TracesRequest] = field(default_factory=list)
+    metrics: list[MetricsRequest] = field(default_factory=list)
+    logs: list[LogsRequest] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.traces or self.metrics or self.logs)
+
+    def extend(self, other: Emitted | None) -> None:
+        if other:
+            self.traces.extend(other.traces)
+            self.metrics.extend(other.metrics)
+            self.logs.extend(other.logs)
+
+
+class Backpressure(Exception):
+    """Raised by a stage that cannot take more data now; the receiver answers RESOURCE_EXHAUSTED."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Rejected(Exception):
+    """Raised by a stage for input it will never accept; the receiver answers INVALID_ARGUMENT."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+DecisionListener = Callable[[bytes, bool, str], None]
+
+
+class DecisionBus:
+    """Tail-sampling decisions, published to stages that need them (e.g. exemplars of kept traces only)."""
+
+    def __init__(self) -> None:
+        self._listeners: list[DecisionListener] = []
+
+    def subscribe(self, listener: DecisionListener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, trace_id: bytes, kept: bool, policy: str) -> None:
+        for listener in self._listeners:
+            listener(trace_id, kept, policy)
+
+
+@dataclass
+class StageContext:
+    """What the hop hands a stage when building it."""
+
+    registry: CollectorRegistry
+    decisions: DecisionBus = field(default_factory=DecisionBus)
+    config_file: Path = Path("<built-in default>")
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("recohop"))
+    clock: Callable[[], float] = time.monotonic
+    # Set by the hop when the stage config came from the zero-config default (e.g. throwaway HMAC key allowed).
+    builtin_default: bool = False
+
+
+class Stage:
+    """Base stage: passes everything on unchanged. Override only the signals the stage works on."""
+
+    name = "stage"
+    # False when the stage never changes the requests it passes on (lets the hop forward the original bytes).
+    mutates = True
+    # Seconds between `flush` calls; None: never called on a timer.
+    flush_interval: float | None = None
+
+    def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
+        return [request]
+
+    def on_metrics(self, request: MetricsRequest) -> list[MetricsRequest]:
+        return [request]
+
+    def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
+        return [request]
+
+    def flush(self, now: float) -> Emitted | None:
+        """Called every `flush_interval` seconds with `ctx.clock()`; returns data to send on."""
+        return None
+
+    def shutdown(self) -> Emitted | None:
+        """Called once on stop: hand over everything still held (decide buffered traces, final metrics)."""
+        return None
