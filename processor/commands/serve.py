@@ -1,0 +1,46 @@
+"""`recohop serve`: run the hop until SIGTERM/SIGINT, then flush and exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from processor.config import apply_overrides, load_config
+from processor.hop import Hop
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run the hop")
+    parser.add_argument("--config", help="hop config file (default: the built-in default pipeline)")
+    parser.add_argument("--listen", help="receiver endpoint HOST:PORT (overrides receiver.endpoint)")
+    parser.add_argument("--forward", help="next hop HOST:PORT, or file:PATH for the local file sink")
+    parser.add_argument("--metrics-listen", help="/metrics endpoint HOST:PORT, or 'off'")
+    parser.add_argument("--ready-file", help="write the bound ports here once serving (for scripts/tests)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = apply_overrides(load_config(args.config), args.listen, args.forward, args.metrics_listen)
+    logging.basicConfig(level=cfg.telemetry.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.builtin_default:
+        logging.getLogger("recohop").info("no --config given: running the built-in default pipeline")
+    hop = Hop(cfg).start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    if args.ready_file:
+        with open(args.ready_file + ".tmp", "w", encoding="utf-8") as f:
+            f.write(f"{hop.endpoint} {hop.metrics_port or ''}\n")
+        import os
+
+        os.replace(args.ready_file + ".tmp", args.ready_file)
+    while not stop.wait(0.5):
+        pass
+    logging.getLogger("recohop").info("stopping: flushing stages and the export queue")
+    clean = hop.stop()
+    if not clean:
+        logging.getLogger("recohop").warning("shutdown timeout reached with data still queued (counted)")
+    return 0

@@ -1,0 +1,200 @@
+"""The hop's configuration: one schema, defaults, and validation with file:key error messages.
+
+Stage sections are validated by the stage kinds themselves (`processor/stages/*`), through the same `Node`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from processor.config_node import ConfigError, Node
+
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
+DEFAULT_CONFIG = DEFAULTS_DIR / "hop.yaml"
+
+
+@dataclass
+class TlsConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    # Receiver: require and verify client certificates (mutual TLS).
+    client_auth: bool = False
+
+
+@dataclass
+class ReceiverConfig:
+    endpoint: str = "127.0.0.1:4317"
+    max_recv_msg_size: int = 4 * 1024 * 1024
+    workers: int = 16
+    tls: TlsConfig | None = None
+
+
+@dataclass
+class RetryConfig:
+    initial_interval: float = 0.5
+    max_interval: float = 30.0
+    max_elapsed_time: float = 300.0
+
+
+@dataclass
+class FileSinkConfig:
+    path: Path = Path("recohop-out/export.jsonl")
+    max_bytes: int = 64 * 1024 * 1024
+    backups: int = 3
+
+
+@dataclass
+class ExporterConfig:
+    # "host:port" of the next OTLP gRPC hop; None means the local file sink.
+    endpoint: str | None = None
+    file: FileSinkConfig = field(default_factory=FileSinkConfig)
+    compression: str = "none"
+    timeout: float = 10.0
+    insecure: bool = True
+    tls: TlsConfig | None = None
+    queue_max_bytes: int = 64 * 1024 * 1024
+    consumers: int = 2
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass
+class TelemetryConfig:
+    metrics_endpoint: str | None = "127.0.0.1:9464"
+    log_level: str = "info"
+
+
+@dataclass
+class HopConfig:
+    source: Path
+    receiver: ReceiverConfig
+    exporter: ExporterConfig
+    telemetry: TelemetryConfig
+    stage_nodes: list[Node]
+    # True when running the built-in zero-config default (allows e.g. a throwaway pseudonym key).
+    builtin_default: bool = False
+    shutdown_timeout: float = 10.0
+
+
+def _endpoint(node: Node, key: str, default: str | None) -> str | None:
+    value = node.raw(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or ":" not in value or not value.rsplit(":", 1)[1].isdigit():
+        raise node.error(key, "an endpoint host:port such as 127.0.0.1:4317", value)
+    return value
+
+
+def _tls(node: Node, key: str) -> TlsConfig | None:
+    if not node.has(key):
+        node.raw(key)
+        return None
+    tls = node.child(key)
+    cfg = TlsConfig(cert_file=tls.path_value("cert_file"), key_file=tls.path_value("key_file"),
+                    ca_file=tls.path_value("ca_file"), client_auth=tls.bool("client_auth", False))
+    tls.done()
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        raise tls.error("cert_file", "cert_file and key_file given together")
+    return cfg
+
+
+def _receiver(node: Node) -> ReceiverConfig:
+    cfg = ReceiverConfig(
+        endpoint=_endpoint(node, "endpoint", ReceiverConfig.endpoint) or ReceiverConfig.endpoint,
+        max_recv_msg_size=node.size("max_recv_msg_size", ReceiverConfig.max_recv_msg_size),
+        workers=node.int("workers", ReceiverConfig.workers, minimum=1),
+        tls=_tls(node, "tls"),
+    )
+    node.done()
+    return cfg
+
+
+def _exporter(node: Node) -> ExporterConfig:
+    file_node = node.child("file")
+    file_cfg = FileSinkConfig(
+        path=file_node.path_value("path", str(FileSinkConfig.path)) or FileSinkConfig.path,
+        max_bytes=file_node.size("max_bytes", FileSinkConfig.max_bytes),
+        backups=file_node.int("backups", FileSinkConfig.backups, minimum=0),
+    )
+    file_node.done()
+    queue = node.child("queue")
+    queue_max = queue.size("max_bytes", ExporterConfig.queue_max_bytes)
+    consumers = queue.int("consumers", ExporterConfig.consumers, minimum=1)
+    queue.done()
+    retry = node.child("retry")
+    retry_cfg = RetryConfig(
+        initial_interval=retry.duration("initial_interval", RetryConfig.initial_interval),
+        max_interval=retry.duration("max_interval", RetryConfig.max_interval),
+        max_elapsed_time=retry.duration("max_elapsed_time", RetryConfig.max_elapsed_time),
+    )
+    retry.done()
+    cfg = ExporterConfig(
+        endpoint=_endpoint(node, "endpoint", None),
+        file=file_cfg,
+        compression=node.str("compression", "none", choices=("none", "gzip")),
+        timeout=node.duration("timeout", ExporterConfig.timeout),
+        insecure=node.bool("insecure", True),
+        tls=_tls(node, "tls"),
+        queue_max_bytes=queue_max,
+        consumers=consumers,
+        retry=retry_cfg,
+    )
+    node.done()
+    return cfg
+
+
+def _telemetry(node: Node) -> TelemetryConfig:
+    raw = node.raw("metrics_endpoint", TelemetryConfig.metrics_endpoint)
+    cfg = TelemetryConfig(
+        metrics_endpoint=None if raw in (None, "none", "off") else _endpoint(node, "metrics_endpoint", None),
+        log_level=node.str("log_level", "info", choices=("debug", "info", "warning", "error")),
+    )
+    node.done()
+    return cfg
+
+
+def parse_config(root: Node, builtin_default: bool = False) -> HopConfig:
+    stage_nodes = list(root.children("pipeline"))
+    cfg = HopConfig(
+        source=Path(root.file),
+        receiver=_receiver(root.child("receiver")),
+        exporter=_exporter(root.child("exporter")),
+        telemetry=_telemetry(root.child("telemetry")),
+        stage_nodes=stage_nodes,
+        builtin_default=builtin_default,
+        shutdown_timeout=root.duration("shutdown_timeout", 10.0),
+    )
+    root.done()
+    return cfg
+
+
+def load_config(path: str | Path | None) -> HopConfig:
+    """The hop config from `path`, or the built-in default when `path` is None."""
+    if path is None:
+        cfg = parse_config(Node.from_file(DEFAULT_CONFIG), builtin_default=True)
+        # The default's file sink lives where the user runs recohop, not inside the installed package.
+        cfg.exporter.file.path = cfg.exporter.file.path.relative_to(DEFAULTS_DIR)
+        return cfg
+    return parse_config(Node.from_file(path))
+
+
+def apply_overrides(cfg: HopConfig, listen: str | None = None, forward: str | None = None,
+                    metrics_listen: str | None = None) -> HopConfig:
+    """Command-line overrides: `--listen`, `--forward HOST:PORT|file:PATH`, `--metrics-listen`."""
+    cli = Node({"listen": listen, "forward": forward, "metrics_listen": metrics_listen}, "<command line>")
+    if listen:
+        cfg.receiver.endpoint = _endpoint(cli, "listen", None) or listen
+    if forward:
+        if forward.startswith("file:"):
+            cfg.exporter.endpoint = None
+            cfg.exporter.file.path = Path(forward[len("file:"):])
+        else:
+            cfg.exporter.endpoint = _endpoint(cli, "forward", None)
+    if metrics_listen:
+        cfg.telemetry.metrics_endpoint = (None if metrics_listen in ("none", "off")
+                                          else _endpoint(cli, "metrics_listen", None))
+    return cfg
+
+
+__all__ = ["ConfigError", "HopConfig", "load_config", "apply_overrides", "parse_config", "DEFAULT_CONFIG"]

@@ -1,0 +1,47 @@
+"""Local sink for kept data when no next hop is configured: OTLP JSON lines, one export request per line,
+rotated by size. Files are created 0600 (they hold telemetry; redaction has already run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from processor.signals import REQUEST_TYPES
+
+
+class FileSink:
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._open()
+
+    def _open(self):  # noqa: ANN202 - a text file object
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, signal: str, payload: bytes) -> None:
+        request = REQUEST_TYPES[signal].FromString(payload)
+        line = json_format.MessageToJson(request, indent=None) + "\n"
+        if self.max_bytes and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+            self._rotate()
+        self._file.write(line)
+        self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            for i in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{i}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self._open()
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,66 @@
+"""One running hop: wires receiver → pipeline → exporter and the /metrics server, and stops them in the
+order that loses nothing (stop accepting, flush stages, drain the queue)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
+
+from processor.config import HopConfig
+from processor.exporter import Exporter
+from processor.pipeline import build_pipeline
+from processor.receiver import build_server
+from processor.signals import SERVICE_NAMES
+from processor.stages.base import StageContext
+from processor.telemetry import HopMetrics, serve_metrics, split_endpoint
+
+log = logging.getLogger("recohop")
+
+
+class Hop:
+    def __init__(self, cfg: HopConfig) -> None:
+        self.cfg = cfg
+        self.registry = CollectorRegistry()
+        self.metrics = HopMetrics.create(self.registry)
+        self.ctx = StageContext(registry=self.registry, config_file=cfg.source,
+                                builtin_default=cfg.builtin_default)
+        self.exporter = Exporter(cfg.exporter, self.metrics)
+        self.pipeline = build_pipeline(cfg.stage_nodes, self.ctx, sink=self.exporter.submit_emitted)
+        self.server, self.health, self.port = build_server(cfg.receiver, self.pipeline, self.exporter,
+                                                           self.metrics)
+        self.metrics_server = None
+        self.metrics_port: int | None = None
+
+    @property
+    def endpoint(self) -> str:
+        host, _ = split_endpoint(self.cfg.receiver.endpoint)
+        return f"{host}:{self.port}"
+
+    def start(self) -> Hop:
+        self.exporter.start()
+        self.pipeline.start_timer()
+        self.server.start()
+        if self.cfg.telemetry.metrics_endpoint:
+            self.metrics_server = serve_metrics(self.registry, self.cfg.telemetry.metrics_endpoint)
+            self.metrics_port = self.metrics_server.server_port
+        log.info("recohop listening on %s, stages: %s, exporting to %s", self.endpoint,
+                 ", ".join(s.name for s in self.pipeline.stages) or "(none)",
+                 self.cfg.exporter.endpoint or f"file:{self.cfg.exporter.file.path}")
+        return self
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Graceful stop; returns True when everything accepted was delivered."""
+        timeout = self.cfg.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        for name in ("", *SERVICE_NAMES.values()):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace=min(2.0, timeout / 2)).wait()
+        self.pipeline.shutdown()
+        clean = self.exporter.stop(max(0.1, deadline - time.monotonic()))
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        return clean

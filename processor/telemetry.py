@@ -1,0 +1,55 @@
+"""The hop's own metrics (self-telemetry), kept in a per-hop registry and served on /metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+SIGNAL_ITEMS = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
+
+
+@dataclass
+class HopMetrics:
+    received: Counter
+    refused: Counter
+    exported: Counter
+    export_failed: Counter
+    export_retries: Counter
+    partial_rejected: Counter
+    queue_bytes: Gauge
+    queue_capacity: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> HopMetrics:
+        return cls(
+            received=Counter("recohop_received_items", "Items received, by signal", ["signal"],
+                             registry=registry),
+            refused=Counter("recohop_refused_items", "Items refused at the receiver, by reason",
+                            ["signal", "reason"], registry=registry),
+            exported=Counter("recohop_exported_items", "Items delivered to the next hop or sink", ["signal"],
+                             registry=registry),
+            export_failed=Counter("recohop_export_failed_items", "Items given up on by the exporter",
+                                  ["signal", "reason"], registry=registry),
+            export_retries=Counter("recohop_export_retries", "Export attempts retried", ["signal"],
+                                   registry=registry),
+            partial_rejected=Counter("recohop_export_partial_rejected_items",
+                                     "Items the next hop rejected in a partial success", ["signal"],
+                                     registry=registry),
+            queue_bytes=Gauge("recohop_queue_bytes", "Bytes waiting in the exporter queue", registry=registry),
+            queue_capacity=Gauge("recohop_queue_capacity_bytes", "Exporter queue budget in bytes",
+                                 registry=registry),
+        )
+
+
+def serve_metrics(registry: CollectorRegistry, endpoint: str) -> WSGIServer:
+    """Start the /metrics HTTP server; returns the server so the hop can shut it down."""
+    host, port = split_endpoint(endpoint)
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a real downstream OTLP server and real hop processes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers importable by every test area
+
+from otlp_peers import CaptureServer, HopProcess, start_hop_process  # noqa: E402
+
+
+@pytest.fixture
+def downstream() -> Iterator[CaptureServer]:
+    server = CaptureServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_hop(tmp_path: Path) -> Iterator[Callable[..., HopProcess]]:
+    """`start_hop(yaml_text_or_None, extra_args=[...], env={...})` → a running `recohop serve` process."""
+    started: list[HopProcess] = []
+
+    def start(config_text: str | None, extra_args: list[str] | None = None,
+              env: dict[str, str] | None = None, name: str = "hop") -> HopProcess:
+        hop = start_hop_process(config_text, tmp_path / f"{name}{len(started)}", extra_args, env)
+        started.append(hop)
+        return hop
+
+    yield start
+    for hop in started:
+        hop.terminate()

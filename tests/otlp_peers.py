@@ -1,0 +1,137 @@
+"""Real OTLP peers for tests: an in-process capture server (the "downstream" of a hop) and a hop process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from processor.retryinfo import retry_status
+from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGNALS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class CaptureServer:
+    """An OTLP gRPC server that records every request's raw bytes; can be told to fail."""
+
+    port: int = 0
+    raw: dict[str, list[bytes]] = field(default_factory=lambda: {s: [] for s in SIGNALS})
+    # Returns a grpc.StatusCode to fail the call with, or None to accept it.
+    fail_with: Callable[[str], grpc.StatusCode | None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: grpc.Server | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> CaptureServer:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                  options=[("grpc.max_receive_message_length", 64 << 20)])
+        for signal in SIGNALS:
+            self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+                SERVICE_NAMES[signal], {"Export": grpc.unary_unary_rpc_method_handler(self._handler(signal))}),))
+        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.server.start()
+        return self
+
+    def _handler(self, signal: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        empty = RESPONSE_TYPES[signal]().SerializeToString()
+
+        def handle(raw: bytes, context: grpc.ServicerContext) -> bytes:
+            code = self.fail_with(signal) if self.fail_with else None
+            if code is not None:
+                context.abort_with_status(retry_status(code, "test peer refuses", 0.05))
+            with self.lock:
+                self.raw[signal].append(raw)
+            return empty
+
+        return handle
+
+    def requests(self, signal: str) -> list:
+        with self.lock:
+            return [REQUEST_TYPES[signal].FromString(r) for r in self.raw[signal]]
+
+    def spans(self) -> list:
+        return [span for req in self.requests("traces") for rs in req.resource_spans
+                for ss in rs.scope_spans for span in ss.spans]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(0).wait()
+
+
+@dataclass
+class HopProcess:
+    proc: subprocess.Popen
+    endpoint: str
+    metrics_url: str | None
+    log_path: Path
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_hop_process(config_text: str | None, tmp_path: Path, extra_args: list[str] | None = None,
+                      env: dict[str, str] | None = None, timeout: float = 20.0) -> HopProcess:
+    """Run `recohop serve` as a real process on free ports; `config_text` None runs the built-in default."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "processor", "serve", "--listen", f"127.0.0.1:{free_port()}",
+            "--metrics-listen", f"127.0.0.1:{free_port()}", "--ready-file", str(tmp_path / "ready")]
+    if config_text is not None:
+        config_file = tmp_path / "hop.yaml"
+        config_file.write_text(config_text)
+        args += ["--config", str(config_file)]
+    args += extra_args or []
+    log_path = tmp_path / "hop.log"
+    proc_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=proc_env, cwd=tmp_path)
+    ready = tmp_path / "ready"
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"hop did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    endpoint, _, metrics_port = ready.read_text().strip().partition(" ")
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
+    return HopProcess(proc, endpoint, metrics_url, log_path)
