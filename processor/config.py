@@ -180,8 +180,8 @@ def load_config(path: str | Path | None) -> HopConfig:
 
 
 def apply_overrides(cfg: HopConfig, listen: str | None = None, forward: str | None = None,
-                    metrics_listen: str | None = None) -> HopConfig:
-    """Command-line overrides: `--listen`, `--forward HOST:PORT|file:PATH`, `--metrics-listen`."""
+                    metrics_listen: str | None = None, record: str | None = None) -> HopConfig:
+    """Command-line overrides: `--listen`, `--forward HOST:PORT|file:PATH`, `--metrics-listen`, `--record`."""
     cli = Node({"listen": listen, "forward": forward, "metrics_listen": metrics_listen}, "<command line>")
     if listen:
         cfg.receiver.endpoint = _endpoint(cli, "listen", None) or listen
@@ -194,6 +194,12 @@ def apply_overrides(cfg: HopConfig, listen: str | None = None, forward: str | No
     if metrics_listen:
         cfg.telemetry.metrics_endpoint = (None if metrics_listen in ("none", "off")
                                           else _endpoint(cli, "metrics_listen", None))
+    if record:
+        # Right after redaction (or first): captures hold everything received, but never raw PII.
+        stage = Node({"type": "record", "path": str(Path(record).resolve())}, "<command line>", "--record")
+        kinds = [n.data.get("type") for n in cfg.stage_nodes]
+        at = kinds.index("redaction") + 1 if "redaction" in kinds else 0
+        cfg.stage_nodes.insert(at, stage)
     return cfg
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from processor.signals import REQUEST_TYPES
 
@@ -24,7 +25,9 @@ class FileSink:
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, signal: str, payload: bytes) -> None:
-        request = REQUEST_TYPES[signal].FromString(payload)
+        self.write_message(REQUEST_TYPES[signal].FromString(payload))
+
+    def write_message(self, request: Message) -> None:
         line = json_format.MessageToJson(request, indent=None) + "\n"
         if self.max_bytes and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
             self._rotate()

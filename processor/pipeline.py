@@ -24,6 +24,7 @@ STAGE_KINDS: dict[str, str] = {
     "tail_sampling": "processor.stages.tail_sampling:build",
     "cardinality": "processor.stages.cardinality:build",
     "passthrough": "processor.pipeline:build_passthrough",
+    "record": "processor.stages.record:build",
 }
 
 
@@ -41,7 +42,7 @@ def build_stage(node: Node, ctx: StageContext) -> Stage:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise node.error("type", f"a stage kind available in this build ({kind} is not installed: {exc})")
+        raise node.error("type", f"a stage kind available in this build ({kind} is not installed: {exc})") from None
     stage: Stage = getattr(module, func_name)(node, ctx)
     node.done()
     return stage

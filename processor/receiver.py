@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from processor.config import ReceiverConfig
-from processor.exporter import Exporter, QueueFull
+from processor.exporter import Exporter
 from processor.pipeline import Pipeline, count_items
 from processor.retryinfo import retry_status
 from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGNALS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 
@@ -17,12 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--listen", help="receiver endpoint HOST:PORT (overrides receiver.endpoint)")
     parser.add_argument("--forward", help="next hop HOST:PORT, or file:PATH for the local file sink")
     parser.add_argument("--metrics-listen", help="/metrics endpoint HOST:PORT, or 'off'")
+    parser.add_argument("--record", help="also write everything received (after redaction) to this capture file")
     parser.add_argument("--ready-file", help="write the bound ports here once serving (for scripts/tests)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = apply_overrides(load_config(args.config), args.listen, args.forward, args.metrics_listen)
+    cfg = apply_overrides(load_config(args.config), args.listen, args.forward, args.metrics_listen,
+                          args.record)
     logging.basicConfig(level=cfg.telemetry.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.builtin_default:
@@ -34,8 +37,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ready_file:
         with open(args.ready_file + ".tmp", "w", encoding="utf-8") as f:
             f.write(f"{hop.endpoint} {hop.metrics_port or ''}\n")
-        import os
-
         os.replace(args.ready_file + ".tmp", args.ready_file)
     while not stop.wait(0.5):
         pass

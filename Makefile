@@ -1,0 +1,29 @@
+# The two commands a new user needs: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+STAMP := .make-installed
+
+.PHONY: install demo test lint bench dashboards
+
+$(STAMP): pyproject.toml
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  echo "installing Prometheus + promtool (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
+	fi
+	$(PYTHON) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PYTHON) -m processor demo --duration 60
+
+test: install
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) -m bench all --duration 20
+
+dashboards: install
+	$(PYTHON) -m dashboards build --out dashboards/generated

@@ -1,0 +1,60 @@
+"""Bad input gets the proper gRPC status, and the hop keeps serving everyone else."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from sdk_clients import send_spans
+from test_hop_passthrough import PASSTHROUGH, wait_until
+
+from processor.signals import METHOD_PATHS
+
+
+def call(endpoint: str, signal: str, payload: bytes) -> grpc.RpcError | bytes:
+    with grpc.insecure_channel(endpoint, options=[("grpc.max_send_message_length", -1)]) as channel:
+        try:
+            return channel.unary_unary(METHOD_PATHS[signal])(payload, timeout=10)
+        except grpc.RpcError as error:
+            return error
+
+
+@pytest.fixture
+def hop(downstream, start_hop):
+    return start_hop(PASSTHROUGH.format(downstream=downstream.endpoint))
+
+
+@pytest.mark.parametrize("signal", ["traces", "metrics", "logs"])
+def test_malformed_body_is_invalid_argument_and_server_keeps_serving(hop, downstream, signal) -> None:
+    error = call(hop.endpoint, signal, b"\x0a\xff\xff\xff\xff\x0f garbage")
+    assert isinstance(error, grpc.RpcError)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed" in error.details()
+    sent = send_spans(hop.endpoint, 50)
+    wait_until(lambda: len(downstream.spans()) == len(sent))
+
+
+def test_oversize_message_is_resource_exhausted(hop, downstream) -> None:
+    payload = b"\x0a" + b"\x80\x80\x80\x03" + b"\x00" * (6 << 20)  # a 6 MiB body, over the 4 MiB default
+    error = call(hop.endpoint, "traces", payload)
+    assert isinstance(error, grpc.RpcError)
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    sent = send_spans(hop.endpoint, 10)
+    wait_until(lambda: len(downstream.spans()) == len(sent))
+
+
+def test_refusals_are_counted_on_metrics(hop) -> None:
+    call(hop.endpoint, "traces", b"\xff\xff")
+    import urllib.request
+
+    text = urllib.request.urlopen(hop.metrics_url, timeout=5).read().decode()
+    assert 'recohop_refused_items_total{reason="malformed",signal="spans"} 1.0' in text
+
+
+def test_health_service_reports_serving(hop) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(hop.endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "opentelemetry.proto.collector.trace.v1.TraceService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -1,0 +1,33 @@
+"""SIGTERM: stop accepting, flush what is queued, exit 0."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+from sdk_clients import send_spans
+from test_exporter_outage import OUTAGE_CONFIG
+
+
+def test_sigterm_flushes_the_queue(downstream, start_hop) -> None:
+    down = threading.Event()
+    down.set()
+    downstream.fail_with = lambda _signal: grpc.StatusCode.UNAVAILABLE if down.is_set() else None
+    hop = start_hop(OUTAGE_CONFIG.format(downstream=downstream.endpoint, queue="16MiB"))
+    sent = send_spans(hop.endpoint, 200)
+    hop.proc.terminate()  # SIGTERM while everything is still queued
+    time.sleep(0.5)
+    down.clear()
+    assert hop.proc.wait(30) == 0
+    assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent)
+
+
+def test_default_config_writes_file_sink(start_hop) -> None:
+    hop = start_hop(None)
+    send_spans(hop.endpoint, 20)
+    assert hop.terminate() == 0
+    sink = hop.log_path.parent / "recohop-out" / "export.jsonl"
+    assert sink.exists(), hop.log()
+    assert (sink.stat().st_mode & 0o777) == 0o600
+    assert sink.read_text().count("resourceSpans") >= 1
