@@ -5,6 +5,7 @@ Stage sections are validated by the stage kinds themselves (`processor/stages/*`
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class ReceiverConfig:
     max_recv_msg_size: int = 4 * 1024 * 1024
     workers: int = 16
     tls: TlsConfig | None = None
+    # Clients must send `authorization: Bearer <token>`; the token comes from env or a file, never the config.
+    bearer_token: bytes | None = None
 
 
 @dataclass
@@ -57,6 +60,8 @@ class ExporterConfig:
     queue_max_bytes: int = 64 * 1024 * 1024
     consumers: int = 2
     retry: RetryConfig = field(default_factory=RetryConfig)
+    # Sent as `authorization: Bearer <token>` to the next hop; read from this environment variable.
+    bearer_token_env: str | None = None
 
 
 @dataclass
@@ -99,12 +104,38 @@ def _tls(node: Node, key: str) -> TlsConfig | None:
     return cfg
 
 
+def _bearer_token(node: Node) -> bytes | None:
+    """The receiver's auth token from `auth.bearer_token_env` or `auth.bearer_token_file`."""
+    if not node.has("auth"):
+        node.raw("auth")
+        return None
+    auth = node.child("auth")
+    env_name = auth.opt_str("bearer_token_env")
+    token_file = auth.path_value("bearer_token_file")
+    auth.done()
+    if (env_name is None) == (token_file is None):
+        raise auth.error("bearer_token_env", "exactly one of bearer_token_env or bearer_token_file")
+    if env_name is not None:
+        token = os.environ.get(env_name, "")
+        if not token:
+            raise auth.error("bearer_token_env", f"environment variable {env_name} to be set and non-empty")
+        return token.encode()
+    try:
+        token = token_file.read_text().strip()  # type: ignore[union-attr]
+    except OSError:
+        raise auth.error("bearer_token_file", "a readable token file") from None
+    if not token:
+        raise auth.error("bearer_token_file", "a non-empty token file")
+    return token.encode()
+
+
 def _receiver(node: Node) -> ReceiverConfig:
     cfg = ReceiverConfig(
         endpoint=_endpoint(node, "endpoint", ReceiverConfig.endpoint) or ReceiverConfig.endpoint,
         max_recv_msg_size=node.size("max_recv_msg_size", ReceiverConfig.max_recv_msg_size),
         workers=node.int("workers", ReceiverConfig.workers, minimum=1),
         tls=_tls(node, "tls"),
+        bearer_token=_bearer_token(node),
     )
     node.done()
     return cfg
@@ -139,6 +170,7 @@ def _exporter(node: Node) -> ExporterConfig:
         queue_max_bytes=queue_max,
         consumers=consumers,
         retry=retry_cfg,
+        bearer_token_env=node.opt_str("bearer_token_env"),
     )
     node.done()
     return cfg

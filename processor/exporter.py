@@ -8,6 +8,7 @@ it is full the receiver answers RESOURCE_EXHAUSTED (backpressure) instead of let
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -63,12 +64,14 @@ class GrpcTransport:
         else:
             self.channel = grpc.insecure_channel(cfg.endpoint, options, compression=compression)
         self.timeout = cfg.timeout
+        token = os.environ.get(cfg.bearer_token_env, "") if cfg.bearer_token_env else ""
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.calls = {signal: self.channel.unary_unary(path) for signal, path in METHOD_PATHS.items()}
 
     def send(self, item: QueuedExport) -> int:
         """Send one request; returns the number of items the peer rejected (partial success)."""
         try:
-            raw = self.calls[item.signal](item.payload, timeout=self.timeout)
+            raw = self.calls[item.signal](item.payload, timeout=self.timeout, metadata=self.metadata)
         except grpc.RpcError as error:
             code = error.code()  # type: ignore[attr-defined]
             raise SendError(code.name.lower(), code in RETRYABLE, retry_delay(error)) from None

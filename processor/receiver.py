@@ -7,6 +7,7 @@ forwarded without re-encoding.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from concurrent import futures
 
@@ -30,8 +31,10 @@ QUEUE_FULL_RETRY_AFTER = 1.0
 class ExportHandler:
     """One signal's Export method."""
 
-    def __init__(self, signal: str, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics) -> None:
+    def __init__(self, signal: str, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
+                 bearer_token: bytes | None = None) -> None:
         self.signal = signal
+        self.expected_auth = b"Bearer " + bearer_token if bearer_token else None
         self.request_type = REQUEST_TYPES[signal]
         self.empty_response = RESPONSE_TYPES[signal]().SerializeToString()
         self.pipeline = pipeline
@@ -41,6 +44,9 @@ class ExportHandler:
         self.refused = metrics.refused
 
     def __call__(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        if self.expected_auth is not None and not self._authorized(context):
+            self.refused.labels(self.items_name, "unauthenticated").inc()
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
             request = self.request_type.FromString(raw)
         except DecodeError:
@@ -66,6 +72,13 @@ class ExportHandler:
             self.exporter.submit_emitted(out)
         return self.empty_response
 
+    def _authorized(self, context: grpc.ServicerContext) -> bool:
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self.expected_auth or b"")
+        return False
+
     def _push_back(self, context: grpc.ServicerContext, items: int, reason: str, retry_after: float) -> None:
         self.refused.labels(self.items_name, "backpressure").inc(items)
         context.abort_with_status(retry_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, retry_after))
@@ -82,7 +95,7 @@ def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter,
         maximum_concurrent_rpcs=cfg.workers * 8,
     )
     for signal in SIGNALS:
-        handler = ExportHandler(signal, pipeline, exporter, metrics)
+        handler = ExportHandler(signal, pipeline, exporter, metrics, cfg.bearer_token)
         method = grpc.unary_unary_rpc_method_handler(handler)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAMES[signal], {"Export": method}),))
