@@ -1,0 +1,109 @@
+"""Span metrics stage: derives RED and rule-defined metrics from 100 % of spans (place it before tail
+sampling). It only reads spans (`mutates = False`); derived metrics go to /metrics and, on each flush, as OTLP
+metrics to the next hop.
+
+```yaml
+- type: spanmetrics
+  rules: derivations/default.yaml   # optional; relative to the hop config. Omit for RED metrics only
+  red: true                         # traces_span_metrics_calls_total / _duration_seconds
+  namespace: traces_span_metrics
+  buckets: [0.002, 0.004, ...]      # seconds; otelcol spanmetrics' default buckets
+  flush_interval: 15s
+  otlp_output: true                 # emit derived metrics (cumulative) from flush
+  series_limit: 2000                # per derived metric; rules may override
+  forbidden_keys: [tenant.user]     # added to the built-in list (user.id, user.email, client.address, ...)
+  exemplars: {enabled: true, per_bucket: 4, max_traces: 100000, max_wait: 2m}
+```
+RED metrics follow otelcol's spanmetrics connector as exported to Prometheus (namespace `traces_span_metrics`):
+`traces_span_metrics_calls_total{service_name,span_name,span_kind,status_code}` and
+`traces_span_metrics_duration_seconds_bucket{...,le}` with `span_kind="SPAN_KIND_SERVER"`,
+`status_code="STATUS_CODE_ERROR"`; errors are `calls_total{status_code="STATUS_CODE_ERROR"}` (as with otelcol).
+Durations are in seconds (otelcol's default unit is ms; its default bucket bounds are used here in seconds).
+
+Exemplars are attached only for traces a tail-sampling stage reports as kept on `ctx.decisions`; without a
+tail-sampling stage there are no exemplars at all (never one pointing at a dropped trace). Candidates wait at
+most `max_wait` for the decision (set it above the sampler's decision_wait).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from processor.cardinality.limits import DEFAULT_FORBIDDEN_KEYS, CardinalitySelfMetrics, ForbiddenKeys
+from processor.config_node import Node
+from processor.spanmetrics.derive import Deriver
+from processor.spanmetrics.exemplars import ExemplarReservoir
+from processor.spanmetrics.exposition import DerivedCollector
+from processor.spanmetrics.otlp import to_otlp
+from processor.spanmetrics.rules import load_rules, parse_buckets
+from processor.stages.base import Emitted, Stage, StageContext, TracesRequest
+
+DEFAULT_RULES = Path(__file__).resolve().parents[2] / "collector-config" / "derivations" / "default.yaml"
+# otelcol spanmetrics connector's default buckets (2ms ... 15s), in seconds.
+DEFAULT_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0]
+
+
+def default_stage_config() -> dict[str, Any]:
+    """The built-in span metrics stage: RED plus the recommender rules shipped in collector-config/."""
+    return {"type": "spanmetrics", "rules": str(DEFAULT_RULES), "flush_interval": "15s", "otlp_output": True,
+            "series_limit": 2000}
+
+
+class SpanMetricsStage(Stage):
+    name = "spanmetrics"
+    mutates = False
+
+    def __init__(self, deriver: Deriver, flush_interval: float, otlp_output: bool) -> None:
+        self.deriver = deriver
+        self.flush_interval = flush_interval
+        self.otlp_output = otlp_output
+        self.start_ns = time.time_ns()
+
+    def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
+        self.deriver.consume(request)
+        return [request]
+
+    def flush(self, now: float) -> Emitted | None:
+        self.deriver.expire()
+        return self._emit()
+
+    def shutdown(self) -> Emitted | None:
+        return self._emit()
+
+    def _emit(self) -> Emitted | None:
+        if not self.otlp_output:
+            return None
+        request = to_otlp(self.deriver.snapshot(), self.start_ns, time.time_ns())
+        if not request.resource_metrics[0].scope_metrics[0].metrics:
+            return None
+        return Emitted(metrics=[request])
+
+
+def build(node: Node, ctx: StageContext) -> Stage:
+    forbidden = ForbiddenKeys([*DEFAULT_FORBIDDEN_KEYS, *node.str_list("forbidden_keys")])
+    series_limit = node.int("series_limit", 2000, minimum=1)
+    buckets = parse_buckets(node, "buckets") if node.has("buckets") else list(DEFAULT_BUCKETS)
+    rules_path = node.path_value("rules")
+    rules = load_rules(rules_path, forbidden, series_limit) if rules_path is not None else None
+    red = node.bool("red", True)
+    if rules is None and not red:
+        raise node.error("rules", "a rules file, or red: true (otherwise the stage derives nothing)")
+    namespace = node.str("namespace", "traces_span_metrics")
+    ex = node.child("exemplars")
+    reservoir = None
+    if ex.bool("enabled", True):
+        reservoir = ExemplarReservoir(ex.int("per_bucket", 4, minimum=1), ex.int("max_traces", 100_000, minimum=1),
+                                      ex.duration("max_wait", "2m"), ctx.clock)
+    ex.done()
+    deriver = Deriver(rules, red, namespace, buckets, series_limit, CardinalitySelfMetrics.of(ctx.registry),
+                      reservoir)
+    stage = SpanMetricsStage(deriver, node.duration("flush_interval", "15s"), node.bool("otlp_output", True))
+    stage.name = node.str("name", "spanmetrics")
+    if stage.flush_interval <= 0:
+        raise node.error("flush_interval", "a duration > 0")
+    if reservoir is not None:
+        ctx.decisions.subscribe(deriver.decide)
+    ctx.registry.register(DerivedCollector(deriver))
+    return stage

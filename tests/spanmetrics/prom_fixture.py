@@ -1,0 +1,143 @@
+"""A real Prometheus (Debian's /usr/bin/prometheus) for tests: free port, temp data dir, 1 s scrapes,
+exemplar storage on. Reusable: `start_prometheus(["127.0.0.1:9464"], tmp_path)` -> handle with `.url`,
+`.query(promql)`, `.wait_for(promql, predicate)`, `.exemplars(promql)` and `.stop()` (kills its own pid).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prometheus_binary() -> str | None:
+    return PROMETHEUS if Path(PROMETHEUS).exists() else shutil.which("prometheus")
+
+
+@dataclass
+class PrometheusHandle:
+    proc: subprocess.Popen
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    def api(self, path: str, **params: Any) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as resp:
+            body = json.loads(resp.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus {path} failed: {body}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Instant query; returns the result vector (each with `metric` and `value` [ts, "v"])."""
+        return self.api("/api/v1/query", query=promql)["result"]
+
+    def scalar(self, promql: str) -> float | None:
+        """The value of a query that returns at most one series (None when it returns none)."""
+        result = self.query(promql)
+        if not result:
+            return None
+        if len(result) > 1:
+            raise AssertionError(f"{promql} returned {len(result)} series")
+        return float(result[0]["value"][1])
+
+    def wait_for(self, promql: str, predicate: Callable[[list[dict[str, Any]]], bool],
+                 timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll until `predicate(result)` holds (scrapes are asynchronous); returns the last result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(promql)
+            if predicate(result) or time.monotonic() > deadline:
+                return result
+            time.sleep(0.5)
+
+    def exemplars(self, promql: str, since: float = 0.0) -> list[dict[str, Any]]:
+        return self.api("/api/v1/query_exemplars", query=promql, start=since or time.time() - 3600,
+                        end=time.time() + 60)
+
+    def targets_up(self) -> bool:
+        active = self.api("/api/v1/targets")["activeTargets"]
+        return bool(active) and all(t["health"] == "up" for t in active)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _target(target: str) -> tuple[str, str]:
+    """`host:port` or `http://host:port/path` -> (host:port, metrics path)."""
+    if "://" not in target:
+        return target, "/metrics"
+    parsed = urllib.parse.urlparse(target)
+    return parsed.netloc, parsed.path or "/metrics"
+
+
+def start_prometheus(scrape_targets: list[str], tmp_path: Path, scrape_interval: str = "1s",
+                     rule_files: list[Path] | None = None, timeout: float = 30.0) -> PrometheusHandle:
+    """Start Prometheus scraping `scrape_targets` (one job per metrics path); waits until it is ready."""
+    binary = prometheus_binary()
+    if binary is None:
+        raise RuntimeError("prometheus not installed (Debian: apt-get install prometheus)")
+    work = tmp_path / f"prometheus-{free_port()}"
+    data = work / "data"
+    data.mkdir(parents=True)
+    jobs: dict[str, list[str]] = {}
+    for target in scrape_targets:
+        address, path = _target(target)
+        jobs.setdefault(path, []).append(address)
+    config = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
+                         "scrape_timeout": scrape_interval},
+              "scrape_configs": [{"job_name": f"target{i}", "metrics_path": path,
+                                  "static_configs": [{"targets": addresses}]}
+                                 for i, (path, addresses) in enumerate(jobs.items())]}
+    if rule_files:
+        config["rule_files"] = [str(p) for p in rule_files]
+    config_file = work / "prometheus.yml"
+    config_file.write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    log_path = work / "prometheus.log"
+    args = [binary, f"--config.file={config_file}", f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage",
+            "--storage.tsdb.retention.time=1h", "--log.level=warn"]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=work)
+    handle = PrometheusHandle(proc, f"http://127.0.0.1:{port}", data, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited with {proc.returncode}:\n{handle.log()}")
+        try:
+            with urllib.request.urlopen(f"{handle.url}/-/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return handle
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            handle.stop()
+            raise TimeoutError(f"prometheus not ready after {timeout}s:\n{handle.log()}")
+        time.sleep(0.1)
