@@ -21,8 +21,10 @@ def downstream() -> Iterator[CaptureServer]:
 
 
 @pytest.fixture
-def start_hop(tmp_path: Path) -> Iterator[Callable[..., HopProcess]]:
-    """`start_hop(yaml_text_or_None, extra_args=[...], env={...})` → a running `recohop serve` process."""
+def start_hop(tmp_path: Path, downstream: CaptureServer) -> Iterator[Callable[..., HopProcess]]:
+    """`start_hop(yaml_text_or_None, extra_args=[...], env={...})` → a running `recohop serve` process.
+
+    Depends on `downstream` so the capture server outlives the hops (their shutdown flushes into it)."""
     started: list[HopProcess] = []
 
     def start(config_text: str | None, extra_args: list[str] | None = None,
