@@ -59,6 +59,8 @@ class ExporterConfig:
     tls: TlsConfig | None = None
     queue_max_bytes: int = 64 * 1024 * 1024
     consumers: int = 2
+    # Queued requests are joined into calls of up to this size (keep it under the next hop's receive limit).
+    send_batch_max_bytes: int = 2 * 1024 * 1024
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Sent as `authorization: Bearer <token>` to the next hop; read from this environment variable.
     bearer_token_env: str | None = None
@@ -152,6 +154,7 @@ def _exporter(node: Node) -> ExporterConfig:
     queue = node.child("queue")
     queue_max = queue.size("max_bytes", ExporterConfig.queue_max_bytes)
     consumers = queue.int("consumers", ExporterConfig.consumers, minimum=1)
+    batch_max = queue.size("send_batch_max_bytes", ExporterConfig.send_batch_max_bytes)
     queue.done()
     retry = node.child("retry")
     retry_cfg = RetryConfig(
@@ -169,6 +172,7 @@ def _exporter(node: Node) -> ExporterConfig:
         tls=_tls(node, "tls"),
         queue_max_bytes=queue_max,
         consumers=consumers,
+        send_batch_max_bytes=batch_max,
         retry=retry_cfg,
         bearer_token_env=node.opt_str("bearer_token_env"),
     )

@@ -151,7 +151,7 @@ class Exporter:
                     self._cond.wait()
                 if not self._queue:
                     return
-                item = self._queue.popleft()
+                item = self._coalesce(self._queue.popleft())
                 self._in_flight += 1
             try:
                 self._deliver(item)
@@ -161,6 +161,20 @@ class Exporter:
                     self._bytes -= len(item.payload)
                     self.metrics.queue_bytes.set(self._bytes)
                     self._cond.notify_all()
+
+    def _coalesce(self, item: QueuedExport) -> QueuedExport:
+        """Join queued requests of the same signal into one call (caller holds the lock). Serialized export
+        requests concatenate into one valid request: their only field, resource_*, is repeated and appends."""
+        limit = self.cfg.send_batch_max_bytes
+        if not self._queue or self._queue[0].signal != item.signal or len(item.payload) >= limit:
+            return item
+        parts, size, items = [item.payload], len(item.payload), item.items
+        while self._queue and self._queue[0].signal == item.signal and size + len(self._queue[0].payload) <= limit:
+            following = self._queue.popleft()
+            parts.append(following.payload)
+            size += len(following.payload)
+            items += following.items
+        return item if len(parts) == 1 else QueuedExport(item.signal, b"".join(parts), items)
 
     def _deliver(self, item: QueuedExport) -> None:
         retry = self.cfg.retry

@@ -113,7 +113,9 @@ class Pipeline:
                 if due is None or now < due:
                     continue
                 self._next_flush[i] = now + (stage.flush_interval or 0.0)
+                began = time.perf_counter()
                 out = stage.flush(now)
+                self._stage_timers[i].inc(time.perf_counter() - began)
                 if out:
                     self.sink(self._through(i + 1, out))
 

@@ -42,11 +42,14 @@ class ExportHandler:
         self.items_name = SIGNAL_ITEMS[signal]
         self.received = metrics.received.labels(self.items_name)
         self.refused = metrics.refused
+        self.refused_requests = metrics.refused_requests.labels(self.items_name)
 
     def __call__(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         if self.expected_auth is not None and not self._authorized(context):
             self.refused.labels(self.items_name, "unauthenticated").inc()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        if not self.exporter.has_room():  # before parsing: a refusal should cost the GIL nothing
+            self._push_back(context, 0, "exporter queue full", QUEUE_FULL_RETRY_AFTER)
         try:
             request = self.request_type.FromString(raw)
         except DecodeError:
@@ -54,8 +57,6 @@ class ExportHandler:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP {self.signal} request")
         items = count_items(self.signal, request)
         self.received.inc(items)
-        if not self.exporter.has_room():
-            self._push_back(context, items, "exporter queue full", QUEUE_FULL_RETRY_AFTER)
         try:
             out = self.pipeline.process(Emitted(**{self.signal: [request]}))
         except Backpressure as exc:
@@ -80,7 +81,9 @@ class ExportHandler:
         return False
 
     def _push_back(self, context: grpc.ServicerContext, items: int, reason: str, retry_after: float) -> None:
+        """RESOURCE_EXHAUSTED + RetryInfo. Refused requests are counted (items only when already parsed)."""
         self.refused.labels(self.items_name, "backpressure").inc(items)
+        self.refused_requests.inc()
         context.abort_with_status(retry_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, retry_after))
 
 

@@ -14,6 +14,7 @@ SIGNAL_ITEMS = {"traces": "spans", "metrics": "metric_points", "logs": "log_reco
 class HopMetrics:
     received: Counter
     refused: Counter
+    refused_requests: Counter
     exported: Counter
     export_failed: Counter
     export_retries: Counter
@@ -28,6 +29,8 @@ class HopMetrics:
                              registry=registry),
             refused=Counter("recohop_refused_items", "Items refused at the receiver, by reason",
                             ["signal", "reason"], registry=registry),
+            refused_requests=Counter("recohop_refused_requests", "Export requests answered RESOURCE_EXHAUSTED",
+                                     ["signal"], registry=registry),
             exported=Counter("recohop_exported_items", "Items delivered to the next hop or sink", ["signal"],
                              registry=registry),
             export_failed=Counter("recohop_export_failed_items", "Items given up on by the exporter",

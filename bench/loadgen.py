@@ -1,0 +1,181 @@
+"""The load generator: client processes replaying pre-serialized requests over several gRPC streams.
+
+Each client process has its own channels (separate connections) and `streams` threads, each keeping one
+unary call in flight with a generic `unary_unary(path)`: bytes in, bytes out, nothing re-encoded. Only
+acknowledged calls that complete inside the measurement window count.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bench.workload import TraceIdRewriter, read_requests
+from processor.signals import METHOD_PATHS
+
+RETRY_PAUSE = 0.005
+
+
+@dataclass
+class ClientPlan:
+    endpoint: str
+    workload: Path
+    spans: list[int]
+    streams: int
+    channels: int
+    warmup: float
+    duration: float
+    fresh_ids: bool = True
+
+
+@dataclass
+class ClientResult:
+    acked_spans: int = 0
+    acked_requests: int = 0
+    sent_bytes: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+    def merge(self, other: ClientResult) -> None:
+        self.acked_spans += other.acked_spans
+        self.acked_requests += other.acked_requests
+        self.sent_bytes += other.sent_bytes
+        for code, n in other.errors.items():
+            self.errors[code] = self.errors.get(code, 0) + n
+        self.latencies.extend(other.latencies)
+        self.cpu_seconds += other.cpu_seconds
+
+
+def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: grpc.UnaryUnaryMultiCallable,
+            requests: list[bytes], rewriters: list[TraceIdRewriter] | None, result: ClientResult,
+            lock: threading.Lock) -> None:
+    window_start = start_at + plan.warmup
+    window_end = window_start + plan.duration
+    n = len(requests)
+    i = (stream * 7919 + client * 104729) % n
+    loop = 0
+    acked = reqs = sent = 0
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    stream_id = client * plan.streams + stream
+    while True:
+        if rewriters is not None:
+            payload = rewriters[i].replay(((stream_id & 0xFFF) << 20) | (loop & 0xFFFFF))
+        else:
+            payload = requests[i]
+        began = time.monotonic()
+        if began >= window_end:
+            break
+        try:
+            call(payload, timeout=30.0)
+        except grpc.RpcError as error:
+            code = error.code().name  # type: ignore[attr-defined]
+            errors[code] = errors.get(code, 0) + 1
+            time.sleep(RETRY_PAUSE)
+            continue
+        done = time.monotonic()
+        if window_start <= done < window_end:
+            acked += plan.spans[i]
+            reqs += 1
+            sent += len(payload)
+            lat.append(done - began)
+        i += 1
+        if i == n:
+            i = 0
+            loop += 1
+    with lock:
+        result.merge(ClientResult(acked, reqs, sent, errors, lat))
+
+
+def run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: Any) -> None:
+    """Entry point of one client process: prepares, reports ready, waits for `go`, then sends until the
+    window (from the shared `start_at`, a time.monotonic() value: system-wide on Linux) ends."""
+    try:
+        _run_client(index, plan, out, go, start_at)
+    except Exception as exc:  # reported to the harness instead of a silent hang
+        out.put(("error", f"client {index}: {exc!r}"))
+
+
+def _run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: Any) -> None:
+    requests = read_requests(plan.workload)
+    rewriters = [TraceIdRewriter(raw) for raw in requests] if plan.fresh_ids else None
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
+               ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(plan.endpoint, options) for _ in range(plan.channels)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=15)
+    calls = [channel.unary_unary(METHOD_PATHS["traces"]) for channel in channels]
+    result = ClientResult()
+    lock = threading.Lock()
+    out.put(("ready", index))
+    go.wait()
+    begin = start_at.value
+    threads = [threading.Thread(target=_stream, daemon=True,
+                                args=(plan, begin, index, s, calls[s % len(calls)], requests, rewriters,
+                                      result, lock))
+               for s in range(plan.streams)]
+    time.sleep(max(0.0, begin - time.monotonic()))
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, begin + plan.warmup - time.monotonic()))
+    cpu0 = time.process_time()
+    time.sleep(max(0.0, begin + plan.warmup + plan.duration - time.monotonic()))
+    cpu1 = time.process_time()
+    for t in threads:
+        t.join(timeout=35)
+    result.cpu_seconds = cpu1 - cpu0
+    for channel in channels:
+        channel.close()
+    out.put(result)
+
+
+class Clients:
+    """Client processes for one benchmark row: start, wait until all are ready, go, collect."""
+
+    def __init__(self, n: int, plan: ClientPlan) -> None:
+        ctx = mp.get_context("spawn")
+        self.plan = plan
+        self.out: mp.Queue = ctx.Queue()
+        self.go = ctx.Event()
+        self.start_at = ctx.Value("d", 0.0)
+        self.procs = [ctx.Process(target=run_client, args=(i, plan, self.out, self.go, self.start_at),
+                                  name=f"bench-client-{i}", daemon=True) for i in range(n)]
+        for p in self.procs:
+            p.start()
+
+    def launch(self, timeout: float = 60.0) -> float:
+        """Wait until every client is connected, then start them together; returns the start time."""
+        for _ in self.procs:
+            tag, detail = self.out.get(timeout=timeout)
+            if tag != "ready":
+                self.close()
+                raise RuntimeError(str(detail))
+        self.start_at.value = time.monotonic() + 0.05
+        self.go.set()
+        return self.start_at.value
+
+    def collect(self) -> ClientResult:
+        total = ClientResult()
+        deadline = time.monotonic() + 45
+        for _ in self.procs:
+            item = self.out.get(timeout=max(1.0, deadline - time.monotonic()))
+            if not isinstance(item, ClientResult):
+                self.close()
+                raise RuntimeError(str(item[1]))
+            total.merge(item)
+        self.close()
+        return total
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)

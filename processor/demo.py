@@ -1,0 +1,250 @@
+"""The one-command demo: recommender traffic with faults through a hop running the built-in default pipeline,
+a real Prometheus scraping it (when installed), dashboards built and previewed, and a report comparing what
+the hop derived and kept with the simulator's ground truth."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from processor.config import load_config
+from processor.hop import Hop
+from processor.localprom import LocalPrometheus, prometheus_binary, start_prometheus
+
+DEMO_FAULTS = "error=0.02,slow=0.03,timeout=0.03,cache_miss=0.2,drift=email,drift_start=0.5"
+
+
+def _free_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    report_path: Path
+    report: str
+    figures: dict = field(default_factory=dict)
+
+
+def samples(registry: CollectorRegistry, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample named `name` in a registry."""
+    return [(dict(s.labels), s.value) for family in registry.collect() for s in family.samples if s.name == name]
+
+
+def total(registry: CollectorRegistry, name: str, **match: str) -> float:
+    return sum(v for labels, v in samples(registry, name) if all(labels.get(k) == m for k, m in match.items()))
+
+
+class ModelQualityCollector:
+    """Serves the recommender's offline evaluation as gauges (what a textfile collector would do)."""
+
+    def __init__(self, summary: dict) -> None:
+        self.summary = summary
+
+    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
+        from recommender.evaluate import prometheus_text  # the recommender's own export format
+
+        families: dict[str, GaugeMetricFamily] = {}
+        for line in prometheus_text(self.summary).splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name_labels, value = line.rsplit(" ", 1)
+            name, _, labels = name_labels.partition("{")
+            pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+            pairs = {k: v.strip('"') for k, v in pairs.items()}
+            family = families.setdefault(name, GaugeMetricFamily(name, name, labels=sorted(pairs)))
+            family.add_metric([pairs[k] for k in sorted(pairs)], float(value))
+        yield from families.values()
+
+
+def kept_trace_ids(sink_dir: Path) -> set[str]:
+    """Hex trace ids of every span in the file sink's OTLP JSON lines (ids are base64 in OTLP JSON)."""
+    import base64
+
+    ids: set[str] = set()
+    for path in sorted(sink_dir.glob("export.jsonl*")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            request = json.loads(line)
+            for rs in request.get("resourceSpans", []):
+                for ss in rs.get("scopeSpans", []):
+                    for span in ss.get("spans", []):
+                        ids.add(base64.b64decode(span["traceId"]).hex())
+    return ids
+
+
+def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
+             progress=print) -> DemoResult:  # noqa: ANN001 - a print-like callable
+    from dashboards.build import write as build_dashboards
+    from recommender.data import generate
+    from recommender.evaluate import offline_summary
+    from recommender.faults import Faults
+    from recommender.simulate import run as simulate
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(None)
+    cfg.receiver.endpoint = _free_endpoint()
+    cfg.telemetry.metrics_endpoint = _free_endpoint()
+    cfg.exporter.endpoint = None
+    cfg.exporter.file.path = out_dir / "kept" / "export.jsonl"
+    cfg.exporter.file.max_bytes = 1 << 30
+    for old in (out_dir / "kept").glob("export.jsonl*"):
+        old.unlink()
+
+    progress("training the recommender's two model versions and evaluating them offline ...")
+    summary = offline_summary(generate(seed=seed), seed=seed)
+    (out_dir / "model-eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    quality = CollectorRegistry()
+    quality.register(ModelQualityCollector(summary))
+    quality_server, _ = start_http_server(0, addr="127.0.0.1", registry=quality)
+    quality_target = f"127.0.0.1:{quality_server.server_port}"
+
+    hop = Hop(cfg).start()
+    progress(f"recohop (built-in default pipeline: {', '.join(s.name for s in hop.pipeline.stages)}) on "
+             f"{hop.endpoint}, /metrics on 127.0.0.1:{hop.metrics_port}")
+    prom: LocalPrometheus | None = None
+    dashboards_dir = out_dir / "dashboards"
+    build_dashboards(dashboards_dir)
+    if prometheus_binary():
+        prom = start_prometheus([f"127.0.0.1:{hop.metrics_port}", quality_target], out_dir / "prometheus",
+                                rule_files=[dashboards_dir / "recording.rules.yml",
+                                            dashboards_dir / "alerts.rules.yml"])
+        progress(f"Prometheus on {prom.url} scraping the hop every second")
+    else:
+        progress("Prometheus is not installed: skipping the live queries and the preview image")
+
+    truth_box: dict = {}
+
+    def drive() -> None:
+        truth_box["truth"] = simulate(hop.endpoint, rps=rps, duration=duration, seed=seed,
+                                      faults=Faults.parse(faults), pace=True,
+                                      ground_truth=str(out_dir / "ground-truth.json"))
+
+    driver = threading.Thread(target=drive, name="simulator", daemon=True)
+    started = time.monotonic()
+    progress(f"simulating {duration:.0f}s of recommendation traffic at {rps:.0f} req/s with faults {faults}")
+    try:
+        driver.start()
+        while driver.is_alive():
+            driver.join(5)
+            reg = hop.registry
+            progress(f"  {time.monotonic() - started:5.0f}s  spans in {total(reg, 'recohop_received_items_total', signal='spans'):>8.0f}"
+                     f"  spans out {total(reg, 'recohop_exported_items_total', signal='spans'):>7.0f}"
+                     f"  traces buffered {total(reg, 'recohop_sampling_buffer_traces'):>5.0f}")
+        # Let the last traces reach their decision (root_grace) and Prometheus scrape the final counts.
+        time.sleep(4.0)
+        if prom is not None:
+            time.sleep(2.5)
+            figures_prom = _prometheus_figures(prom)
+            from dashboards.preview import render as render_preview
+
+            preview_path = out_dir / "recommender-overview.png"
+            render_preview(prom.url, preview_path, window=f"{max(duration * 1.5, 120):.0f}s")
+        else:
+            figures_prom, preview_path = {}, None
+        registry = hop.registry
+    finally:
+        hop.stop()
+        if prom is not None:
+            prom.stop()
+        quality_server.shutdown()
+    truth = truth_box["truth"].to_dict()
+    return _report(out_dir, registry, truth, figures_prom, dashboards_dir, preview_path)
+
+
+def _prometheus_figures(prom: LocalPrometheus) -> dict:
+    """CTR per placement and key rates as Prometheus computes them from the scraped hop metrics."""
+    ctr = prom.query("sum by (placement) (reco_clicks_total) / sum by (placement) (reco_impressions_total)")
+    rates = {
+        "error_rate": 'sum(reco_requests_total{status_code="STATUS_CODE_ERROR"}) / sum(reco_requests_total)',
+        "cold_start_rate": 'sum(reco_requests_total{cold_start="true"}) / sum(reco_requests_total)',
+        "fallback_rate": 'sum(reco_requests_total{fallback="true"}) / sum(reco_requests_total)',
+    }
+    out = {"ctr_by_placement": {r["metric"].get("placement", "?"): float(r["value"][1]) for r in ctr}}
+    for key, promql in rates.items():
+        result = prom.query(promql)
+        out[key] = float(result[0]["value"][1]) if result else None
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2%}"
+
+
+def _report(out_dir: Path, reg: CollectorRegistry, truth: dict, prom: dict, dashboards_dir: Path,
+            preview: Path | None) -> DemoResult:
+    lines = ["# recohop demo report", ""]
+    spans_in = total(reg, "recohop_received_items_total", signal="spans")
+    spans_out = total(reg, "recohop_exported_items_total", signal="spans")
+    lines += ["## Traffic", f"- requests simulated: {truth['requests']} ({truth['spans']} spans in ground truth)",
+              f"- spans in: {spans_in:.0f}, spans out (kept): {spans_out:.0f} "
+              f"({spans_out / max(spans_in, 1):.1%} of spans)",
+              f"- metric points out: {total(reg, 'recohop_exported_items_total', signal='metric_points'):.0f}", ""]
+
+    kept = kept_trace_ids(out_dir / "kept")
+    lines += ["## Traces kept per policy", "| policy | traces kept |", "|---|---|"]
+    for labels, value in sorted(samples(reg, "recohop_sampling_decisions_total"), key=lambda x: x[0]["policy"]):
+        if labels.get("decision") == "keep":
+            lines.append(f"| {labels['policy']} | {value:.0f} |")
+    dropped = total(reg, "recohop_sampling_decisions_total", decision="drop")
+    lines += [f"| (dropped) | {dropped:.0f} |", "", "Special traces of the ground truth found in the kept output:",
+              "| kind | in ground truth | kept | missing |", "|---|---|---|---|"]
+    special_missing = 0
+    for kind, ids in truth["trace_ids"].items():
+        found = sum(1 for t in ids if t in kept)
+        special_missing += len(ids) - found
+        lines.append(f"| {kind} | {len(ids)} | {found} | {len(ids) - found} |")
+    lines.append("")
+
+    lines += ["## Redactions per rule", "| rule | values redacted |", "|---|---|"]
+    for labels, value in sorted(samples(reg, "recohop_redaction_rule_hits_total"), key=lambda x: -x[1]):
+        lines.append(f"| {labels.get('rule', '?')} | {value:.0f} |")
+    for labels, value in sorted(samples(reg, "recohop_redaction_detector_hits_total"), key=lambda x: -x[1]):
+        lines.append(f"| detector {labels.get('detector', '?')} | {value:.0f} |")
+    lines.append("")
+
+    lines += ["## Series per derived metric (after cardinality control)", "| metric | active series | folded |",
+              "|---|---|---|"]
+    folded = {lab.get("metric"): v for lab, v in samples(reg, "recohop_cardinality_folded_total")}
+    for labels, value in sorted(samples(reg, "recohop_cardinality_active_series"), key=lambda x: x[0]["metric"]):
+        lines.append(f"| {labels['metric']} | {value:.0f} | {folded.get(labels['metric'], 0):.0f} |")
+    lines.append("")
+
+    lines += ["## CTR per placement: derived metrics vs ground truth",
+              "| placement | ground truth | hop metrics | Prometheus | difference |", "|---|---|---|---|---|"]
+    worst = 0.0
+    figures: dict = {"ctr": {}}
+    for placement, gt in truth["per_placement"].items():
+        clicks = total(reg, "reco_clicks_total", placement=placement)
+        impressions = total(reg, "reco_impressions_total", placement=placement)
+        hop_ctr = clicks / impressions if impressions else 0.0
+        prom_ctr = prom.get("ctr_by_placement", {}).get(placement)
+        diff = abs(hop_ctr - gt["ctr"]) / gt["ctr"] if gt["ctr"] else 0.0
+        worst = max(worst, diff)
+        figures["ctr"][placement] = {"truth": gt["ctr"], "hop": hop_ctr, "prometheus": prom_ctr}
+        lines.append(f"| {placement} | {_pct(gt['ctr'])} | {_pct(hop_ctr)} | {_pct(prom_ctr)} | {diff:.2%} |")
+    lines.append("")
+    lines += ["## Rates: derived metrics vs ground truth", "| rate | ground truth | Prometheus |", "|---|---|---|"]
+    for key in ("error_rate", "cold_start_rate", "fallback_rate"):
+        lines.append(f"| {key} | {_pct(truth[key])} | {_pct(prom.get(key))} |")
+    lines.append("")
+    lines += ["## Files", f"- Grafana JSON and rule files: {dashboards_dir}",
+              f"- dashboard preview: {preview if preview else '(Prometheus not installed: no preview)'}",
+              f"- kept traces (OTLP JSON lines): {out_dir / 'kept'}",
+              f"- ground truth: {out_dir / 'ground-truth.json'}", ""]
+    report = "\n".join(lines)
+    report_path = out_dir / "report.md"
+    report_path.write_text(report)
+    figures.update({"spans_in": spans_in, "spans_out": spans_out, "special_missing": special_missing,
+                    "worst_ctr_difference": worst, "prometheus": prom})
+    (out_dir / "report.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return DemoResult(out_dir, report_path, report, figures)
