@@ -1,0 +1,338 @@
+"""The trace buffer: spans (and log records) grouped by trace id, kept as serialized bytes per
+(resource, scope) group, plus the few per-trace facts the policies need. Per span only what must be read
+from the message is read on arrival (trace id, root or not, ERROR status, start/end when a trace-duration
+policy exists); attribute values, named-span durations and exception events are read once per trace at
+decision time from the bytes (`complete`), so ordinary spans never touch their attribute messages.
+
+Memory: a span costs its wire size plus a 1-3 byte field prefix inside one `bytearray` per (trace, group);
+resources and scopes are stored once per distinct group, not per span. The budget is counted in serialized bytes.
+Only `TraceBuffer` mutates this state; the stage calls it under the pipeline lock (single-threaded ownership).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
+
+from processor.sampling.policies.attribute import encoded_key
+from processor.sampling.policies.base import Needs
+from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, span_attribute_values
+
+_TABLE = len(CHILD_PREFIX)
+ERROR = 2  # Status.STATUS_CODE_ERROR
+EXCEPTION_EVENT = b"\x12\x09exception"  # Event.name == "exception" as serialized
+ERROR_CODE = b"\x18\x02"  # Status.code == ERROR as serialized (also an int attribute == 2: then confirmed)
+
+
+def any_value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
+
+
+def _duration_after(chunk: bytearray, at: int) -> int | None:
+    """end - start of the span whose name field ends at `at`: in canonical encoding the name (field 5) is
+    followed by kind (field 6, optional), start (field 7, fixed64) and end (field 8, fixed64). None when the
+    bytes are not laid out like that (then the caller parses the spans)."""
+    if at < len(chunk) and chunk[at] == 0x30:
+        at += 2  # SpanKind is < 128: one-byte varint
+    if at + 18 > len(chunk) or chunk[at] != 0x39 or chunk[at + 9] != 0x41:
+        return None
+    start = int.from_bytes(chunk[at + 1:at + 9], "little")
+    end = int.from_bytes(chunk[at + 10:at + 18], "little")
+    return end - start if end >= start else None
+
+
+class Group:
+    """One (resource, scope) pair as it came in, pre-encoded for rebuilding requests."""
+
+    __slots__ = ("gid", "resource_field", "scope_field", "res_attrs", "refs")
+
+    def __init__(self, gid: int, resource_field: bytes, scope_field: bytes,
+                 res_attrs: dict[str, list[Any]] | None) -> None:
+        self.gid = gid
+        self.resource_field = resource_field  # ResourceSpans/ResourceLogs field 1 (+ field 3 schema_url)
+        self.scope_field = scope_field  # ScopeSpans/ScopeLogs field 1 (+ field 3 schema_url)
+        self.res_attrs = res_attrs
+        self.refs = 0
+
+
+class Groups:
+    """Interns (resource, scope) pairs so each buffered trace refers to them by a small int."""
+
+    def __init__(self, resource_keys: set[str]) -> None:
+        self.resource_keys = resource_keys
+        self.by_key: dict[tuple[bytes, bytes], Group] = {}
+        self.by_id: dict[int, Group] = {}
+        self._next = 0
+
+    def intern(self, resource: Any, resource_schema: str, scope: Any, scope_schema: str) -> Group:
+        res_field = field(1, resource.SerializeToString())
+        if resource_schema:
+            res_field += field(3, resource_schema.encode())
+        scope_field = field(1, scope.SerializeToString())
+        if scope_schema:
+            scope_field += field(3, scope_schema.encode())
+        key = (res_field, scope_field)
+        group = self.by_key.get(key)
+        if group is None:
+            res_attrs: dict[str, list[Any]] | None = None
+            if self.resource_keys:
+                for kv in resource.attributes:
+                    if kv.key in self.resource_keys:
+                        res_attrs = res_attrs or {}
+                        res_attrs.setdefault(kv.key, []).append(any_value(kv.value))
+            group = Group(self._next, res_field, scope_field, res_attrs)
+            self._next += 1
+            self.by_key[key] = group
+            self.by_id[group.gid] = group
+        return group
+
+    def release(self, gids: Iterable[int]) -> None:
+        for gid in gids:
+            group = self.by_id[gid]
+            group.refs -= 1
+            if group.refs <= 0:
+                del self.by_id[gid]
+                del self.by_key[(group.resource_field, group.scope_field)]
+
+
+class TraceEntry:
+    """One buffered trace: its bytes per group and the facts policies read (see `policies.base.TraceView`)."""
+
+    __slots__ = ("trace_id", "first", "root_at", "root", "nspans", "nbytes", "chunks", "log_chunks", "nlogs",
+                 "error", "exception", "max_severity", "start", "end", "durations", "span_attrs", "res_attrs")
+
+    def __init__(self, trace_id: bytes, now: float) -> None:
+        self.trace_id = trace_id
+        self.first = now
+        self.root_at: float | None = None
+        # Where the root span sits: (group id, offset of its field prefix in that chunk, its length) so the
+        # kept root can be annotated by splicing bytes, without parsing.
+        self.root: tuple[int, int, int] | None = None
+        self.nspans = 0
+        self.nbytes = 0
+        self.chunks: dict[int, bytearray] = {}
+        self.log_chunks: dict[int, bytearray] | None = None
+        self.nlogs = 0
+        self.error = False
+        self.exception = False
+        self.max_severity = 0
+        self.start = 1 << 64
+        self.end = 0
+        self.durations: dict[str, int] | None = None
+        self.span_attrs: dict[str, list[Any]] | None = None
+        self.res_attrs: dict[str, list[Any]] | None = None
+
+    def gids(self) -> list[int]:
+        return [*self.chunks, *(self.log_chunks or ())]
+
+
+class Late:
+    """Spans/logs that arrived after their trace's decision and follow it (kept ones are sent at once)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[Group, bytes, bool, Any]] = []  # group, bytes, is_root, decision
+        self.logs: list[tuple[Group, bytes]] = []
+        self.dropped_spans = 0
+        self.dropped_logs = 0
+
+
+class TraceBuffer:
+    def __init__(self, needs: Needs, max_spans_per_trace: int) -> None:
+        self.needs = needs
+        self.groups = Groups(needs.resource_keys)
+        self.traces: dict[bytes, TraceEntry] = {}  # insertion order = first-seen order
+        self.nbytes = 0
+        self.max_spans = max_spans_per_trace
+        self.wanted_names = frozenset(needs.span_names)
+        # Facts read from a trace's bytes at decision time (see `complete`).
+        self.name_patterns = tuple((name, field(5, name.encode())) for name in sorted(needs.span_names))
+        self.key_plans = tuple(
+            (key, encoded_key(key), tuple(sorted(gates)) if gates is not None else None)
+            for key, gates in sorted(needs.span_key_gates.items()))
+        self.exception_trigger = EXCEPTION_EVENT if needs.exception_events else None
+
+    def _chunk(self, entry: TraceEntry, chunks: dict[int, bytearray], group: Group) -> bytearray:
+        chunk = chunks[group.gid] = bytearray()
+        group.refs += 1
+        if group.res_attrs:
+            attrs = entry.res_attrs = entry.res_attrs or {}
+            for key, values in group.res_attrs.items():
+                attrs.setdefault(key, []).extend(values)
+        return chunk
+
+    def add_spans(self, request: Any, now: float, cache: Any, roots: list[TraceEntry],
+                  full: list[TraceEntry], late: Late) -> int:
+        """Buffer every span of a traces request; returns the number of spans buffered.
+        Root spans' traces are appended to `roots`, traces that reached max_spans_per_trace to `full`.
+        Per span only the trace id, parent id (and start/end when a trace-duration policy exists) are read;
+        everything else is read from the trace's bytes at decision time (`complete`)."""
+        traces = self.traces
+        cache_get = cache.get
+        need_times = self.needs.trace_duration
+        max_spans = self.max_spans
+        added = 0
+        added_bytes = 0
+        for rs in request.resource_spans:
+            resource = rs.resource
+            for ss in rs.scope_spans:
+                group = self.groups.intern(resource, rs.schema_url, ss.scope, ss.schema_url)
+                gid = group.gid
+                last_id = None
+                for span in ss.spans:
+                    data = span.SerializeToString()
+                    trace_id = span.trace_id
+                    if trace_id != last_id:  # spans of one trace often come together: skip two lookups
+                        entry = traces.get(trace_id)
+                        if entry is None:
+                            decision = cache_get(trace_id)
+                            if decision is not None:
+                                if decision.kept:
+                                    late.spans.append((group, data, not span.parent_span_id, decision))
+                                else:
+                                    late.dropped_spans += 1
+                                last_id = None
+                                continue
+                            entry = traces[trace_id] = TraceEntry(trace_id, now)
+                        chunk = entry.chunks.get(gid)
+                        if chunk is None:
+                            chunk = self._chunk(entry, entry.chunks, group)
+                        last_id = trace_id
+                    n = len(data)
+                    if not span.parent_span_id:
+                        entry.root_at = now
+                        entry.root = (gid, len(chunk), n)
+                        roots.append(entry)
+                    chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
+                    chunk += data
+                    entry.nbytes += n
+                    added_bytes += n
+                    added += 1
+                    entry.nspans += 1
+                    if ERROR_CODE in data and span.status.code == ERROR:  # C substring test first
+                        entry.error = True
+                    if need_times:
+                        start = span.start_time_unix_nano
+                        end = span.end_time_unix_nano
+                        if start < entry.start:
+                            entry.start = start
+                        if end > entry.end:
+                            entry.end = end
+                    if entry.nspans == max_spans:
+                        full.append(entry)
+        self.nbytes += added_bytes
+        return added
+
+    def complete(self, entry: TraceEntry) -> None:
+        """Read the remaining facts from the trace's bytes, once, before deciding, without parsing spans:
+        named-span durations and the attributes policies name are decoded where their byte patterns occur
+        (`wire.span_attribute_values`); a chunk is parsed only to confirm an `exception` event or when a
+        named span is not laid out as expected. The chunk holds our own `SerializeToString` output, so
+        patterns are upb's canonical encoding."""
+        for chunk in entry.chunks.values():
+            unsure = False
+            for name, pattern in self.name_patterns:
+                at = chunk.find(pattern)
+                while at >= 0:
+                    took = _duration_after(chunk, at + len(pattern))
+                    if took is None:
+                        unsure = True  # not laid out as expected: read this chunk's spans below
+                    else:
+                        durations = entry.durations
+                        if durations is None:
+                            durations = entry.durations = {}
+                        if took > durations.get(name, -1):
+                            durations[name] = took
+                    at = chunk.find(pattern, at + 1)
+            for key, pattern, gates in self.key_plans:
+                if gates is not None:
+                    for gate in gates:
+                        if gate in chunk:
+                            break
+                    else:
+                        continue  # none of the tested values occurs: nothing to read for this key
+                values = span_attribute_values(chunk, pattern)
+                if values:
+                    found = entry.span_attrs
+                    if found is None:
+                        found = entry.span_attrs = {}
+                    found.setdefault(key, []).extend(values)
+            if unsure or (self.exception_trigger is not None and not entry.exception
+                          and self.exception_trigger in chunk):
+                self._read_spans(entry, chunk, unsure)
+
+    def _read_spans(self, entry: TraceEntry, chunk: bytearray, names_too: bool) -> None:
+        names = self.wanted_names if names_too else ()
+        for span in ScopeSpans.FromString(bytes(chunk)).spans:
+            if names:
+                name = span.name
+                if name in names:
+                    took = span.end_time_unix_nano - span.start_time_unix_nano
+                    durations = entry.durations
+                    if durations is None:
+                        durations = entry.durations = {}
+                    if took > durations.get(name, -1):
+                        durations[name] = took
+            if not entry.exception and span.events:
+                entry.exception = any(event.name == "exception" for event in span.events)
+
+    def add_logs(self, request: Any, now: float, cache: Any, late: Late,
+                 passed: list[tuple[Group, bytes, int]]) -> int:
+        """Buffer log records that carry a trace id with their trace; others go to `passed`."""
+        traces = self.traces
+        cache_get = cache.get
+        added = 0
+        added_bytes = 0
+        for rl in request.resource_logs:
+            resource = rl.resource
+            for sl in rl.scope_logs:
+                group = self.groups.intern(resource, rl.schema_url, sl.scope, sl.schema_url)
+                gid = group.gid
+                for record in sl.log_records:
+                    trace_id = record.trace_id
+                    data = record.SerializeToString()
+                    if len(trace_id) != 16 or not any(trace_id):
+                        passed.append((group, data, record.severity_number))
+                        continue
+                    entry = traces.get(trace_id)
+                    if entry is None:
+                        decision = cache_get(trace_id)
+                        if decision is not None:
+                            if decision.kept:
+                                late.logs.append((group, data))
+                            else:
+                                late.dropped_logs += 1
+                            continue
+                        entry = traces[trace_id] = TraceEntry(trace_id, now)
+                    chunks = entry.log_chunks
+                    if chunks is None:
+                        chunks = entry.log_chunks = {}
+                    chunk = chunks.get(gid)
+                    if chunk is None:
+                        chunk = self._chunk(entry, chunks, group)
+                    n = len(data)
+                    chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
+                    chunk += data
+                    entry.nbytes += n
+                    entry.nlogs += 1
+                    added_bytes += n
+                    added += 1
+                    severity = record.severity_number
+                    if severity > entry.max_severity:
+                        entry.max_severity = severity
+        self.nbytes += added_bytes
+        return added
+
+    def remove(self, entry: TraceEntry) -> None:
+        """Take a decided trace out of the buffer (its bytes are handed to the emitter first)."""
+        del self.traces[entry.trace_id]
+        self.nbytes -= entry.nbytes
+        self.groups.release(entry.gids())
+
+    def oldest(self) -> TraceEntry | None:
+        for entry in self.traces.values():
+            return entry
+        return None

@@ -1,0 +1,28 @@
+"""`drop`: a trace matching the sub-policy is dropped, whatever any keep policy says (e.g. health checks)."""
+
+from __future__ import annotations
+
+from processor.config_node import Node
+from processor.sampling.policies.base import Needs, Policy, TraceView
+
+
+class Drop(Policy):
+    kind = "drop"
+
+    def __init__(self, name: str, part: Policy) -> None:
+        super().__init__(name)
+        self.part = part
+
+    def add_needs(self, needs: Needs) -> None:
+        self.part.add_needs(needs)
+
+    def matches(self, trace: TraceView, now: float) -> bool:
+        return self.part.matches(trace, now)
+
+
+def build(node: Node, name: str) -> Policy:
+    from processor.sampling.policies.factory import build_policy
+
+    if node.raw("policy") is None:
+        raise node.error("policy", "the sub-policy that selects traces to drop (required)")
+    return Drop(name, build_policy(node.child("policy"), f"{name}.policy"))

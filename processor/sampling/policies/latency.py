@@ -1,0 +1,34 @@
+"""`latency`: the trace's duration (earliest start to latest end), or a named span's duration, above a
+threshold (e.g. `reco.generate` > 500ms)."""
+
+from __future__ import annotations
+
+from processor.config_node import Node
+from processor.sampling.policies.base import Needs, Policy, TraceView
+
+
+class Latency(Policy):
+    kind = "latency"
+
+    def __init__(self, name: str, threshold_s: float, span_name: str | None) -> None:
+        super().__init__(name)
+        self.threshold_ns = int(threshold_s * 1e9)
+        self.span_name = span_name
+
+    def add_needs(self, needs: Needs) -> None:
+        if self.span_name is None:
+            needs.trace_duration = True
+        else:
+            needs.span_names.add(self.span_name)
+
+    def matches(self, trace: TraceView, now: float) -> bool:
+        if self.span_name is None:
+            return trace.end - trace.start > self.threshold_ns
+        durations = trace.durations
+        return bool(durations) and durations.get(self.span_name, -1) > self.threshold_ns
+
+
+def build(node: Node, name: str) -> Policy:
+    if node.raw("threshold") is None:
+        raise node.error("threshold", "a duration such as 500ms (required)")
+    return Latency(name, node.duration("threshold"), node.opt_str("span_name"))

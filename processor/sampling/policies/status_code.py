@@ -1,0 +1,24 @@
+"""`status_code`: any span with status ERROR, or (by default) any span with an `exception` event."""
+
+from __future__ import annotations
+
+from processor.config_node import Node
+from processor.sampling.policies.base import Needs, Policy, TraceView
+
+
+class StatusCode(Policy):
+    kind = "status_code"
+
+    def __init__(self, name: str, exception_events: bool) -> None:
+        super().__init__(name)
+        self.exception_events = exception_events
+
+    def add_needs(self, needs: Needs) -> None:
+        needs.exception_events = needs.exception_events or self.exception_events
+
+    def matches(self, trace: TraceView, now: float) -> bool:
+        return trace.error or (self.exception_events and trace.exception)
+
+
+def build(node: Node, name: str) -> Policy:
+    return StatusCode(name, node.bool("exception_events", True))

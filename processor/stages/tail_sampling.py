@@ -1,0 +1,272 @@
+"""Tail-based sampling stage: buffer whole traces (and their logs), decide once per trace with the policy file,
+send kept traces on whole, and let late spans/logs follow the cached decision.
+
+Config: `{type: tail_sampling, policies: FILE, max_traces, max_bytes, decision_wait, root_grace,
+max_spans_per_trace, decision_cache_size, flush_interval, untraced_logs_per_second: {INFO: 100, ...}}`. Decisions depend only on the trace (except
+`rate_limit`), so N hops behind a trace-id load balancer keep what one hop would.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+
+from processor.config_node import Node
+from processor.sampling.buffer import Late, TraceBuffer, TraceEntry
+from processor.sampling.cache import DecisionCache
+from processor.sampling.decide import EARLY_REASONS, Readiness
+from processor.sampling.emit import Outbox
+from processor.sampling.loglimit import UntracedLogLimits, read_limits
+from processor.sampling.policies.policyset import Decision, PolicySet
+from processor.sampling.policyfile import DEFAULT_POLICY_FILE, load_policy_file
+from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
+
+
+@dataclass
+class Settings:
+    policies: Path = DEFAULT_POLICY_FILE
+    max_traces: int = 100_000
+    max_bytes: int = 256 << 20
+    decision_wait: float = 10.0
+    root_grace: float = 2.0
+    max_spans_per_trace: int = 5_000
+    decision_cache_size: int = 200_000
+    flush_interval: float = 0.1
+
+
+def default_stage_config() -> dict[str, Any]:
+    """The built-in tail-sampling stage config (the mission's default policy file)."""
+    s = Settings()
+    return {"type": "tail_sampling", "policies": str(s.policies), "max_traces": s.max_traces,
+            "max_bytes": s.max_bytes, "decision_wait": s.decision_wait, "root_grace": s.root_grace,
+            "max_spans_per_trace": s.max_spans_per_trace, "decision_cache_size": s.decision_cache_size,
+            "flush_interval": s.flush_interval}
+
+
+class LatencyHistogram:
+    """`recohop_sampling_decision_latency_seconds` as a custom collector: one bisect per decision instead of a
+    locked prometheus_client Histogram.observe on the decision path."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.doc = doc
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family = HistogramMetricFamily(self.name, self.doc)
+        family.add_metric([], buckets, self.sum)
+        yield family
+
+
+class SamplingMetrics:
+    """Self-metrics; decision counts are tallied in plain dicts on the hot path and published per batch."""
+
+    def __init__(self, registry: Any) -> None:
+        self.buffer_traces = Gauge("recohop_sampling_buffer_traces", "Traces waiting for a decision",
+                                   registry=registry)
+        self.buffer_bytes = Gauge("recohop_sampling_buffer_bytes",
+                                  "Serialized bytes of spans and logs waiting for a decision", registry=registry)
+        self.decisions = Counter("recohop_sampling_decisions", "Trace decisions by deciding policy",
+                                 ["policy", "decision"], registry=registry)
+        self.decided_early = Counter("recohop_sampling_decided_early",
+                                     "Traces decided before their time, by reason", ["reason"], registry=registry)
+        self.late_spans = Counter("recohop_sampling_late_spans", "Spans arriving after their trace's decision",
+                                  ["decision"], registry=registry)
+        self.latency = LatencyHistogram("recohop_sampling_decision_latency_seconds",
+                                        "First span of a trace to its decision", LATENCY_BUCKETS)
+        if registry is not None:
+            registry.register(self.latency)
+        self.logs = Counter("recohop_sampling_logs", "Log records by sampling outcome", ["outcome"],
+                            registry=registry)
+        self.late_keep = self.late_spans.labels("keep")
+        self.late_drop = self.late_spans.labels("drop")
+        self.log_outcomes = {o: self.logs.labels(o) for o in
+                             ("buffered", "kept", "dropped", "passed", "late_kept", "late_dropped", "rate_limited")}
+        self.tally: dict[Decision, int] = {}
+        self.early: dict[str, int] = {}
+
+    def publish(self) -> None:
+        """Move the batch's tallies into the prometheus counters."""
+        for decision, count in self.tally.items():
+            self.decisions.labels(decision.policy, "keep" if decision.kept else "drop").inc(count)
+        self.tally.clear()
+        for reason, count in self.early.items():
+            self.decided_early.labels(reason).inc(count)
+        self.early.clear()
+
+
+class TailSampling(Stage):
+    name = "tail_sampling"
+    mutates = True
+
+    def __init__(self, policies: PolicySet, settings: Settings, ctx: StageContext) -> None:
+        self.policies = policies
+        self.settings = settings
+        self.flush_interval = settings.flush_interval
+        self.clock = ctx.clock
+        self.bus = ctx.decisions
+        self.buffer = TraceBuffer(policies.needs, settings.max_spans_per_trace)
+        self.ready = Readiness(settings.decision_wait, settings.root_grace, settings.max_traces,
+                               settings.max_bytes)
+        self.cache: DecisionCache[Decision] = DecisionCache(settings.decision_cache_size)
+        self.out = Outbox()
+        self.metrics = SamplingMetrics(ctx.registry)
+        self.log_limits: UntracedLogLimits | None = None
+
+    # -- intake ---------------------------------------------------------------------------------------------
+
+    def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
+        now = self.clock()
+        roots: list[TraceEntry] = []
+        full: list[TraceEntry] = []
+        late = Late()
+        self.buffer.add_spans(request, now, self.cache, roots, full, late)
+        if roots:
+            self.ready.roots_arrived(roots, now)
+        self._late(late)
+        for entry in full:
+            self._decide(entry, now, "max_spans")
+        self._relieve(now)
+        self._gauges()
+        return self.out.take_traces()
+
+    def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
+        now = self.clock()
+        late = Late()
+        passed: list[Any] = []
+        buffered = self.buffer.add_logs(request, now, self.cache, late, passed)
+        outcomes = self.metrics.log_outcomes
+        limits = self.log_limits
+        if limits is not None and passed:
+            allowed = [p for p in passed if limits.allow(p[2], now)]
+            if len(allowed) < len(passed):
+                outcomes["rate_limited"].inc(len(passed) - len(allowed))
+                passed, buffered = allowed, buffered or -1  # -1: the request must be rebuilt
+        if passed:
+            outcomes["passed"].inc(len(passed))
+        if not buffered and not late.logs and not late.dropped_logs:
+            return [request, *self.out.take_logs()]  # nothing had a trace id: pass the request as it is
+        if buffered > 0:
+            outcomes["buffered"].inc(buffered)
+        for group, data, _severity in passed:
+            self.out.add_log(group, data)
+        self._late(late)
+        self._relieve(now)
+        self._gauges()
+        return self.out.take_logs()
+
+    def _late(self, late: Late) -> None:
+        if late.spans:
+            self.metrics.late_keep.inc(len(late.spans))
+            for group, data, is_root, decision in late.spans:
+                self.out.add_late_span(group, data, is_root, decision)
+        if late.dropped_spans:
+            self.metrics.late_drop.inc(late.dropped_spans)
+        if late.logs:
+            self.metrics.log_outcomes["late_kept"].inc(len(late.logs))
+            for group, data in late.logs:
+                self.out.add_log(group, data)
+        if late.dropped_logs:
+            self.metrics.log_outcomes["late_dropped"].inc(late.dropped_logs)
+
+    # -- decisions ------------------------------------------------------------------------------------------
+
+    def _relieve(self, now: float) -> None:
+        """Over budget: decide traces now with the data they have (never drop them undecided)."""
+        reason = self.ready.over_budget(self.buffer)
+        while reason is not None:
+            entry = self.ready.next_to_relieve(self.buffer)
+            if entry is None:
+                break
+            self._decide(entry, now, reason)
+            reason = self.ready.over_budget(self.buffer)
+
+    def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
+        if self.buffer.traces.get(entry.trace_id) is not entry:
+            return  # already decided (listed by more than one trigger)
+        self.buffer.complete(entry)
+        decision = self.policies.decide(entry, now)
+        self.cache.put(entry.trace_id, decision)
+        if decision.kept:
+            self.out.add_trace(entry, decision, self.buffer.groups.by_id)
+        if entry.nlogs:
+            self.metrics.log_outcomes["kept" if decision.kept else "dropped"].inc(entry.nlogs)
+        self.buffer.remove(entry)
+        metrics = self.metrics
+        metrics.tally[decision] = metrics.tally.get(decision, 0) + 1
+        metrics.latency.observe(now - entry.first)
+        if reason in EARLY_REASONS:
+            metrics.early[reason] = metrics.early.get(reason, 0) + 1
+        self.bus.publish(entry.trace_id, decision.kept, decision.policy)
+
+    def flush(self, now: float) -> Emitted | None:
+        for entry, reason in self.ready.due(self.buffer, now):
+            self._decide(entry, now, reason)
+        self._gauges()
+        return self._take()
+
+    def shutdown(self) -> Emitted | None:
+        now = self.clock()
+        for entry in list(self.buffer.traces.values()):
+            self._decide(entry, now, "shutdown")
+        self.ready.forget()
+        self._gauges()
+        return self._take()
+
+    def buffer_spans(self) -> int:
+        return sum(e.nspans for e in self.buffer.traces.values())
+
+    def _take(self) -> Emitted | None:
+        emitted = Emitted(traces=self.out.take_traces(), logs=self.out.take_logs())
+        return emitted or None
+
+    def _gauges(self) -> None:
+        self.metrics.publish()
+        self.metrics.buffer_traces.set(len(self.buffer.traces))
+        self.metrics.buffer_bytes.set(self.buffer.nbytes)
+
+
+def read_settings(node: Node) -> Settings:
+    d = Settings()
+    policies = node.path_value("policies")
+    settings = Settings(
+        policies=policies if policies is not None else d.policies,
+        max_traces=node.int("max_traces", d.max_traces, minimum=1),
+        max_bytes=node.size("max_bytes", d.max_bytes),
+        decision_wait=node.duration("decision_wait", d.decision_wait),
+        root_grace=node.duration("root_grace", d.root_grace),
+        max_spans_per_trace=node.int("max_spans_per_trace", d.max_spans_per_trace, minimum=1),
+        decision_cache_size=node.int("decision_cache_size", d.decision_cache_size, minimum=2),
+        flush_interval=node.duration("flush_interval", d.flush_interval),
+    )
+    if settings.flush_interval <= 0:
+        raise node.error("flush_interval", "a duration above zero (decisions are released on this timer)")
+    return settings
+
+
+def build(node: Node, ctx: StageContext) -> Stage:
+    settings = read_settings(node)
+    if not settings.policies.is_file():
+        raise node.error("policies", "the path of an existing policy file", str(settings.policies))
+    stage = TailSampling(load_policy_file(settings.policies), settings, ctx)
+    stage.log_limits = read_limits(node, "untraced_logs_per_second")
+    stage.name = node.str("name", "tail_sampling")
+    return stage
