@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 
 def tracer_provider(endpoint: str, gzip: bool = False, service: str = "test-service") -> TracerProvider:
@@ -25,7 +26,7 @@ def tracer_provider(endpoint: str, gzip: bool = False, service: str = "test-serv
     return provider
 
 
-def send_spans(endpoint: str, count: int, gzip: bool = False) -> list[bytes]:
+def send_spans(endpoint: str, count: int, gzip: bool = False, error: bool = False) -> list[bytes]:
     """Send `count` small traces; returns each span serialized exactly as the SDK's OTLP encoder makes it."""
     provider = tracer_provider(endpoint, gzip)
     memory = InMemorySpanExporter()
@@ -35,6 +36,8 @@ def send_spans(endpoint: str, count: int, gzip: bool = False) -> list[bytes]:
         with tracer.start_as_current_span("reco.generate") as span:
             span.set_attribute("reco.request_id", f"req-{i}")
             span.set_attribute("reco.num_results", i % 20)
+            if error:
+                span.set_status(Status(StatusCode.ERROR, "model store timeout"))
             with tracer.start_as_current_span("reco.fetch_candidates"):
                 pass
     provider.force_flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ from processor.config_node import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_check(path: Path) -> subprocess.CompletedProcess:
+def run_check(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "processor", "check", str(path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
@@ -40,10 +41,21 @@ def test_bad_config_names_file_key_and_expectation(tmp_path: Path, text: str, ke
 
 
 def test_default_and_examples_pass_check() -> None:
-    assert run_check(DEFAULT_CONFIG).returncode == 0
-    for example in sorted((REPO / "collector-config").glob("recohop*.yaml")):
-        result = run_check(example)
+    key = {"RECOHOP_PSEUDONYM_KEY": "check-test-key-0123456789"}
+    examples = [DEFAULT_CONFIG, *sorted((REPO / "collector-config").glob("recohop*.yaml"))]
+    assert len(examples) >= 2
+    for example in examples:
+        result = run_check(example, key)
         assert result.returncode == 0, result.stderr
+
+
+def test_pseudonymising_config_without_key_is_refused() -> None:
+    """Only the zero-config default may invent a throwaway key; a config file must bring its own."""
+    env = {k: v for k, v in os.environ.items() if k != "RECOHOP_PSEUDONYM_KEY"}
+    result = subprocess.run([sys.executable, "-m", "processor", "check", str(DEFAULT_CONFIG)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert "RECOHOP_PSEUDONYM_KEY" in result.stderr and "redaction.yaml" in result.stderr
 
 
 def test_load_config_raises_config_error(tmp_path: Path) -> None:

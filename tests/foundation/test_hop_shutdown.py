@@ -24,10 +24,13 @@ def test_sigterm_flushes_the_queue(downstream, start_hop) -> None:
 
 
 def test_default_config_writes_file_sink(start_hop) -> None:
+    """Zero config: the whole default pipeline runs and error traces land in the local file sink on SIGTERM."""
     hop = start_hop(None)
-    send_spans(hop.endpoint, 20)
+    send_spans(hop.endpoint, 20, error=True)
     assert hop.terminate() == 0
     sink = hop.log_path.parent / "recohop-out" / "export.jsonl"
     assert sink.exists(), hop.log()
     assert (sink.stat().st_mode & 0o777) == 0o600
-    assert sink.read_text().count("resourceSpans") >= 1
+    text = sink.read_text()
+    assert text.count('"name": "reco.generate"') == 20
+    assert "throwaway" in hop.log().lower()  # the zero-config default warns about its pseudonym key
