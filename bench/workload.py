@@ -17,9 +17,9 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 PLACEMENTS = ("home", "product_page", "cart", "email")
-MODEL_VERSIONS = ("cf-2024.06.1", "cf-2024.07.0", "pop-1.3")
+MODEL_VERSIONS = ("cf-2024.06.1", "cf-2024.07.0")
 SEARCH_WORDS = ("running shoes", "red dress", "gift for dad", "usb-c cable", "coffee grinder", "tent 4p")
-SPECIAL_KINDS = ("error", "fallback", "slow")
+SPECIAL_KINDS = ("error", "fallback", "cold_start", "slow")
 
 
 @dataclass
@@ -139,8 +139,9 @@ class _TraceMaker:
         model = rng.choice(MODEL_VERSIONS)
         variant = rng.choice("AB")
         fallback = special == "fallback"
-        strategy = "popularity" if fallback or model.startswith("pop") else "cf"
-        cold = rng.random() < 0.08
+        # As in the recommender: popularity serves only fallbacks and cold starts (both special traces).
+        cold = special == "cold_start"
+        strategy = "popularity" if fallback or cold else "cf"
         n_results = rng.choice((4, 8, 10, 12, 20))
         shards = rng.randint(1, 3)
         # 4 + sources + 2 * shards spans: 8-12.
