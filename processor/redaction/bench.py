@@ -1,0 +1,155 @@
+"""Micro-benchmark: the redaction stage alone vs parse-only of the same request bytes, in one run.
+
+    python -m processor.redaction.bench [--traces 100] [--requests 20] [--repeat 5] [--workload wide|bench]
+
+Workload `wide` (default): recommender traces of 8-12 spans, ~15 attributes per span, a few PII values per trace
+(user id/email and client address on the root, a search query with an email now and then, a phone in a
+log-like exception message). Each round parses every request (the parse-only baseline) and then runs the
+stage on freshly parsed copies; the best round of each is reported as spans/s and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry
+
+from processor.config_node import Node
+from processor.redaction.rules import DEFAULT_RULES
+from processor.stages.base import StageContext
+
+SPAN_NAMES = ("reco.fetch_user_history", "reco.fetch_candidates", "reco.score_candidates",
+              "reco.fetch_embeddings", "reco.model_inference", "reco.post_process")
+PLACEMENTS = ("home", "product_page", "cart", "email")
+MODELS = ("cf-2024.06.1", "cf-2024.07.0", "pop-1.3")
+
+
+def _kv(key: str, value: object) -> KeyValue:
+    kv = KeyValue(key=key)
+    if isinstance(value, bool):
+        kv.value.bool_value = value
+    elif isinstance(value, int):
+        kv.value.int_value = value
+    elif isinstance(value, float):
+        kv.value.double_value = value
+    else:
+        kv.value.string_value = str(value)
+    return kv
+
+
+def _common(rng: random.Random, request_id: str, model: str, placement: str) -> list[KeyValue]:
+    """Attributes every span of a trace carries (what an instrumented service copies down)."""
+    return [
+        _kv("reco.request_id", request_id), _kv("reco.placement", placement), _kv("reco.model_version", model),
+        _kv("experiment.variant", rng.choice("AB")), _kv("reco.strategy", "cf"),
+        _kv("reco.cold_start", rng.random() < 0.08), _kv("reco.fallback", False),
+        _kv("reco.item_id", f"item-{rng.randrange(50_000)}"), _kv("reco.score", rng.random()),
+        _kv("reco.candidate_count", rng.randrange(100, 2000)), _kv("reco.batch_size", 64),
+        _kv("thread.name", "worker-3"), _kv("code.function", "score"),
+        _kv("reco.session_id", f"{rng.getrandbits(128):032x}"),
+        _kv("reco.started_at", "2026-11-24T09:49:34.123Z"),
+    ]
+
+
+def make_request(traces: int, seed: int) -> bytes:
+    """One export request of `traces` recommender traces (8-12 spans each)."""
+    rng = random.Random(seed)
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.extend([_kv("service.name", "recommendation-service"), _kv("service.version", "1.8.2"),
+                                   _kv("k8s.pod.name", "recommendation-service-7d9f8-00012")])
+    ss = rs.scope_spans.add()
+    ss.scope.name = "recommender"
+    now = 1_760_000_000_000_000_000
+    for _ in range(traces):
+        tid = rng.getrandbits(128).to_bytes(16, "big")
+        user = rng.randrange(1, 200_000)
+        common = _common(rng, f"req-{rng.getrandbits(48):012x}", rng.choice(MODELS), rng.choice(PLACEMENTS))
+        root = ss.spans.add(trace_id=tid, span_id=rng.getrandbits(64).to_bytes(8, "big"), name="reco.generate",
+                            kind=Span.SPAN_KIND_SERVER, start_time_unix_nano=now, end_time_unix_nano=now + 40_000_000)
+        root.attributes.extend(common)
+        root.attributes.extend([_kv("user.id", f"u{user}"), _kv("user.email", f"user{user}+recs@example.com"),
+                                _kv("client.address", f"10.{rng.randrange(256)}.{rng.randrange(256)}.7")])
+        if rng.random() < 0.3:
+            query = "gift for jane.doe@example.org" if rng.random() < 0.2 else "running shoes"
+            root.attributes.append(_kv("reco.search_query", query))
+        for i in range(rng.randint(7, 11)):
+            span = ss.spans.add(trace_id=tid, span_id=rng.getrandbits(64).to_bytes(8, "big"),
+                                parent_span_id=root.span_id, name=SPAN_NAMES[i % len(SPAN_NAMES)],
+                                start_time_unix_nano=now + i, end_time_unix_nano=now + i + 1_000_000)
+            span.attributes.extend(common)
+            if rng.random() < 0.02:
+                span.status.code = span.status.STATUS_CODE_ERROR
+                span.status.message = "callback to +44 20 7946 0958 failed"
+        now += 50_000_000
+    return req.SerializeToString()
+
+
+def lead_workload_rounds(traces: int, requests: int, repeat: int) -> list[list[bytes]]:
+    """The hop benchmark's own workload (`bench/workload.py`, run from the repository root): recommender
+    traces with the contract's attributes (~3.4 per span), fresh seed per round."""
+    from bench.workload import generate  # the repo's benchmark package, not part of the installed hop
+
+    return [generate(requests=requests, spans_per_request=traces * 10, seed=7 + k).requests
+            for k in range(repeat + 1)]
+
+
+def run(traces: int = 100, requests: int = 20, repeat: int = 5, rules: dict | None = None,
+        workload: str = "wide") -> dict[str, float]:
+    from processor.stages.redaction import build
+
+    # Fresh requests every round: new request/session ids and users, as in live traffic (warm caches of
+    # repeated values are fair, replaying identical requests is not).
+    if workload == "bench":
+        rounds = lead_workload_rounds(traces, requests, repeat)
+    else:
+        rounds = [[make_request(traces, 1000 * k + seed) for seed in range(requests)] for k in range(repeat + 1)]
+    spans = sum(len(ss.spans) for raw in rounds[0] for rs in ExportTraceServiceRequest.FromString(raw).resource_spans
+                for ss in rs.scope_spans)
+    ctx = StageContext(registry=CollectorRegistry(), builtin_default=True)
+    import logging
+    logging.getLogger("recohop").setLevel(logging.ERROR)  # the throwaway-key warning is expected here
+    stage = build(Node({"type": "redaction", **(rules or DEFAULT_RULES)}, "<bench>"), ctx)
+    for raw in rounds[0]:  # warm-up round (caches, first-use costs)
+        stage.on_traces(ExportTraceServiceRequest.FromString(raw))
+    parse_s = both_s = float("inf")
+    for raws in rounds[1:]:
+        began = time.perf_counter()
+        parsed = [ExportTraceServiceRequest.FromString(r) for r in raws]
+        mid = time.perf_counter()
+        for request in parsed:
+            stage.on_traces(request)
+        end = time.perf_counter()
+        parse_s = min(parse_s, mid - began)
+        both_s = min(both_s, end - began)
+    stage_s = max(both_s - parse_s, 1e-9)
+    return {"spans": spans, "parse_spans_per_s": spans / parse_s, "stage_spans_per_s": spans / stage_s,
+            "parse_plus_stage_spans_per_s": spans / both_s, "stage_cost_vs_parse": stage_s / parse_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m processor.redaction.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--traces", type=int, default=100, help="traces per request")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workload", choices=("wide", "bench"), default="wide",
+                        help="wide: ~15 attributes on every span (this module); bench: bench/workload.py's "
+                             "recommender traces (run from the repository root)")
+    args = parser.parse_args(argv)
+    out = run(args.traces, args.requests, args.repeat, workload=args.workload)
+    print(f"spans per round:          {out['spans']}")
+    print(f"parse only:               {out['parse_spans_per_s']:>12,.0f} spans/s")
+    print(f"redaction stage alone:    {out['stage_spans_per_s']:>12,.0f} spans/s")
+    print(f"parse + redaction:        {out['parse_plus_stage_spans_per_s']:>12,.0f} spans/s")
+    print(f"stage time / parse time:  {out['stage_cost_vs_parse']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

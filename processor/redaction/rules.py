@@ -1,0 +1,217 @@
+"""The redaction rules schema (read through `Node`, so errors name file, key path and expectation) and the
+key matcher that turns an attribute key into its rule once, then answers from a dict.
+
+Schema (a rules file, or the same keys inline in the hop config's redaction stage):
+
+    mode: denylist | allowlist       # default denylist
+    otherwise: drop | mask           # allowlist only: what happens to keys no rule lists (default drop)
+    mask_text: "****"                # what `mask` writes unless the rule says `with:`
+    pseudonym: {key_env: RECOHOP_PSEUDONYM_KEY, key_file: PATH, prefix: p_, length: 16}
+    rules:                           # first match wins
+      - key: user.id | glob: "user.*" | regex: "^enduser\\."   # exactly one
+        action: pseudonymise | drop | mask | generalise | keep
+        name: ...                    # metric label (default: the pattern)
+        prefix: u_                   # pseudonymise
+        with: "<email>"              # mask
+        as: ip | age | geo           # generalise; `bands: [18, 25, ...]` for age
+        detectors: true              # keep: still run the value detectors (default true)
+    detectors: true | false | {kinds: [email, phone, card, ipv4, ipv6, jwt, bearer, iban]}
+    summary_attribute: false         # add redaction.redacted.count to spans that were changed
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from processor.config_node import ConfigError, Node
+from processor.redaction.actions import (
+    ACTIONS,
+    DEFAULT_AGE_BANDS,
+    GENERALISE_KINDS,
+    generalise_geo,
+    generalise_ip,
+    make_age,
+)
+from processor.redaction.detectors import KINDS
+from processor.redaction.pseudonym import DEFAULT_KEY_ENV, KeySource
+
+RULES_KEYS = ("mode", "otherwise", "mask_text", "pseudonym", "rules", "detectors", "summary_attribute")
+SUMMARY_ATTRIBUTE = "redaction.redacted.count"
+
+# The mission default: user and end-user attributes pseudonymised, client IPs cut to their network, and every
+# detector on. `collector-config/redaction/default.yaml` is the same rules as a file (a test keeps them equal).
+DEFAULT_RULES: dict[str, Any] = {
+    "mode": "denylist",
+    "rules": [
+        {"glob": "user.*", "action": "pseudonymise", "prefix": "u_"},
+        {"glob": "enduser.*", "action": "pseudonymise", "prefix": "u_"},
+        {"key": "client.address", "action": "generalise", "as": "ip"},
+        {"key": "http.client_ip", "action": "generalise", "as": "ip"},
+    ],
+    "detectors": True,
+}
+
+
+def default_stage_node() -> Node:
+    """The built-in default's redaction stage (for the hop's zero-config pipeline, placed first)."""
+    return Node({"type": "redaction", **copy.deepcopy(DEFAULT_RULES)}, "<built-in default>", "pipeline[0]")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: str
+    prefix: str = ""
+    mask_with: str = "****"
+    generalise: Callable[[object], str] | None = None
+    scan: bool = True  # keep rules: still run the detectors on the value
+
+
+@dataclass
+class RuleSet:
+    file: str
+    mode: str
+    rules: list[tuple[Callable[[str], bool], Rule]]
+    otherwise: Rule | None
+    detector_kinds: tuple[str, ...]
+    summary_attribute: bool
+    key_source: KeySource
+    pseudonym_length: int
+    pseudonymising_rule: str | None = None
+    _cache: dict[str, Rule | None] = field(default_factory=dict)
+
+    CACHE_MAX = 16384
+
+    def lookup(self, key: str) -> Rule | None:
+        """The rule for `key` (first match), the allowlist's `otherwise`, or None (denylist, no rule)."""
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        found = self.otherwise
+        for matches, rule in self.rules:
+            if matches(key):
+                found = rule
+                break
+        if len(cache) >= self.CACHE_MAX:
+            cache.clear()
+        cache[key] = found
+        return found
+
+
+def _pattern(node: Node) -> tuple[Callable[[str], bool], str]:
+    """(matcher, pattern text)."""
+    given = [k for k in ("key", "glob", "regex") if node.has(k)]
+    if len(given) != 1:
+        raise node.error("key", "exactly one of key, glob or regex" + (f" (got {', '.join(given)})" if given else ""))
+    kind = given[0]
+    text = node.str(kind)
+    if not text:
+        raise node.error(kind, "a non-empty pattern")
+    if kind == "key":
+        return text.__eq__, text
+    if kind == "glob":
+        return re.compile(fnmatch.translate(text)).match, text
+    try:
+        compiled = re.compile(text)
+    except re.error as exc:
+        raise node.error("regex", f"a valid regular expression ({exc.msg} at position {exc.pos})", text) from None
+    return (lambda key: compiled.search(key) is not None), text
+
+
+def _rule(node: Node, mask_text: str, default_prefix: str) -> tuple[Callable[[str], bool], Rule]:
+    matches, text = _pattern(node)
+    action = node.str("action", choices=ACTIONS)
+    name = node.str("name", text)
+    rule: Rule
+    if action == "pseudonymise":
+        rule = Rule(name, action, prefix=node.str("prefix", default_prefix))
+    elif action == "mask":
+        rule = Rule(name, action, mask_with=node.str("with", mask_text))
+    elif action == "generalise":
+        kind = node.str("as", choices=GENERALISE_KINDS) if node.has("as") else None
+        if kind is None:
+            raise node.error("as", "what to generalise the value as: one of " + ", ".join(GENERALISE_KINDS))
+        if kind == "age":
+            bands = node.list("bands", list(DEFAULT_AGE_BANDS))
+            if len(bands) < 2 or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in bands) \
+                    or sorted(bands) != bands or len(set(bands)) != len(bands):
+                raise node.error("bands", "at least two increasing positive integers (band lower bounds)", bands)
+            fn = make_age(bands)
+        else:
+            fn = generalise_ip if kind == "ip" else generalise_geo
+        rule = Rule(name, action, generalise=fn)
+    elif action == "keep":
+        rule = Rule(name, action, scan=node.bool("detectors", True))
+    else:
+        rule = Rule(name, action)
+    node.done()
+    return matches, rule
+
+
+def _detector_kinds(node: Node) -> tuple[str, ...]:
+    value = node.raw("detectors", True)
+    if isinstance(value, bool):
+        return KINDS if value else ()
+    det = node.child("detectors")
+    enabled = det.bool("enabled", True)
+    kinds = det.str_list("kinds", list(KINDS))
+    for i, kind in enumerate(kinds):
+        if kind not in KINDS:
+            raise ConfigError(det.file, f"{det.key_path('kinds')}[{i}]", "one of " + ", ".join(KINDS), kind)
+    det.done()
+    return tuple(kinds) if enabled else ()
+
+
+def _key_source(node: Node) -> tuple[KeySource, str, int]:
+    pseudo = node.child("pseudonym")
+    if pseudo.has("key"):
+        raise pseudo.error("key", "key_env or key_file (the secret itself never goes in a config file)")
+    env = pseudo.str("key_env", DEFAULT_KEY_ENV)
+    key_file = pseudo.path_value("key_file")
+    if pseudo.has("key_env") and key_file is not None:
+        raise pseudo.error("key_file", "either key_env or key_file, not both")
+    prefix = pseudo.str("prefix", "p_")
+    length = pseudo.int("length", 16, minimum=8)
+    if length > 64:
+        raise pseudo.error("length", "an integer <= 64 (hex characters of the SHA-256 HMAC)", length)
+    pseudo.done()
+    return KeySource(file=node.file, env=env, key_file=key_file), prefix, length
+
+
+def parse_rules(node: Node) -> RuleSet:
+    """Read the rules keys of `node` (a rules file's top level, or a stage node with inline rules)."""
+    mode = node.str("mode", "denylist", choices=("denylist", "allowlist"))
+    mask_text = node.str("mask_text", "****")
+    otherwise_action = node.str("otherwise", "drop", choices=("drop", "mask"))
+    if mode == "denylist" and node.has("otherwise"):
+        raise node.error("otherwise", "no `otherwise` in denylist mode (unlisted keys pass); use mode: allowlist")
+    key_source, prefix, length = _key_source(node)
+    if not isinstance(node.raw("rules", []), list):
+        raise node.error("rules", "a list of rules (or, in a hop config, the path of a rules file)",
+                         node.raw("rules"))
+    rules: list[tuple[Callable[[str], bool], Rule]] = []
+    pseudonymising: str | None = None
+    for child in node.children("rules"):
+        matches, rule = _rule(child, mask_text, prefix)
+        rules.append((matches, rule))
+        if rule.action == "pseudonymise" and pseudonymising is None:
+            pseudonymising = f"{child.path} ({rule.name}) pseudonymises"
+    otherwise = Rule("allowlist.otherwise", otherwise_action, mask_with=mask_text) if mode == "allowlist" else None
+    return RuleSet(
+        file=node.file, mode=mode, rules=rules, otherwise=otherwise, detector_kinds=_detector_kinds(node),
+        summary_attribute=node.bool("summary_attribute", False), key_source=key_source,
+        pseudonym_length=length,
+        pseudonymising_rule=pseudonymising)
+
+
+def load_rules_file(path: str | Path) -> RuleSet:
+    node = Node.from_file(path)
+    ruleset = parse_rules(node)
+    node.done()
+    return ruleset

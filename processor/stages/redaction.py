@@ -1,0 +1,108 @@
+"""Redaction stage: PII pseudonymised, generalised or removed before any later stage (or byte) sees it.
+
+Hop config: `{type: redaction, rules: path/to/rules.yaml}` (relative to the hop config file), or the rules
+keys inline (`rules: [...]`, `mode`, `detectors`, `pseudonym`, ...; schema in processor/redaction/rules.py).
+Optional `name` (default `redaction`). Audit goes to self-metrics as counts, never values.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+from processor.config_node import Node
+from processor.redaction.fastpath import FastTraces
+from processor.redaction.pseudonym import Pseudonymiser, load_key
+from processor.redaction.redactor import Redactor
+from processor.redaction.rules import RULES_KEYS, RuleSet, default_stage_node, load_rules_file, parse_rules
+from processor.stages.base import LogsRequest, MetricsRequest, Stage, StageContext, TracesRequest
+
+__all__ = ["RedactionStage", "build", "default_stage_node", "load_ruleset"]
+
+
+def _counter(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+    """The counter, shared when a second redaction stage registers the same name."""
+    try:
+        return Counter(name, doc, labels, registry=registry)
+    except ValueError:
+        return registry._names_to_collectors[name]  # type: ignore[attr-defined,return-value]
+
+
+class RedactionStage(Stage):
+    name = "redaction"
+    mutates = True
+
+    def __init__(self, redactor: Redactor, registry: CollectorRegistry, name: str = "redaction") -> None:
+        self.name = name
+        self.redactor = redactor
+        rules = redactor.rules
+        self.fast = FastTraces(redactor)
+        self._rule_hits = _counter(registry, "recohop_redaction_rule_hits", "Attributes acted on, per rule",
+                                   ("rule",))
+        self._detector_hits = _counter(registry, "recohop_redaction_detector_hits",
+                                       "Values replaced by a detector, per detector", ("detector",))
+        self._spans_touched = _counter(registry, "recohop_redaction_spans_touched",
+                                       "Spans with at least one redacted value", ())
+        # Pre-create label sets so the audit series exist (at 0) before the first hit.
+        for _, rule in rules.rules:
+            if rule.action != "keep":
+                self._rule_hits.labels(rule.name)
+        if rules.otherwise is not None:
+            self._rule_hits.labels(rules.otherwise.name)
+        for kind in redactor.detectors.kinds:
+            self._detector_hits.labels(kind)
+
+    def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
+        self.fast.process(request)
+        self._publish()
+        return [request]
+
+    def on_metrics(self, request: MetricsRequest) -> list[MetricsRequest]:
+        self.redactor.metrics(request)
+        self._publish()
+        return [request]
+
+    def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
+        self.redactor.logs(request)
+        self._publish()
+        return [request]
+
+    def _publish(self) -> None:
+        r = self.redactor
+        if r.rule_hits:
+            for rule, n in r.rule_hits.items():
+                self._rule_hits.labels(rule).inc(n)
+            r.rule_hits.clear()
+        if r.detector_hits:
+            for kind, n in r.detector_hits.items():
+                self._detector_hits.labels(kind).inc(n)
+            r.detector_hits.clear()
+        if r.spans_touched:
+            self._spans_touched.inc(r.spans_touched)
+            r.spans_touched = 0
+
+
+def load_ruleset(node: Node) -> RuleSet:
+    """The rules of a stage node: from the file named by `rules:` or inline."""
+    value = node.raw("rules")
+    if isinstance(value, str):
+        inline = [k for k in RULES_KEYS if k != "rules" and node.has(k)]
+        if inline:
+            raise node.error(inline[0], "no inline rule settings when `rules:` names a file (move them into it)")
+        path = node.path_value("rules")
+        assert path is not None
+        return load_rules_file(path)
+    return parse_rules(node)
+
+
+def make_redactor(rules: RuleSet, ctx: StageContext) -> Redactor:
+    pseudonymiser = None
+    if rules.pseudonymising_rule is not None:
+        key = load_key(rules.key_source, rules.pseudonymising_rule, ctx.builtin_default, ctx.log)
+        pseudonymiser = Pseudonymiser(key, rules.pseudonym_length)
+    return Redactor(rules, pseudonymiser)
+
+
+def build(node: Node, ctx: StageContext) -> Stage:
+    name = node.str("name", "redaction")
+    rules = load_ruleset(node)
+    return RedactionStage(make_redactor(rules, ctx), ctx.registry, name)
