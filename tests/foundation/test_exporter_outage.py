@@ -17,6 +17,7 @@ exporter:
   timeout: 2s
   queue: {{max_bytes: {queue}, consumers: 1}}
   retry: {{initial_interval: 50ms, max_interval: 200ms, max_elapsed_time: 5m}}
+shutdown_timeout: 3s
 pipeline: []
 """
 
