@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from processor.otlp_values import kv as _kv
 
 PLACEMENTS = ("home", "product_page", "cart", "email")
 MODEL_VERSIONS = ("cf-2024.06.1", "cf-2024.07.0")
@@ -104,18 +105,6 @@ def load_workload(path: Path) -> Workload:
 
 
 # ---------------------------------------------------------------- generation
-
-def _kv(key: str, value: str | bool | int | float) -> KeyValue:
-    kv = KeyValue(key=key)
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = value
-    return kv
 
 
 class _TraceMaker:

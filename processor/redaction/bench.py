@@ -20,6 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
 from processor.config_node import Node
+from processor.otlp_values import kv as _kv
 from processor.redaction.rules import DEFAULT_RULES
 from processor.stages.base import StageContext
 
@@ -28,18 +29,6 @@ SPAN_NAMES = ("reco.fetch_user_history", "reco.fetch_candidates", "reco.score_ca
 PLACEMENTS = ("home", "product_page", "cart", "email")
 MODELS = ("cf-2024.06.1", "cf-2024.07.0", "pop-1.3")
 
-
-def _kv(key: str, value: object) -> KeyValue:
-    kv = KeyValue(key=key)
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = str(value)
-    return kv
 
 
 def _common(rng: random.Random, request_id: str, model: str, placement: str) -> list[KeyValue]:

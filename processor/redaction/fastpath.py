@@ -23,6 +23,7 @@ from typing import NamedTuple
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
+from processor.otlp_values import varint as _varint
 from processor.redaction.redactor import DROP, Redactor
 from processor.redaction.rules import Rule
 from processor.stages.base import TracesRequest
@@ -80,14 +81,6 @@ _LINKS = attrgetter("links")
 
 _SCALAR_TAGS = frozenset((0x10, 0x18, 0x21))  # AnyValue bool, int, double
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class Outcome(NamedTuple):

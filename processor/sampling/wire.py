@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import struct
 
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+from processor.otlp_values import varint
 
 
 def field(number: int, payload: bytes) -> bytes:

@@ -12,6 +12,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from processor.otlp_values import add_attribute as _attr
+
 SPECIAL_KINDS = ("error", "exception", "fallback", "cold_start", "popularity", "slow")
 CHILDREN = ("reco.fetch_user_history", "reco.fetch_candidates", "reco.score_candidates", "reco.fetch_embeddings",
             "reco.model_inference", "reco.post_process", "reco.rerank", "reco.filter_seen", "reco.dedupe",
@@ -25,18 +27,6 @@ class Trace:
     kind: str
     spans: list[Span] = field(default_factory=list)
 
-
-def _attr(span: Span, key: str, value: object) -> None:
-    kv = span.attributes.add()
-    kv.key = key
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = str(value)
 
 
 def make_trace(rng: random.Random, kind: str = "ordinary", nspans: int | None = None,

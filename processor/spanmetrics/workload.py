@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from processor.otlp_values import add_attribute as _attr
+
 SERVICE = "recommendation-service"
 PLACEMENTS = ("home", "product_page", "cart", "email")
 CHILDREN = ("reco.fetch_user_history", "reco.fetch_candidates", "reco.score_candidates",
@@ -32,18 +34,6 @@ class Reco:
     clicks: list[int] = field(default_factory=list)  # positions clicked
     revenue: list[float] = field(default_factory=list)  # one per conversion
 
-
-def _attr(span: Span, key: str, value: object) -> None:
-    kv = span.attributes.add()
-    kv.key = key
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = str(value)
 
 
 def make_recos(n: int, seed: int = 7) -> list[Reco]:

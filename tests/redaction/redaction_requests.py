@@ -5,20 +5,9 @@ from __future__ import annotations
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-
-def kv(key: str, value: str | int | float | bool) -> KeyValue:
-    out = KeyValue(key=key)
-    if isinstance(value, bool):
-        out.value.bool_value = value
-    elif isinstance(value, int):
-        out.value.int_value = value
-    elif isinstance(value, float):
-        out.value.double_value = value
-    else:
-        out.value.string_value = value
-    return out
+from processor.otlp_values import kv
 
 
 def nested(text: str) -> AnyValue:

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
 
+from processor.otlp_values import set_value
 from processor.sampling.buffer import _duration_after
 from processor.sampling.policies.attribute import encoded_key
 from processor.sampling.wire import CHILD_PREFIX, field, span_attribute_values, split_children
@@ -14,16 +15,6 @@ KEYS = ("reco.strategy", "k", "url.path", "reco.fallback")
 values = st.one_of(st.text(max_size=300), st.booleans(), st.integers(-(2**63), 2**63 - 1),
                    st.floats(allow_nan=False))
 
-
-def set_value(kv, value) -> None:  # noqa: ANN001
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, float):
-        kv.value.double_value = value
-    else:
-        kv.value.string_value = value
 
 
 span_attrs = st.lists(st.tuples(st.sampled_from(KEYS), values), max_size=8)
@@ -39,11 +30,11 @@ def test_span_attribute_values_match_the_parsed_spans(spans) -> None:  # noqa: A
         span = Span(name=name, kind=kind, trace_id=b"\x4a" * 16, span_id=b"\x0a\x0d" * 4,
                     start_time_unix_nano=5, end_time_unix_nano=9)
         for key, value in attrs:
-            set_value(span.attributes.add(key=key), value)
+            set_value(span.attributes.add(key=key).value, value)
             expected[key].append(value)
         event = span.events.add(name="e")
         for key, value in event_attrs:  # event attributes must not count as span attributes
-            set_value(event.attributes.add(key=key), value)
+            set_value(event.attributes.add(key=key).value, value)
         data = span.SerializeToString()
         chunk += CHILD_PREFIX[len(data)] + data if len(data) < len(CHILD_PREFIX) else field(2, data)
     for key in KEYS:
