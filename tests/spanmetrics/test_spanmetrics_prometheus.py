@@ -15,9 +15,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from spanmetrics.prom_fixture import prometheus_binary, start_prometheus
 from spanmetrics_helpers import DEFAULT_RULES, Truth
 
+from processor.localprom import prometheus_binary, start_prometheus
 from processor.spanmetrics.workload import CHILDREN, SERVICE, Reco, make_recos
 
 pytestmark = [pytest.mark.slow,
