@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import Counter
 
 from processor.config_node import ConfigError, Node
-from processor.stages.base import Emitted, Stage, StageContext
+from processor.stages.base import Emitted, Rejections, Stage, StageContext
 
 # Stage kind -> "module:function"; the function is `build(node, ctx) -> Stage`.
 STAGE_KINDS: dict[str, str] = {
@@ -85,10 +85,12 @@ class Pipeline:
         self._timer: threading.Thread | None = None
         self._stopping = threading.Event()
 
-    def process(self, batch: Emitted) -> Emitted:
-        """Run one received batch through every stage; raises Backpressure or Rejected from a stage."""
+    def process(self, batch: Emitted) -> tuple[Emitted, Rejections]:
+        """Run one received batch through every stage; returns what goes on and what the stages refused of
+        it (partial success). Raises Backpressure or Rejected from a stage."""
         with self.lock:
-            return self._through(0, batch)
+            rejections = self.ctx.rejections = Rejections()
+            return self._through(0, batch), rejections
 
     def _through(self, start: int, batch: Emitted) -> Emitted:
         traces, metrics, logs = batch.traces, batch.metrics, batch.logs

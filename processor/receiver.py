@@ -20,7 +20,7 @@ from processor.exporter import Exporter
 from processor.pipeline import Pipeline, count_items
 from processor.retryinfo import retry_status
 from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGNALS
-from processor.stages.base import Backpressure, Emitted, Rejected
+from processor.stages.base import Backpressure, Emitted, Rejected, Rejections
 from processor.telemetry import SIGNAL_ITEMS, HopMetrics
 
 log = logging.getLogger("recohop.receiver")
@@ -58,7 +58,7 @@ class ExportHandler:
         items = count_items(self.signal, request)
         self.received.inc(items)
         try:
-            out = self.pipeline.process(Emitted(**{self.signal: [request]}))
+            out, rejections = self.pipeline.process(Emitted(**{self.signal: [request]}))
         except Backpressure as exc:
             self._push_back(context, items, exc.reason, exc.retry_after)
         except Rejected as exc:
@@ -71,7 +71,17 @@ class ExportHandler:
             self.exporter.submit_emitted(other)
         else:
             self.exporter.submit_emitted(out)
+        if rejections.count:
+            return self._partial_success(rejections)
         return self.empty_response
+
+    def _partial_success(self, rejections: Rejections) -> bytes:
+        self.refused.labels(self.items_name, "invalid").inc(rejections.count)
+        response = RESPONSE_TYPES[self.signal]()
+        field = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}
+        setattr(response.partial_success, field[self.signal], rejections.count)
+        response.partial_success.error_message = rejections.message()
+        return response.SerializeToString()
 
     def _authorized(self, context: grpc.ServicerContext) -> bool:
         for key, value in context.invocation_metadata():

@@ -138,6 +138,7 @@ class Late:
         self.logs: list[tuple[Group, bytes]] = []
         self.dropped_spans = 0
         self.dropped_logs = 0
+        self.invalid_spans = 0  # no 16-byte non-zero trace id: refused (partial success), never buffered
 
 
 class TraceBuffer:
@@ -183,10 +184,15 @@ class TraceBuffer:
                 gid = group.gid
                 last_id = None
                 for span in ss.spans:
-                    data = span.SerializeToString()
                     trace_id = span.trace_id
                     if trace_id != last_id:  # spans of one trace often come together: skip two lookups
                         entry = traces.get(trace_id)
+                        if entry is None and (len(trace_id) != 16 or not any(trace_id)):
+                            late.invalid_spans += 1
+                            last_id = None
+                            continue
+                    data = span.SerializeToString()
+                    if trace_id != last_id:
                         if entry is None:
                             decision = cache_get(trace_id)
                             if decision is not None:

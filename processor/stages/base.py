@@ -75,6 +75,22 @@ class DecisionBus:
 
 
 @dataclass
+class Rejections:
+    """Items a stage refused from the request being processed: the receiver reports them to the client as
+    OTLP partial success (rejected_spans / rejected_data_points / rejected_log_records + a message)."""
+
+    count: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, count: int, reason: str) -> None:
+        self.count += count
+        self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+    def message(self) -> str:
+        return "; ".join(f"{n} {reason}" for reason, n in sorted(self.reasons.items()))
+
+
+@dataclass
 class StageContext:
     """What the hop hands a stage when building it."""
 
@@ -85,6 +101,12 @@ class StageContext:
     clock: Callable[[], float] = time.monotonic
     # Set by the hop when the stage config came from the zero-config default (e.g. throwaway HMAC key allowed).
     builtin_default: bool = False
+    # Refusals of part of the request now being processed (reset by the pipeline for each request).
+    rejections: Rejections = field(default_factory=Rejections)
+
+    def reject(self, count: int, reason: str) -> None:
+        """Refuse `count` items of the current request without failing the rest (OTLP partial success)."""
+        self.rejections.add(count, reason)
 
 
 class Stage:

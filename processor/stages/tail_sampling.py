@@ -121,6 +121,7 @@ class TailSampling(Stage):
         self.policies = policies
         self.settings = settings
         self.flush_interval = settings.flush_interval
+        self.ctx = ctx
         self.clock = ctx.clock
         self.bus = ctx.decisions
         self.buffer = TraceBuffer(policies.needs, settings.max_spans_per_trace)
@@ -139,6 +140,8 @@ class TailSampling(Stage):
         full: list[TraceEntry] = []
         late = Late()
         self.buffer.add_spans(request, now, self.cache, roots, full, late)
+        if late.invalid_spans:
+            self.ctx.reject(late.invalid_spans, "spans without a valid 16-byte trace id")
         if roots:
             self.ready.roots_arrived(roots, now)
         self._late(late)
