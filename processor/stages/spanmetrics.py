@@ -20,6 +20,10 @@ RED metrics follow otelcol's spanmetrics connector as exported to Prometheus (na
 `status_code="STATUS_CODE_ERROR"`; errors are `calls_total{status_code="STATUS_CODE_ERROR"}` (as with otelcol).
 Durations are in seconds (otelcol's default unit is ms; its default bucket bounds are used here in seconds).
 
+Log records are counted too, on 100 % of logs before sampling: `traces_span_metrics_log_records_total
+{service_name,severity}` (severity from the OTLP severity number: TRACE, DEBUG, INFO, WARN, ERROR, FATAL, or
+UNSPECIFIED).
+
 Exemplars are attached only for traces a tail-sampling stage reports as kept on `ctx.decisions`; without a
 tail-sampling stage there are no exemplars at all (never one pointing at a dropped trace). Candidates wait at
 most `max_wait` for the decision (set it above the sampler's decision_wait).
@@ -31,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter
+
 from processor.cardinality.limits import DEFAULT_FORBIDDEN_KEYS, CardinalitySelfMetrics, ForbiddenKeys
 from processor.config_node import Node
 from processor.spanmetrics.derive import Deriver
@@ -38,7 +44,7 @@ from processor.spanmetrics.exemplars import ExemplarReservoir
 from processor.spanmetrics.exposition import DerivedCollector
 from processor.spanmetrics.otlp import to_otlp
 from processor.spanmetrics.rules import load_rules, parse_buckets
-from processor.stages.base import Emitted, Stage, StageContext, TracesRequest
+from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
 
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "collector-config" / "derivations" / "default.yaml"
 # otelcol spanmetrics connector's default buckets (2ms ... 15s), in seconds.
@@ -51,9 +57,36 @@ def default_stage_config() -> dict[str, Any]:
             "series_limit": 2000}
 
 
+SEVERITY_BANDS = ("UNSPECIFIED", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+
+
+class LogRecordCounter:
+    """Log records by service and severity band (OTLP severity numbers 1-4 TRACE ... 21-24 FATAL)."""
+
+    def __init__(self, registry: CollectorRegistry, namespace: str) -> None:
+        self.counter = Counter(f"{namespace}_log_records", "Log records received, before sampling",
+                               ["service_name", "severity"], registry=registry)
+        self._children: dict[tuple[str, int], Counter] = {}
+
+    def count(self, request: LogsRequest) -> None:
+        for rl in request.resource_logs:
+            service = next((a.value.string_value for a in rl.resource.attributes if a.key == "service.name"), "")
+            for sl in rl.scope_logs:
+                bands: dict[int, int] = {}
+                for record in sl.log_records:
+                    band = (record.severity_number + 3) // 4 if 0 < record.severity_number <= 24 else 0
+                    bands[band] = bands.get(band, 0) + 1
+                for band, n in bands.items():
+                    child = self._children.get((service, band))
+                    if child is None:
+                        child = self._children[(service, band)] = self.counter.labels(service, SEVERITY_BANDS[band])
+                    child.inc(n)
+
+
 class SpanMetricsStage(Stage):
     name = "spanmetrics"
     mutates = False
+    log_counter: LogRecordCounter | None = None
 
     def __init__(self, deriver: Deriver, flush_interval: float, otlp_output: bool) -> None:
         self.deriver = deriver
@@ -63,6 +96,11 @@ class SpanMetricsStage(Stage):
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         self.deriver.consume(request)
+        return [request]
+
+    def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
+        if self.log_counter is not None:
+            self.log_counter.count(request)
         return [request]
 
     def flush(self, now: float) -> Emitted | None:
@@ -100,6 +138,8 @@ def build(node: Node, ctx: StageContext) -> Stage:
     deriver = Deriver(rules, red, namespace, buckets, series_limit, CardinalitySelfMetrics.of(ctx.registry),
                       reservoir)
     stage = SpanMetricsStage(deriver, node.duration("flush_interval", "15s"), node.bool("otlp_output", True))
+    if node.bool("log_records", True):
+        stage.log_counter = LogRecordCounter(ctx.registry, namespace)
     stage.name = node.str("name", "spanmetrics")
     if stage.flush_interval <= 0:
         raise node.error("flush_interval", "a duration > 0")
