@@ -47,6 +47,8 @@ class CaptureServer:
     raw: dict[str, list[bytes]] = field(default_factory=lambda: {s: [] for s in SIGNALS})
     # Returns a grpc.StatusCode to fail the call with, or None to accept it.
     fail_with: Callable[[str], grpc.StatusCode | None] | None = None
+    # Returns the serialized response to answer with (e.g. a partial success), or None for the empty one.
+    respond_with: Callable[[str, bytes], bytes | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: grpc.Server | None = None
 
@@ -73,7 +75,8 @@ class CaptureServer:
                 context.abort_with_status(retry_status(code, "test peer refuses", 0.05))
             with self.lock:
                 self.raw[signal].append(raw)
-            return empty
+            answer = self.respond_with(signal, raw) if self.respond_with else None
+            return empty if answer is None else answer
 
         return handle
 
