@@ -115,7 +115,7 @@ def start_prometheus(scrape_targets: list[str], workdir: Path, scrape_interval: 
     binary = prometheus_binary()
     if binary is None:
         raise RuntimeError("prometheus not installed (Debian: apt-get install prometheus)")
-    work = workdir / f"prometheus-{free_port()}"
+    work = (workdir / f"prometheus-{free_port()}").resolve()  # the process runs with cwd=work
     data = work / "data"
     data.mkdir(parents=True)
     jobs: dict[str, list[str]] = {}
@@ -128,7 +128,7 @@ def start_prometheus(scrape_targets: list[str], workdir: Path, scrape_interval: 
                                   "static_configs": [{"targets": addresses}]}
                                  for i, (path, addresses) in enumerate(jobs.items())]}
     if rule_files:
-        config["rule_files"] = [str(p) for p in rule_files]
+        config["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
     config_file = work / "prometheus.yml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
     port = free_port()

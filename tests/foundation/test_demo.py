@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_short_run_reports_expected_sections(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "-m", "processor", "demo", "--out", str(out), "--duration", "10"],
+    out = tmp_path / "demo"  # given relative, as a user would (`--out demo`), from tmp_path
+    result = subprocess.run([sys.executable, "-m", "processor", "demo", "--out", "demo", "--duration", "10"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = (out / "report.md").read_text()
