@@ -214,9 +214,18 @@ def _report(out_dir: Path, reg: CollectorRegistry, truth: dict, prom: dict, dash
 
     lines += ["## Series per derived metric (after cardinality control)", "| metric | active series | folded |",
               "|---|---|---|"]
-    folded = {lab.get("metric"): v for lab, v in samples(reg, "recohop_cardinality_folded_total")}
-    for labels, value in sorted(samples(reg, "recohop_cardinality_active_series"), key=lambda x: x[0]["metric"]):
-        lines.append(f"| {labels['metric']} | {value:.0f} | {folded.get(labels['metric'], 0):.0f} |")
+    # The derived metrics are limited twice (as Prometheus series on /metrics and as OTLP points going out,
+    # named without `_total`): show each metric once.
+    series: dict[str, float] = {}
+    folded: dict[str, float] = {}
+    for labels, value in samples(reg, "recohop_cardinality_active_series"):
+        name = labels["metric"].removesuffix("_total")
+        series[name] = max(series.get(name, 0.0), value)
+    for labels, value in samples(reg, "recohop_cardinality_folded_total"):
+        name = labels["metric"].removesuffix("_total")
+        folded[name] = max(folded.get(name, 0.0), value)
+    for name in sorted(series):
+        lines.append(f"| {name} | {series[name]:.0f} | {folded.get(name, 0):.0f} |")
     lines.append("")
 
     lines += ["## CTR per placement: derived metrics vs ground truth",
