@@ -64,6 +64,11 @@ class ExportHandler:
         except Rejected as exc:
             self.refused.labels(self.items_name, "rejected").inc(items)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+        except Exception as exc:  # a stage bug must cost this request only, and must not echo its values
+            self.refused.labels(self.items_name, "internal_error").inc(items)
+            log.error("a stage failed on a %s request (%s); the request was refused", self.signal,
+                      type(exc).__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "recohop could not process this request")
         produced = getattr(out, self.signal)
         if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is request:
             self.exporter.submit(self.signal, raw, items, force=True)

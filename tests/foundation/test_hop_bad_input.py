@@ -58,3 +58,41 @@ def test_health_service_reports_serving(hop) -> None:
         for service in ("", "opentelemetry.proto.collector.trace.v1.TraceService"):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_failing_stage_costs_one_request_and_logs_no_values(caplog) -> None:
+    """A stage bug: that request gets INTERNAL, the hop keeps serving, the log names no attribute value."""
+    from otlp_peers import CaptureServer
+
+    from processor.config import parse_config
+    from processor.config_node import Node
+    from processor.hop import Hop
+    from processor.signals import REQUEST_TYPES
+
+    sink = CaptureServer().start()
+    node = Node({"receiver": {"endpoint": "127.0.0.1:0"}, "exporter": {"endpoint": sink.endpoint},
+                 "telemetry": {"metrics_endpoint": "off"}, "pipeline": [{"type": "passthrough"}]}, "<test>")
+    hop = Hop(parse_config(node)).start()
+    stage = hop.pipeline.stages[0]
+    secret = "jane.doe@example.com"
+
+    def broken(request):  # noqa: ANN001, ANN202
+        if any(kv.value.string_value == secret for rs in request.resource_spans for ss in rs.scope_spans
+               for span in ss.spans for kv in span.attributes):
+            raise ValueError(f"cannot handle {secret}")
+        return [request]
+
+    stage.on_traces = broken
+    try:
+        request = REQUEST_TYPES["traces"]()
+        span = request.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+        span.attributes.add(key="user.email").value.string_value = secret
+        error = call(hop.endpoint, "traces", request.SerializeToString())
+        assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INTERNAL
+        assert secret not in error.details()
+        assert all(secret not in record.getMessage() for record in caplog.records)
+        sent = send_spans(hop.endpoint, 5)
+        wait_until(lambda: len(sink.spans()) == len(sent))
+    finally:
+        hop.stop(5)
+        sink.stop()
