@@ -96,3 +96,19 @@ def test_a_failing_stage_costs_one_request_and_logs_no_values(caplog) -> None:
     finally:
         hop.stop(5)
         sink.stop()
+
+
+def test_anyvalue_nested_1000_deep_is_invalid_argument(hop, downstream) -> None:
+    """protobuf's parser refuses nesting past its recursion limit (100), before any stage walks it."""
+    from processor.signals import REQUEST_TYPES
+
+    request = REQUEST_TYPES["traces"]()
+    span = request.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    value = span.attributes.add(key="deep").value
+    for _ in range(1000):
+        value = value.kvlist_value.values.add(key="k").value
+    value.string_value = "bottom"
+    error = call(hop.endpoint, "traces", request.SerializeToString())
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    sent = send_spans(hop.endpoint, 5)
+    wait_until(lambda: len(downstream.spans()) == len(sent))
