@@ -155,6 +155,10 @@ class Exporter:
                 self._in_flight += 1
             try:
                 self._deliver(item)
+            except Exception as exc:  # a bug or a garbage response must not kill this consumer
+                self.metrics.export_failed.labels(SIGNAL_ITEMS[item.signal], "internal").inc(item.items)
+                log.error("export failed unexpectedly (%s); %d items counted as failed", type(exc).__name__,
+                          item.items)
             finally:
                 with self._cond:
                     self._in_flight -= 1
@@ -232,5 +236,6 @@ class Exporter:
             self._queue.clear()
         for item in left:
             self.metrics.export_failed.labels(SIGNAL_ITEMS[item.signal], "shutdown").inc(item.items)
+        busy = self._in_flight
         self.transport.close()
-        return not left
+        return not left and busy == 0

@@ -4,6 +4,7 @@ rotated by size. Files are created 0600 (they hold telemetry; redaction has alre
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -18,6 +19,7 @@ class FileSink:
         self.max_bytes = max_bytes
         self.backups = backups
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()  # several export consumers write; rotation must not race a write
         self._file = self._open()
 
     def _open(self):  # noqa: ANN202 - a text file object
@@ -29,6 +31,10 @@ class FileSink:
 
     def write_message(self, request: Message) -> None:
         line = json_format.MessageToJson(request, indent=None) + "\n"
+        with self._lock:
+            self._append(line)
+
+    def _append(self, line: str) -> None:
         if self.max_bytes and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
             self._rotate()
         self._file.write(line)
@@ -47,4 +53,5 @@ class FileSink:
         self._file = self._open()
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()

@@ -58,8 +58,10 @@ class Hop:
         for name in ("", *SERVICE_NAMES.values()):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace=min(2.0, timeout / 2)).wait()
-        self.pipeline.shutdown()
-        clean = self.exporter.stop(max(0.1, deadline - time.monotonic()))
+        try:
+            self.pipeline.shutdown()
+        finally:
+            clean = self.exporter.stop(max(0.1, deadline - time.monotonic()))
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

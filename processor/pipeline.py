@@ -116,10 +116,13 @@ class Pipeline:
                     continue
                 self._next_flush[i] = now + (stage.flush_interval or 0.0)
                 began = time.perf_counter()
-                out = stage.flush(now)
+                try:
+                    out = stage.flush(now)
+                    if out:
+                        self.sink(self._through(i + 1, out))
+                except Exception as exc:  # one stage's failure must not stop the others' flushes
+                    self.ctx.log.error("stage %s failed to flush (%s)", stage.name, type(exc).__name__)
                 self._stage_timers[i].inc(time.perf_counter() - began)
-                if out:
-                    self.sink(self._through(i + 1, out))
 
     def shutdown(self) -> None:
         """Stop the timer and hand everything the stages still hold to the sink."""
@@ -128,9 +131,12 @@ class Pipeline:
             self._timer.join(timeout=5)
         with self.lock:
             for i, stage in enumerate(self.stages):
-                out = stage.shutdown()
-                if out:
-                    self.sink(self._through(i + 1, out))
+                try:
+                    out = stage.shutdown()
+                    if out:
+                        self.sink(self._through(i + 1, out))
+                except Exception as exc:  # the later stages still hand over what they hold
+                    self.ctx.log.error("stage %s failed at shutdown (%s)", stage.name, type(exc).__name__)
 
     def start_timer(self, tick: float = 0.05) -> None:
         if not any(s.flush_interval for s in self.stages):
@@ -138,10 +144,7 @@ class Pipeline:
 
         def run() -> None:
             while not self._stopping.wait(tick):
-                try:
-                    self.flush_due()
-                except Exception:  # a failing flush must not stop later flushes
-                    self.ctx.log.exception("stage flush failed")
+                self.flush_due()
 
         self._timer = threading.Thread(target=run, name="recohop-flush", daemon=True)
         self._timer.start()

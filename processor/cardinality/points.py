@@ -70,7 +70,8 @@ def _merge(field: str, into: Any, other: Any) -> bool:
         return True
     into.time_unix_nano = max(into.time_unix_nano, other.time_unix_nano)
     if field == "sum":
-        if into.WhichOneof("value") == "as_int" and other.WhichOneof("value") == "as_int":
+        if into.WhichOneof("value") == "as_int" and other.WhichOneof("value") == "as_int" \
+                and abs(into.as_int + other.as_int) < 2**63:  # past int64 the sum goes on as a double
             into.as_int += other.as_int
         else:
             into.as_double = _volume("sum", into) + _volume("sum", other)
@@ -78,10 +79,11 @@ def _merge(field: str, into: Any, other: Any) -> bool:
         return True
     if field == "histogram" and list(into.explicit_bounds) == list(other.explicit_bounds) \
             and len(into.bucket_counts) == len(other.bucket_counts):
-        merged = [a + b for a, b in zip(into.bucket_counts, other.bucket_counts, strict=True)]
+        cap = 2**64 - 1  # uint64 counts saturate rather than fail the request
+        merged = [min(a + b, cap) for a, b in zip(into.bucket_counts, other.bucket_counts, strict=True)]
         del into.bucket_counts[:]
         into.bucket_counts.extend(merged)
-        into.count += other.count
+        into.count = min(into.count + other.count, cap)
         into.sum += other.sum
         if other.HasField("min"):
             into.min = min(into.min, other.min) if into.HasField("min") else other.min

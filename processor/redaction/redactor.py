@@ -183,6 +183,8 @@ class Redactor:
             for sm in rm.scope_metrics:
                 self.attributes(sm.scope.attributes)
                 for metric in sm.metrics:
+                    if len(metric.metadata):
+                        self.attributes(metric.metadata)
                     field = metric.WhichOneof("data")
                     if field is None:
                         continue

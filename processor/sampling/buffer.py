@@ -98,6 +98,14 @@ class Groups:
                 del self.by_id[gid]
                 del self.by_key[(group.resource_field, group.scope_field)]
 
+    def forget_unused(self, groups: Iterable[Group]) -> None:
+        """Drop groups no buffered trace refers to (only late, passed or refused data came with them); the
+        outbox keeps the Group objects it needs, so nothing outlives its use here."""
+        for group in groups:
+            if group.refs <= 0 and self.by_id.get(group.gid) is group:
+                del self.by_id[group.gid]
+                del self.by_key[(group.resource_field, group.scope_field)]
+
 
 class TraceEntry:
     """One buffered trace: its bytes per group and the facts policies read (see `policies.base.TraceView`)."""
@@ -173,6 +181,7 @@ class TraceBuffer:
         everything else is read from the trace's bytes at decision time (`complete`)."""
         traces = self.traces
         cache_get = cache.get
+        touched: list[Group] = []
         need_times = self.needs.trace_duration
         max_spans = self.max_spans
         added = 0
@@ -181,6 +190,7 @@ class TraceBuffer:
             resource = rs.resource
             for ss in rs.scope_spans:
                 group = self.groups.intern(resource, rs.schema_url, ss.scope, ss.schema_url)
+                touched.append(group)
                 gid = group.gid
                 last_id = None
                 for span in ss.spans:
@@ -229,6 +239,7 @@ class TraceBuffer:
                             entry.end = end
                     if entry.nspans == max_spans:
                         full.append(entry)
+        self.groups.forget_unused(touched)
         self.nbytes += added_bytes
         return added
 
@@ -290,12 +301,14 @@ class TraceBuffer:
         """Buffer log records that carry a trace id with their trace; others go to `passed`."""
         traces = self.traces
         cache_get = cache.get
+        touched: list[Group] = []
         added = 0
         added_bytes = 0
         for rl in request.resource_logs:
             resource = rl.resource
             for sl in rl.scope_logs:
                 group = self.groups.intern(resource, rl.schema_url, sl.scope, sl.schema_url)
+                touched.append(group)
                 gid = group.gid
                 for record in sl.log_records:
                     trace_id = record.trace_id
@@ -329,6 +342,7 @@ class TraceBuffer:
                     severity = record.severity_number
                     if severity > entry.max_severity:
                         entry.max_severity = severity
+        self.groups.forget_unused(touched)
         self.nbytes += added_bytes
         return added
 
@@ -337,6 +351,9 @@ class TraceBuffer:
         del self.traces[entry.trace_id]
         self.nbytes -= entry.nbytes
         self.groups.release(entry.gids())
+        # Readiness queues may still reference the entry until root_grace: let its bytes go now.
+        entry.chunks = {}
+        entry.log_chunks = None
 
     def oldest(self) -> TraceEntry | None:
         for entry in self.traces.values():

@@ -85,10 +85,14 @@ def span_attribute_values(chunk: bytes | bytearray, pattern: bytes) -> list[str 
     values: list[str | bool | int | float | None] = []
     at = chunk.find(pattern)
     while at >= 0:
-        vlen, value_at = read_varint(chunk, at + len(pattern))
-        kv_end = value_at + vlen
-        frame = bytes([SPAN_ATTRIBUTE_TAG]) + varint(kv_end - at)
-        if at >= len(frame) and chunk[at - len(frame):at] == frame and kv_end <= len(chunk):
-            values.append(any_value_at(chunk, value_at, kv_end))
+        # Look-alike bytes (inside a string value, say) may end the chunk or frame nonsense: skip them.
+        try:
+            vlen, value_at = read_varint(chunk, at + len(pattern))
+            kv_end = value_at + vlen
+            frame = bytes([SPAN_ATTRIBUTE_TAG]) + varint(kv_end - at)
+            if at >= len(frame) and chunk[at - len(frame):at] == frame and kv_end <= len(chunk):
+                values.append(any_value_at(chunk, value_at, kv_end))
+        except (IndexError, struct.error):
+            pass
         at = chunk.find(pattern, at + 1)
     return values

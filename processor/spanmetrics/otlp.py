@@ -49,7 +49,7 @@ def to_otlp(snapshots: list[MetricSnapshot], start_ns: int, now_ns: int,
             for point in snap.points:
                 dp = metric.sum.data_points.add()
                 dp.start_time_unix_nano, dp.time_unix_nano = start_ns, now_ns
-                if snap.integer:
+                if snap.integer and abs(point.value) < 2**63:  # past int64: as a double, never a failed flush
                     dp.as_int = int(round(point.value))
                 else:
                     dp.as_double = point.value

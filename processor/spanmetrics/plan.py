@@ -166,7 +166,7 @@ def compile_plan(span_name: str, sinks: list[RuleSink], resource_pos: dict[str, 
         key = "(" + "".join(p + ", " for p in parts) + ")"
         if rule.kind == "position_split":
             lines += [f"    c = any_number(vals[{slots[rule.count_attribute]}])",  # type: ignore[index]
-                      "    if c is not None and c >= 1:",
+                      "    if c is not None and 1 <= c < 1e6:",  # no NaN/inf: a list shows < 1e6 items
                       f"        for s, w in SPLIT{r}({key}, c):",
                       f"            IDS{r}.append(s)",
                       f"            VALS{r}.append(w)"]
@@ -174,7 +174,9 @@ def compile_plan(span_name: str, sinks: list[RuleSink], resource_pos: dict[str, 
         indent = "    "
         weight = "dur" if rule.kind == "histogram" else "1.0"
         if rule.value_attribute:
-            lines += [f"    w = any_number(vals[{slots[rule.value_attribute]}])", "    if w is not None:"]
+            # Finite and >= 0 only: one NaN or negative value would poison or "reset" a counter for good.
+            lines += [f"    w = any_number(vals[{slots[rule.value_attribute]}])",
+                      "    if w is not None and 0 <= w < 1e300:"]
             indent, weight = "        ", "w"
         lines += [f"{indent}k = {key}",
                   f"{indent}i = IDX{r}.get(k)",

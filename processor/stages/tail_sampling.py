@@ -205,8 +205,12 @@ class TailSampling(Stage):
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
         if self.buffer.traces.get(entry.trace_id) is not entry:
             return  # already decided (listed by more than one trigger)
-        self.buffer.complete(entry)
-        decision = self.policies.decide(entry, now)
+        try:
+            self.buffer.complete(entry)
+            decision = self.policies.decide(entry, now)
+        except Exception as exc:  # never wedge the buffer on one trace: keep it and go on
+            self.ctx.log.error("tail sampling could not evaluate a trace (%s); keeping it", type(exc).__name__)
+            decision = self.policies.on_error
         self.cache.put(entry.trace_id, decision)
         if decision.kept:
             self.out.add_trace(entry, decision, self.buffer.groups.by_id)

@@ -281,3 +281,29 @@ def test_no_input_makes_the_stage_raise_and_output_is_valid_otlp(attrs, name, sp
 
 # One stage for every example, so its caches carry over between examples as they do in a running hop.
 _PROPERTY_STAGE = make_stage({**DEFAULT_RULES, "summary_attribute": True}, builtin_default=True)
+
+
+def test_metric_metadata_is_redacted() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    request = ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add(name="reco.requests")
+    metric.metadata.add(key="user.id").value.string_value = "alice@example.com"
+    metric.gauge.data_points.add().as_int = 1
+    (out,) = make_stage().on_metrics(request)
+    assert b"alice@example.com" not in out.SerializeToString()
+
+
+def test_long_word_runs_scan_in_linear_time() -> None:
+    """The email pattern used to backtrack quadratically on long runs (seconds per value, under the lock)."""
+    import time
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    records = request.resource_logs.add().scope_logs.add().log_records
+    for body in ("x@" + "a" * 40_000, "a@" + "b." * 40_000):
+        records.add().body.string_value = body
+    began = time.process_time()
+    make_stage().on_logs(request)
+    assert time.process_time() - began < 1.0

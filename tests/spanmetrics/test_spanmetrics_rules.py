@@ -38,12 +38,14 @@ def test_default_rules_match_the_architecture_contract() -> None:
 
 def test_red_names_match_the_architecture_contract() -> None:
     from spanmetrics_helpers import scrape
+    from test_spanmetrics_logs import logs_request
 
     from processor.spanmetrics.workload import make_recos, requests_for
 
     stage, ctx = build("spanmetrics", {})
     for request in requests_for(make_recos(3)):
         stage.on_traces(request)
+    stage.on_logs(logs_request("recommendation-service", [9, 17]))
     m = scrape(ctx.registry)
     for name, labels in _architecture_metrics().items():
         if name.startswith("traces_"):

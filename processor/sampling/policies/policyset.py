@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from processor.sampling.policies.base import Needs, Policy, TraceView
 
 NO_MATCH = "none"
+# Kept when evaluating the trace failed: losing a trace to a bug is worse than keeping one too many.
+DECISION_ERROR = "decision_error"
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +32,7 @@ class PolicySet:
         self._keep = {p.name: Decision(True, p.name, p.th) for p in self.keeps}
         self._drop = {p.name: Decision(False, p.name) for p in self.drops}
         self.no_match = Decision(False, NO_MATCH)
+        self.on_error = Decision(True, DECISION_ERROR)
 
     def decide(self, trace: TraceView, now: float) -> Decision:
         for policy in self.drops:
