@@ -71,7 +71,8 @@ class ExportHandler:
             context.abort(grpc.StatusCode.INTERNAL, "recohop could not process this request")
         produced = getattr(out, self.signal)
         if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is request:
-            self.exporter.submit(self.signal, raw, items, force=True)
+            if items:
+                self.exporter.submit(self.signal, raw, items, force=True)
             other = Emitted(**{s: getattr(out, s) for s in SIGNALS if s != self.signal})
             self.exporter.submit_emitted(other)
         else:

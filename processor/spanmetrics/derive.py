@@ -87,6 +87,8 @@ class Deriver:
                         kind = span.kind
                         code = span.status.code
                         dur = span.end_time_unix_nano - span.start_time_unix_nano
+                        if dur < 0:  # end before start: count it, as zero, rather than lower _sum
+                            dur = 0
                         if red_get is not None:
                             key = (svc, name, kind, code)
                             i = red_get(key)
