@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import grpc
+from otlp_peers import wait_until
 from sdk_clients import send_spans
 from test_hop_bad_input import call
-from test_hop_passthrough import wait_until
 
 from processor.signals import REQUEST_TYPES
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from otlp_peers import wait_until
 from sdk_clients import send_spans
-from test_hop_passthrough import PASSTHROUGH, wait_until
+from test_hop_passthrough import PASSTHROUGH
 
 from processor.signals import METHOD_PATHS
 

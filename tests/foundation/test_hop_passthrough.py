@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from otlp_peers import wait_until
 from sdk_clients import send_logs, send_metrics, send_spans
 
 PASSTHROUGH = """
@@ -13,15 +12,6 @@ exporter:
   retry: {{initial_interval: 50ms}}
 pipeline: []
 """
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from certs import make_pki
-from test_hop_passthrough import wait_until
+from otlp_peers import wait_until
 
 from processor.signals import METHOD_PATHS, REQUEST_TYPES
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from otlp_peers import wait_until
 from test_hop_bad_input import call
-from test_hop_passthrough import wait_until
 
 from processor.signals import REQUEST_TYPES, RESPONSE_TYPES
 

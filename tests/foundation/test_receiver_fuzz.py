@@ -7,7 +7,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_hop_passthrough import wait_until
+from otlp_peers import wait_until
 
 from processor.config import parse_config
 from processor.config_node import Node

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from otlp_peers import wait_until
 from rotel_fixture import start_rotel
 from sdk_clients import send_spans
-from test_hop_passthrough import PASSTHROUGH, wait_until
+from test_hop_passthrough import PASSTHROUGH
 
 
 def test_rotel_before_recohop(tmp_path, downstream, start_hop) -> None:

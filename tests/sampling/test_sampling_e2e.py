@@ -14,6 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from otlp_peers import wait_until
 from sampling_helpers import DEFAULT_POLICIES
 
 from processor.sampling.consistent import keeps, rejection_threshold
@@ -36,14 +37,6 @@ def provider(endpoint: str) -> TracerProvider:
                                              max_export_batch_size=500, max_queue_size=20_000,
                                              schedule_delay_millis=100))
     return tp
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
 
 
 def test_sdk_traffic_through_the_hop(downstream, start_hop) -> None:  # noqa: ANN001
@@ -88,7 +81,7 @@ def test_sdk_traffic_through_the_hop(downstream, start_hop) -> None:  # noqa: AN
     threshold = rejection_threshold(1)
     lucky = {tid for tid in ordinary if keeps(tid.to_bytes(16, "big"), threshold)}
     want_spans = 3 * (len(special) + len(lucky))
-    wait_for(lambda: len(downstream.spans()) >= want_spans and downstream.raw["logs"])
+    wait_until(lambda: len(downstream.spans()) >= want_spans and downstream.raw["logs"])
     time.sleep(0.5)  # nothing more should arrive
     counts = Counter(int.from_bytes(s.trace_id, "big") for s in downstream.spans())
     for tid, (kind, nspans) in special.items():
@@ -147,7 +140,7 @@ def test_memory_pressure_through_the_hop_keeps_every_error(downstream, start_hop
                  if line.startswith('recohop_sampling_decided_early_total{reason="max_bytes"}'))
     assert float(early.split()[1]) > 1000
     error_ids = {t.trace_id: len(t.spans) for t in errors}
-    wait_for(lambda: sum(1 for s in downstream.spans() if s.trace_id in error_ids) >= sum(error_ids.values()))
+    wait_until(lambda: sum(1 for s in downstream.spans() if s.trace_id in error_ids) >= sum(error_ids.values()))
     counts = Counter(s.trace_id for s in downstream.spans())
     assert {tid: counts[tid] for tid in error_ids} == error_ids
     assert hop.terminate() == 0
