@@ -4,7 +4,7 @@ STAMP := .make-installed
 
 .PHONY: install demo test lint bench dashboards
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard processor/native/*.c processor/native/*.h)
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
 	  echo "installing Prometheus + promtool (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
@@ -20,7 +20,7 @@ demo: install
 
 test: install
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q
+	RECOHOP_REQUIRE_NATIVE=1 $(PYTHON) -m pytest -q
 
 bench: install
 	$(PYTHON) -m bench all --duration 20

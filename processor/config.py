@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from processor.config_node import ConfigError, Node
+from processor.spillqueue import FSYNC_POLICIES
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 DEFAULT_CONFIG = DEFAULTS_DIR / "hop.yaml"
@@ -49,6 +50,16 @@ class FileSinkConfig:
 
 
 @dataclass
+class SpillConfig:
+    """Disk queue the exporter spills to when its memory queue is full (absent: memory only)."""
+
+    dir: Path
+    max_bytes: int = 1024**3
+    # always: fsync every record; interval: about once a second; never: leave it to the OS.
+    fsync: str = "interval"
+
+
+@dataclass
 class ExporterConfig:
     # "host:port" of the next OTLP gRPC hop; None means the local file sink.
     endpoint: str | None = None
@@ -64,6 +75,7 @@ class ExporterConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Sent as `authorization: Bearer <token>` to the next hop; read from this environment variable.
     bearer_token_env: str | None = None
+    spill: SpillConfig | None = None
 
 
 @dataclass
@@ -143,6 +155,24 @@ def _receiver(node: Node) -> ReceiverConfig:
     return cfg
 
 
+def _spill(node: Node, key: str) -> SpillConfig | None:
+    if not node.has(key):
+        node.raw(key)
+        return None
+    spill = node.child(key)
+    directory = spill.path_value("dir")
+    if directory is None:
+        raise spill.error("dir", "a directory for the disk queue (required)")
+    if directory.exists() and not directory.is_dir():
+        raise spill.error("dir", "a directory (this path is a file)")
+    cfg = SpillConfig(dir=directory, max_bytes=spill.size("max_bytes", SpillConfig.max_bytes),
+                      fsync=spill.str("fsync", SpillConfig.fsync, choices=FSYNC_POLICIES))
+    if cfg.max_bytes <= 0:
+        raise spill.error("max_bytes", "a size above zero such as 1GiB", cfg.max_bytes)
+    spill.done()
+    return cfg
+
+
 def _exporter(node: Node) -> ExporterConfig:
     file_node = node.child("file")
     file_cfg = FileSinkConfig(
@@ -175,6 +205,7 @@ def _exporter(node: Node) -> ExporterConfig:
         send_batch_max_bytes=batch_max,
         retry=retry_cfg,
         bearer_token_env=node.opt_str("bearer_token_env"),
+        spill=_spill(node, "spill"),
     )
     node.done()
     return cfg

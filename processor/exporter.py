@@ -3,6 +3,10 @@ retries with exponential backoff + jitter honouring the server's RetryInfo.
 
 The queue holds serialized export requests, so a full queue is a byte budget, not a message count. When
 it is full the receiver answers RESOURCE_EXHAUSTED (backpressure) instead of letting memory grow.
+
+With `exporter.spill` a full memory queue overflows to a disk queue (`processor/spillqueue.py`). Order rule:
+once anything is on disk, new requests go to disk too until the disk queue has drained; consumers take memory
+first (it is always older than what is on disk), then disk. Only when both are full does the receiver push back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from processor.filesink import FileSink
 from processor.pipeline import count_items
 from processor.retryinfo import retry_delay
 from processor.signals import METHOD_PATHS, RESPONSE_TYPES, rejected_items
+from processor.spillqueue import SpillFull, SpillQueue
 from processor.stages.base import Emitted
 from processor.telemetry import SIGNAL_ITEMS, HopMetrics
 
@@ -36,6 +41,8 @@ class QueuedExport:
     signal: str
     payload: bytes
     items: int
+    # Set when read from the disk queue: acknowledged there once the request is settled.
+    spill_ticket: object | None = None
 
 
 class SendError(Exception):
@@ -113,16 +120,34 @@ class Exporter:
         self._cond = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
+        # Memory requests interrupted by the shutdown deadline: persisted to the disk queue at stop.
+        self._unsettled: list[QueuedExport] = []
         metrics.queue_capacity.set(cfg.queue_max_bytes)
+        self.spill: SpillQueue | None = None
+        if cfg.spill is not None:
+            self.spill = SpillQueue(cfg.spill.dir, cfg.spill.max_bytes, cfg.spill.fsync,
+                                    on_count=lambda op, n: metrics.spill_records.labels(op).inc(n))
+            metrics.spill_capacity.set(cfg.spill.max_bytes)
+            metrics.spill_bytes.set(self.spill.disk_bytes)
+            if self.spill.pending:
+                log.info("disk queue holds %d requests from before; delivering them first", self.spill.pending)
 
     # --- producer side (receiver threads, pipeline flushes) ---
     def has_room(self) -> bool:
-        return self._bytes < self.cfg.queue_max_bytes
+        spill = self.spill
+        if spill is None:
+            return self._bytes < self.cfg.queue_max_bytes
+        if spill.pending:  # new data must follow what is on disk
+            return spill.has_room()
+        return self._bytes < self.cfg.queue_max_bytes or spill.has_room()
 
     def submit(self, signal: str, payload: bytes, items: int, force: bool = False) -> None:
         """Queue one serialized request. `force` is for data already accepted from a client (stage flushes,
         shutdown): it may overshoot the budget by one request rather than lose data."""
         with self._cond:
+            if self.spill is not None and (self.spill.pending or self._bytes >= self.cfg.queue_max_bytes):
+                if self._spill(signal, payload, items, force):
+                    return
             if not force and self._bytes >= self.cfg.queue_max_bytes:
                 raise QueueFull()
             self._queue.append(QueuedExport(signal, payload, items))
@@ -130,12 +155,28 @@ class Exporter:
             self.metrics.queue_bytes.set(self._bytes)
             self._cond.notify()
 
+    def _spill(self, signal: str, payload: bytes, items: int, force: bool) -> bool:
+        """Append to the disk queue (caller holds the lock, so the order decision and the write are one step).
+        False when the disk cannot take it and the caller must use memory (forced) or refuse."""
+        assert self.spill is not None
+        try:
+            self.spill.append(signal, payload, items, force=force)
+        except SpillFull:
+            raise QueueFull() from None
+        except OSError as exc:  # disk full or gone: keep the data in memory rather than lose it
+            log.error("disk queue write failed (%s); keeping the request in memory", exc.strerror or exc)
+            return False
+        self.metrics.spill_bytes.set(self.spill.disk_bytes)
+        self._cond.notify()
+        return True
+
     def submit_emitted(self, emitted: Emitted, force: bool = True) -> None:
         for signal in ("traces", "metrics", "logs"):
             for request in getattr(emitted, signal):
                 items = count_items(signal, request)
                 if items:
-                    self.submit(signal, request.SerializeToString(), items, force=force)
+                    payload = request if isinstance(request, bytes) else request.SerializeToString()
+                    self.submit(signal, payload, items, force=force)
 
     # --- consumer side ---
     def start(self) -> None:
@@ -147,14 +188,21 @@ class Exporter:
     def _consume(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and not (self.spill and self.spill.pending):
                     self._cond.wait()
-                if not self._queue:
+                if self._queue:
+                    item = self._coalesce(self._queue.popleft())
+                elif self.spill is not None and self.spill.pending and not self._hard_stop():
+                    spilled = self._read_spill()
+                    if spilled is None:
+                        continue
+                    item = spilled
+                else:
                     return
-                item = self._coalesce(self._queue.popleft())
                 self._in_flight += 1
+            settled = True
             try:
-                self._deliver(item)
+                settled = self._deliver(item)
             except Exception as exc:  # a bug or a garbage response must not kill this consumer
                 self.metrics.export_failed.labels(SIGNAL_ITEMS[item.signal], "internal").inc(item.items)
                 log.error("export failed unexpectedly (%s); %d items counted as failed", type(exc).__name__,
@@ -162,9 +210,31 @@ class Exporter:
             finally:
                 with self._cond:
                     self._in_flight -= 1
-                    self._bytes -= len(item.payload)
-                    self.metrics.queue_bytes.set(self._bytes)
+                    if item.spill_ticket is not None:
+                        if settled:  # unsettled ones stay on disk and are read again on the next start
+                            self._ack_spill(item.spill_ticket)
+                    else:
+                        self._bytes -= len(item.payload)
+                        self.metrics.queue_bytes.set(self._bytes)
+                        if not settled:
+                            self._unsettled.append(item)
                     self._cond.notify_all()
+
+    def _read_spill(self) -> QueuedExport | None:
+        """The next run of disk records as one call, joined like `_coalesce` does (caller holds the lock)."""
+        assert self.spill is not None
+        batch = self.spill.read(self.cfg.send_batch_max_bytes)
+        if batch is None:
+            self.metrics.spill_bytes.set(self.spill.disk_bytes)
+            return None
+        records, ticket = batch
+        payload = records[0].payload if len(records) == 1 else b"".join(r.payload for r in records)
+        return QueuedExport(records[0].signal, payload, sum(r.items for r in records), ticket)
+
+    def _ack_spill(self, ticket: object) -> None:
+        assert self.spill is not None
+        self.spill.ack(ticket)
+        self.metrics.spill_bytes.set(self.spill.disk_bytes)
 
     def _coalesce(self, item: QueuedExport) -> QueuedExport:
         """Join queued requests of the same signal into one call (caller holds the lock). Serialized export
@@ -180,7 +250,9 @@ class Exporter:
             items += following.items
         return item if len(parts) == 1 else QueuedExport(item.signal, b"".join(parts), items)
 
-    def _deliver(self, item: QueuedExport) -> None:
+    def _deliver(self, item: QueuedExport) -> bool:
+        """Send with retries. True once settled (delivered, or dropped and counted); False when the shutdown
+        deadline interrupted a retryable failure and a disk queue can keep the request for the next start."""
         retry = self.cfg.retry
         started = time.monotonic()
         backoff = retry.initial_interval
@@ -191,10 +263,12 @@ class Exporter:
             except SendError as err:
                 elapsed = time.monotonic() - started
                 if not err.retryable or elapsed >= retry.max_elapsed_time or self._hard_stop():
+                    if err.retryable and self.spill is not None and self._hard_stop():
+                        return False
                     reason = err.reason if not err.retryable else "retries_exhausted"
                     self.metrics.export_failed.labels(items_name, reason).inc(item.items)
                     log.warning("dropping %d %s after export error %s", item.items, items_name, err.reason)
-                    return
+                    return True
                 self.metrics.export_retries.labels(items_name).inc()
                 delay = err.retry_after if err.retry_after is not None else backoff * random.uniform(0.5, 1.5)
                 delay = min(delay, retry.max_interval, max(0.0, retry.max_elapsed_time - elapsed))
@@ -205,7 +279,7 @@ class Exporter:
                 self.metrics.partial_rejected.labels(items_name).inc(rejected)
                 log.warning("next hop rejected %d of %d %s (partial success)", rejected, item.items, items_name)
             self.metrics.exported.labels(items_name).inc(item.items - rejected)
-            return
+            return True
 
     def _hard_stop(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
@@ -232,10 +306,32 @@ class Exporter:
         for thread in self._threads:
             thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
         with self._cond:
-            left = list(self._queue)
+            left = self._unsettled + list(self._queue)
             self._queue.clear()
+            self._unsettled.clear()
+            busy = self._in_flight
+        if self.spill is not None:
+            return self._persist_at_stop(left) and busy == 0
         for item in left:
             self.metrics.export_failed.labels(SIGNAL_ITEMS[item.signal], "shutdown").inc(item.items)
-        busy = self._in_flight
         self.transport.close()
         return not left and busy == 0
+
+    def _persist_at_stop(self, left: list[QueuedExport]) -> bool:
+        """Write what memory still holds to the disk queue (after what is already there: nothing is lost, but it
+        follows older spilled data), close it, and say whether nothing at all was left undelivered."""
+        assert self.spill is not None
+        self.transport.close()
+        for item in left:
+            try:
+                self.spill.append(item.signal, item.payload, item.items, force=True)
+            except OSError as exc:
+                self.metrics.export_failed.labels(SIGNAL_ITEMS[item.signal], "shutdown").inc(item.items)
+                log.error("disk queue write failed at shutdown (%s); %d items counted as failed",
+                          exc.strerror or exc, item.items)
+        remaining = self.spill.disk_bytes
+        if remaining:
+            log.info("shutdown: %d bytes kept in the disk queue for the next start", remaining)
+        self.metrics.spill_bytes.set(remaining)
+        self.spill.close()
+        return not remaining

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from prometheus_client import Counter
 
 from processor.config_node import ConfigError, Node
-from processor.stages.base import Emitted, Rejections, Stage, StageContext
+from processor.native import load as load_native
+from processor.stages.base import Emitted, Rejections, Stage, StageContext, TracesRequest
+
+_wire = load_native("otlpwire")
 
 # Stage kind -> "module:function"; the function is `build(node, ctx) -> Stage`.
 STAGE_KINDS: dict[str, str] = {
@@ -25,6 +28,7 @@ STAGE_KINDS: dict[str, str] = {
     "cardinality": "processor.stages.cardinality:build",
     "passthrough": "processor.pipeline:build_passthrough",
     "record": "processor.stages.record:build",
+    "limits": "processor.stages.limits:build",
 }
 
 
@@ -48,8 +52,19 @@ def build_stage(node: Node, ctx: StageContext) -> Stage:
     return stage
 
 
+def as_trace_bytes(request: TracesRequest | bytes) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+def as_trace_message(request: TracesRequest | bytes) -> TracesRequest:
+    return TracesRequest.FromString(request) if isinstance(request, bytes) else request
+
+
 def count_items(signal: str, request: object) -> int:
-    """Spans, metric data points or log records in one export request."""
+    """Spans, metric data points or log records in one export request (a traces request may be serialized)."""
+    if isinstance(request, bytes):
+        counted = _wire.count_spans(request) if _wire is not None else None
+        return counted if counted is not None else count_items(signal, as_trace_message(request))
     if signal == "traces":
         return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)  # type: ignore[attr-defined]
     if signal == "logs":
@@ -77,6 +92,12 @@ class Pipeline:
         self.lock = threading.Lock()
         # True when no stage changes data: the receiver may forward the bytes it got.
         self.forwards_unchanged = all(not s.mutates for s in stages)
+        # Stages that leave traces alone are skipped for them (no conversion between bytes and messages).
+        self._handles_traces = [s.takes_trace_bytes or type(s).on_traces is not Stage.on_traces for s in stages]
+        # True when the first stage that reads traces wants them serialized: the receiver then hands over the
+        # bytes it received (a request it parsed only to validate it).
+        first = [s for s, handles in zip(stages, self._handles_traces, strict=True) if handles]
+        self.traces_as_bytes = not first or first[0].takes_trace_bytes
         self._stage_seconds = Counter(
             "recohop_stage_seconds", "Time spent inside each stage", ["stage"], registry=ctx.registry)
         self._stage_timers = [self._stage_seconds.labels(s.name) for s in stages]
@@ -97,8 +118,11 @@ class Pipeline:
         for i in range(start, len(self.stages)):
             stage = self.stages[i]
             began = time.perf_counter()
-            if traces:
-                traces = [out for req in traces for out in stage.on_traces(req)]
+            if traces and self._handles_traces[i]:
+                if stage.takes_trace_bytes:
+                    traces = [out for req in traces for out in stage.on_trace_bytes(as_trace_bytes(req))]
+                else:
+                    traces = [out for req in traces for out in stage.on_traces(as_trace_message(req))]
             if metrics:
                 metrics = [out for req in metrics for out in stage.on_metrics(req)]
             if logs:

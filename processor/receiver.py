@@ -58,7 +58,8 @@ class ExportHandler:
         items = count_items(self.signal, request)
         self.received.inc(items)
         try:
-            out, rejections = self.pipeline.process(Emitted(**{self.signal: [request]}))
+            handed = raw if self.signal == "traces" and self.pipeline.traces_as_bytes else request
+            out, rejections = self.pipeline.process(Emitted(**{self.signal: [handed]}))
         except Backpressure as exc:
             self._push_back(context, items, exc.reason, exc.retry_after)
         except Rejected as exc:
@@ -70,7 +71,7 @@ class ExportHandler:
                       type(exc).__name__)
             context.abort(grpc.StatusCode.INTERNAL, "recohop could not process this request")
         produced = getattr(out, self.signal)
-        if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is request:
+        if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is handed:
             if items:
                 self.exporter.submit(self.signal, raw, items, force=True)
             other = Emitted(**{s: getattr(out, s) for s in SIGNALS if s != self.signal})

@@ -21,6 +21,9 @@ class HopMetrics:
     partial_rejected: Counter
     queue_bytes: Gauge
     queue_capacity: Gauge
+    spill_bytes: Gauge
+    spill_capacity: Gauge
+    spill_records: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HopMetrics:
@@ -43,6 +46,12 @@ class HopMetrics:
             queue_bytes=Gauge("recohop_queue_bytes", "Bytes waiting in the exporter queue", registry=registry),
             queue_capacity=Gauge("recohop_queue_capacity_bytes", "Exporter queue budget in bytes",
                                  registry=registry),
+            spill_bytes=Gauge("recohop_spill_bytes", "Bytes of segment files in the exporter's disk queue",
+                              registry=registry),
+            spill_capacity=Gauge("recohop_spill_capacity_bytes", "Disk queue budget in bytes (0: no disk queue)",
+                                 registry=registry),
+            spill_records=Counter("recohop_spill_records", "Disk queue records written, delivered, corrupt",
+                                  ["op"], registry=registry),
         )
 
 

@@ -88,8 +88,7 @@ def run(traces: int, policies: Path, rate: float, per_request: int, runs: int,
             request = parse(payload)
             for tid in {s.trace_id for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}:
                 first_seen.setdefault(tid, clock.now)  # bookkeeping for latency only; timed out below
-            for out in stage.on_traces(request):
-                out.SerializeToString()
+            stage.on_trace_bytes(payload)  # the hop's path: serialized requests in and out
             clock.now += per_request / rate
             if clock.now >= next_flush:
                 emitted = stage.flush(clock.now)
@@ -122,7 +121,7 @@ def run(traces: int, policies: Path, rate: float, per_request: int, runs: int,
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     for payload in payloads:
-        stage.on_traces(parse(payload))
+        stage.on_trace_bytes(payload)
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()

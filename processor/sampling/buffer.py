@@ -15,13 +15,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from processor.sampling.policies.attribute import encoded_key
 from processor.sampling.policies.base import Needs
-from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, span_attribute_values
+from processor.native import load as load_native
+from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, span_attribute_values, split_children
 
 _TABLE = len(CHILD_PREFIX)
+_native = load_native("sampling")
 ERROR = 2  # Status.STATUS_CODE_ERROR
 EXCEPTION_EVENT = b"\x12\x09exception"  # Event.name == "exception" as serialized
 ERROR_CODE = b"\x18\x02"  # Status.code == ERROR as serialized (also an int attribute == 2: then confirmed)
@@ -90,6 +92,22 @@ class Groups:
             self.by_id[group.gid] = group
         return group
 
+    def intern_fields(self, res_field: bytes, scope_field: bytes) -> Group:
+        """Like `intern`, from the already-framed fields (the native intake's output)."""
+        group = self.by_key.get((res_field, scope_field))
+        if group is None:
+            res_attrs: dict[str, list[Any]] | None = None
+            if self.resource_keys:
+                for kv in ResourceSpans.FromString(res_field).resource.attributes:
+                    if kv.key in self.resource_keys:
+                        res_attrs = res_attrs or {}
+                        res_attrs.setdefault(kv.key, []).append(any_value(kv.value))
+            group = Group(self._next, res_field, scope_field, res_attrs)
+            self._next += 1
+            self.by_key[(res_field, scope_field)] = group
+            self.by_id[group.gid] = group
+        return group
+
     def release(self, gids: Iterable[int]) -> None:
         for gid in gids:
             group = self.by_id[gid]
@@ -111,7 +129,8 @@ class TraceEntry:
     """One buffered trace: its bytes per group and the facts policies read (see `policies.base.TraceView`)."""
 
     __slots__ = ("trace_id", "first", "root_at", "root", "nspans", "nbytes", "chunks", "log_chunks", "nlogs",
-                 "error", "exception", "max_severity", "start", "end", "durations", "span_attrs", "res_attrs")
+                 "error", "exception", "max_severity", "start", "end", "durations", "span_attrs", "res_attrs",
+                 "scanned")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
@@ -133,6 +152,9 @@ class TraceEntry:
         self.durations: dict[str, int] | None = None
         self.span_attrs: dict[str, list[Any]] | None = None
         self.res_attrs: dict[str, list[Any]] | None = None
+        # True while every span came through the native intake, which reads the decision facts on arrival
+        # (then `complete` has nothing left to read).
+        self.scanned = True
 
     def gids(self) -> list[int]:
         return [*self.chunks, *(self.log_chunks or ())]
@@ -163,6 +185,11 @@ class TraceBuffer:
             (key, encoded_key(key), tuple(sorted(gates)) if gates is not None else None)
             for key, gates in sorted(needs.span_key_gates.items()))
         self.exception_trigger = EXCEPTION_EVENT if needs.exception_events else None
+        # What the native intake reads per span: (utf-8 pattern, label) pairs.
+        self.native_names = tuple((name.encode(), name) for name in sorted(needs.span_names))
+        self.native_keys = tuple(
+            (key.encode(), key, None if gates is None else tuple(sorted(gates)))
+            for key, gates in ((key, needs.span_key_gates.get(key)) for key in sorted(needs.span_keys)))
 
     def _chunk(self, entry: TraceEntry, chunks: dict[int, bytearray], group: Group) -> bytearray:
         chunk = chunks[group.gid] = bytearray()
@@ -172,6 +199,88 @@ class TraceBuffer:
             for key, values in group.res_attrs.items():
                 attrs.setdefault(key, []).extend(values)
         return chunk
+
+    def add_span_bytes(self, raw: bytes, now: float, cache: Any, roots: list[TraceEntry],
+                       full: list[TraceEntry], late: Late) -> int | None:
+        """`add_spans` for a serialized request, through the native scanner (`processor/native/_sampling.c`):
+        the spans come grouped per (resource, scope, trace) with the facts policies read, so the Python here
+        runs once per trace, not per span. None when the scanner is not built or did not understand the
+        bytes (the caller then parses and uses `add_spans`)."""
+        if _native is None:
+            return None
+        scanned = _native.scan(raw, self.native_names, self.native_keys)
+        if scanned is None:
+            return None
+        scopes, late.invalid_spans, _ = scanned
+        traces = self.traces
+        cache_get = cache.get
+        max_spans = self.max_spans
+        touched: list[Group] = []
+        added = added_bytes = 0
+        for res_field, scope_field, runs in scopes:
+            group = self.groups.intern_fields(res_field, scope_field)
+            touched.append(group)
+            gid = group.gid
+            for (trace_id, chunk, nspans, size, root_at, root_len, error, exception, start, end, durations,
+                 attrs) in runs:
+                entry = traces.get(trace_id)
+                if entry is None:
+                    decision = cache_get(trace_id)
+                    if decision is not None:
+                        self._late_chunk(late, group, chunk, decision)
+                        continue
+                    entry = traces[trace_id] = TraceEntry(trace_id, now)
+                chunks = entry.chunks
+                held = chunks.get(gid)
+                if held is None:
+                    held = self._chunk(entry, chunks, group)
+                if root_at >= 0:
+                    entry.root_at = now
+                    entry.root = (gid, len(held) + root_at, root_len)
+                    roots.append(entry)
+                held += chunk
+                entry.nbytes += size
+                added_bytes += size
+                added += nspans
+                before = entry.nspans
+                entry.nspans = before + nspans
+                if error:
+                    entry.error = True
+                if exception:
+                    entry.exception = True
+                if start < entry.start:
+                    entry.start = start
+                if end > entry.end:
+                    entry.end = end
+                if durations is not None:
+                    if entry.durations is None:
+                        entry.durations = durations
+                    else:
+                        known = entry.durations
+                        for name, took in durations.items():
+                            if took > known.get(name, -1):
+                                known[name] = took
+                if attrs is not None:
+                    if entry.span_attrs is None:
+                        entry.span_attrs = attrs
+                    else:
+                        found = entry.span_attrs
+                        for key, values in attrs.items():
+                            found.setdefault(key, []).extend(values)
+                if before < max_spans <= entry.nspans:
+                    full.append(entry)
+        self.groups.forget_unused(touched)
+        self.nbytes += added_bytes
+        return added
+
+    @staticmethod
+    def _late_chunk(late: Late, group: Group, chunk: bytes, decision: Any) -> None:
+        """Spans of an already-decided trace (rare): kept ones go on one by one, as the Python intake does."""
+        if not decision.kept:
+            late.dropped_spans += len(split_children(chunk))
+            return
+        for data in split_children(chunk):
+            late.spans.append((group, data, not Span.FromString(data).parent_span_id, decision))
 
     def add_spans(self, request: Any, now: float, cache: Any, roots: list[TraceEntry],
                   full: list[TraceEntry], late: Late) -> int:
@@ -213,6 +322,7 @@ class TraceBuffer:
                                 last_id = None
                                 continue
                             entry = traces[trace_id] = TraceEntry(trace_id, now)
+                        entry.scanned = False
                         chunk = entry.chunks.get(gid)
                         if chunk is None:
                             chunk = self._chunk(entry, entry.chunks, group)
@@ -249,6 +359,8 @@ class TraceBuffer:
         (`wire.span_attribute_values`); a chunk is parsed only to confirm an `exception` event or when a
         named span is not laid out as expected. The chunk holds our own `SerializeToString` output, so
         patterns are upb's canonical encoding."""
+        if entry.scanned:
+            return  # the native intake read these facts on arrival
         for chunk in entry.chunks.values():
             unsure = False
             for name, pattern in self.name_patterns:

@@ -84,12 +84,15 @@ class Outbox:
         self.nlogs += 1
 
     def take_traces(self) -> list[ExportTraceServiceRequest]:
+        return [ExportTraceServiceRequest.FromString(raw) for raw in self.take_trace_bytes()]
+
+    def take_trace_bytes(self) -> list[bytes]:
         if not self.spans:
             return []
-        request = ExportTraceServiceRequest.FromString(_payload(self.spans))
+        raw = _payload(self.spans)
         self.spans = {}
         self.nspans = 0
-        return [request]
+        return [raw]
 
     def take_logs(self) -> list[ExportLogsServiceRequest]:
         if not self.logs:

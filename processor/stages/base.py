@@ -24,9 +24,10 @@ LogsRequest = ExportLogsServiceRequest
 
 @dataclass
 class Emitted:
-    """What a stage sends on outside of a request: timer flushes, shutdown flushes, derived metrics."""
+    """What a stage sends on outside of a request: timer flushes, shutdown flushes, derived metrics.
+    A traces entry is a request message or its serialized bytes (see `Stage.takes_trace_bytes`)."""
 
-    traces: list[TracesRequest] = field(default_factory=list)
+    traces: list[TracesRequest | bytes] = field(default_factory=list)
     metrics: list[MetricsRequest] = field(default_factory=list)
     logs: list[LogsRequest] = field(default_factory=list)
 
@@ -118,8 +119,16 @@ class Stage:
     # Seconds between `flush` calls; None: never called on a timer.
     flush_interval: float | None = None
 
+    # True when the stage implements `on_trace_bytes`: the pipeline then hands it serialized requests, so a
+    # chain of such stages never parses or re-serializes a request in Python.
+    takes_trace_bytes = False
+
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [request]
+
+    def on_trace_bytes(self, raw: bytes) -> list[bytes]:
+        """`on_traces` on a serialized ExportTraceServiceRequest (what stages with `takes_trace_bytes` use)."""
+        return [out.SerializeToString() for out in self.on_traces(TracesRequest.FromString(raw))]
 
     def on_metrics(self, request: MetricsRequest) -> list[MetricsRequest]:
         return [request]
