@@ -2,7 +2,8 @@
 send kept traces on whole, and let late spans/logs follow the cached decision.
 
 Config: `{type: tail_sampling, policies: FILE, max_traces, max_bytes, decision_wait, root_grace,
-max_spans_per_trace, decision_cache_size, flush_interval, untraced_logs_per_second: {INFO: 100, ...}}`. Decisions depend only on the trace (except
+max_spans_per_trace, decision_cache_size, flush_interval, untraced_logs_per_second: {INFO: 100, ...},
+wal: {dir, fsync, fsync_interval, max_bytes}}` (the write-ahead log: see `processor/sampling/wal.py`). Decisions depend only on the trace (except
 `rate_limit`), so N hops behind a trace-id load balancer keep what one hop would.
 """
 
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 
-from processor.config_node import Node
+from processor.config_node import ConfigError, Node
 from processor.sampling.buffer import Late, TraceBuffer, TraceEntry
 from processor.sampling.cache import DecisionCache
 from processor.sampling.decide import EARLY_REASONS, Readiness
@@ -25,6 +27,8 @@ from processor.sampling.emit import Outbox
 from processor.sampling.loglimit import UntracedLogLimits, read_limits
 from processor.sampling.policies.policyset import Decision, PolicySet
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE, load_policy_file
+from processor.sampling.wal import LOGS, TRACES, Decided, WalSettings, WriteAheadLog, read_wal_settings
+from processor.sampling.wire import field
 from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
@@ -40,6 +44,7 @@ class Settings:
     max_spans_per_trace: int = 5_000
     decision_cache_size: int = 200_000
     flush_interval: float = 0.1
+    wal: WalSettings | None = None
 
 
 def default_stage_config() -> dict[str, Any]:
@@ -131,15 +136,29 @@ class TailSampling(Stage):
         self.out = Outbox()
         self.metrics = SamplingMetrics(ctx.registry)
         self.log_limits: UntracedLogLimits | None = None
+        self.wal: WriteAheadLog | None = None
+        # Decisions of this call, logged as one record (None: no write-ahead log configured).
+        self._wal_decided: list[Decided] | None = [] if settings.wal is not None else None
+        self._replayed = Emitted()  # what replaying the log sent on: handed over by the first flush
 
     # -- intake ---------------------------------------------------------------------------------------------
 
+    takes_trace_bytes = True
+
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
+        return [TracesRequest.FromString(raw) for raw in self.on_trace_bytes(request.SerializeToString())]
+
+    def on_trace_bytes(self, raw: bytes) -> list[bytes]:
+        """The hot path: serialized request in (buffered per trace by the native intake when built), the
+        serialized spans of late-arriving kept traces out."""
+        if self.wal is not None:
+            self.wal.append_traces(raw)
         now = self.clock()
         roots: list[TraceEntry] = []
         full: list[TraceEntry] = []
         late = Late()
-        self.buffer.add_spans(request, now, self.cache, roots, full, late)
+        if self.buffer.add_span_bytes(raw, now, self.cache, roots, full, late) is None:
+            self.buffer.add_spans(TracesRequest.FromString(raw), now, self.cache, roots, full, late)
         if late.invalid_spans:
             self.ctx.reject(late.invalid_spans, "spans without a valid 16-byte trace id")
         if roots:
@@ -149,9 +168,12 @@ class TailSampling(Stage):
             self._decide(entry, now, "max_spans")
         self._relieve(now)
         self._gauges()
-        return self.out.take_traces()
+        self._wal_decisions()
+        return self.out.take_trace_bytes()
 
     def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
+        if self.wal is not None:
+            self.wal.append_logs(request.SerializeToString())
         now = self.clock()
         late = Late()
         passed: list[Any] = []
@@ -174,6 +196,7 @@ class TailSampling(Stage):
         self._late(late)
         self._relieve(now)
         self._gauges()
+        self._wal_decisions()
         return self.out.take_logs()
 
     def _late(self, late: Late) -> None:
@@ -212,6 +235,8 @@ class TailSampling(Stage):
             self.ctx.log.error("tail sampling could not evaluate a trace (%s); keeping it", type(exc).__name__)
             decision = self.policies.on_error
         self.cache.put(entry.trace_id, decision)
+        if self._wal_decided is not None:
+            self._wal_decided.append((entry.trace_id, decision.kept, decision.policy))
         if decision.kept:
             self.out.add_trace(entry, decision, self.buffer.groups.by_id)
         if entry.nlogs:
@@ -228,6 +253,9 @@ class TailSampling(Stage):
         for entry, reason in self.ready.due(self.buffer, now):
             self._decide(entry, now, reason)
         self._gauges()
+        self._wal_decisions()
+        if self.wal is not None:
+            self.wal.tick(now)
         return self._take()
 
     def shutdown(self) -> Emitted | None:
@@ -236,6 +264,9 @@ class TailSampling(Stage):
             self._decide(entry, now, "shutdown")
         self.ready.forget()
         self._gauges()
+        if self.wal is not None:  # everything is decided and handed on: a restart must not send it again
+            self.wal.close(clean=True)
+            self.wal = None
         return self._take()
 
     def buffer_spans(self) -> int:
@@ -243,7 +274,56 @@ class TailSampling(Stage):
 
     def _take(self) -> Emitted | None:
         emitted = Emitted(traces=self.out.take_traces(), logs=self.out.take_logs())
+        if self._replayed:
+            self._replayed.extend(emitted)
+            emitted, self._replayed = self._replayed, Emitted()
         return emitted or None
+
+    # -- write-ahead log ------------------------------------------------------------------------------------
+
+    def _wal_decisions(self) -> None:
+        decided = self._wal_decided
+        if decided and self.wal is not None:
+            self.wal.append_decisions(decided)
+            decided.clear()
+
+    def recover(self, wal: WriteAheadLog) -> None:
+        """Replay the log of a hop that did not stop cleanly: its decisions into the cache first, then its
+        requests through this stage's intake (not logged again); then log from here on."""
+        ths = {p.name: p.th for p in self.policies.keeps}
+        made: dict[tuple[bool, str], Decision] = {}
+        for trace_id, kept, policy in wal.replay_decisions():
+            decision = made.get((kept, policy))
+            if decision is None:
+                decision = made[(kept, policy)] = Decision(kept, policy, ths.get(policy) if kept else None)
+            self.cache.put(trace_id, decision)
+        for kind, payload in wal.replay_data():
+            try:
+                if kind == TRACES:
+                    wal.metrics.replayed_spans.inc(sum(len(ss.spans) for rs in
+                                                       TracesRequest.FromString(payload).resource_spans
+                                                       for ss in rs.scope_spans))
+                    self._replayed.traces.extend(self.on_trace_bytes(payload))
+                else:
+                    logs = LogsRequest.FromString(payload)
+                    wal.metrics.replayed_logs.inc(sum(len(sl.log_records) for rl in logs.resource_logs
+                                                      for sl in rl.scope_logs))
+                    self._replayed.logs.extend(self.on_logs(logs))
+            except DecodeError:
+                wal.metrics.corrupt.inc()
+        wal.start(self._wal_snapshot, lambda: self.buffer.nbytes)
+        self.wal = wal
+        self._wal_decisions()
+
+    def _wal_snapshot(self) -> Iterator[tuple[int, bytes]]:
+        """The still-buffered spans and logs as request entries (one ResourceSpans/ResourceLogs per trace and
+        group), for compaction of the write-ahead log."""
+        groups = self.buffer.groups.by_id
+        for entry in self.buffer.traces.values():
+            for kind, chunks in ((TRACES, entry.chunks), (LOGS, entry.log_chunks or {})):
+                for gid, chunk in chunks.items():
+                    group = groups[gid]
+                    yield kind, field(1, group.resource_field + field(2, group.scope_field + chunk))
 
     def _gauges(self) -> None:
         self.metrics.publish()
@@ -264,6 +344,8 @@ def read_settings(node: Node) -> Settings:
         decision_cache_size=node.int("decision_cache_size", d.decision_cache_size, minimum=2),
         flush_interval=node.duration("flush_interval", d.flush_interval),
     )
+    if node.has("wal"):
+        settings.wal = read_wal_settings(node.child("wal"), settings.decision_cache_size)
     if settings.flush_interval <= 0:
         raise node.error("flush_interval", "a duration above zero (decisions are released on this timer)")
     return settings
@@ -276,4 +358,17 @@ def build(node: Node, ctx: StageContext) -> Stage:
     stage = TailSampling(load_policy_file(settings.policies), settings, ctx)
     stage.log_limits = read_limits(node, "untraced_logs_per_second")
     stage.name = node.str("name", "tail_sampling")
+    if settings.wal is not None:
+        stage.recover(open_wal(node, settings.wal, ctx))
     return stage
+
+
+def open_wal(node: Node, settings: WalSettings, ctx: StageContext) -> WriteAheadLog:
+    where = node.key_path("wal") + ".dir"
+    try:
+        return WriteAheadLog(settings, ctx.registry, ctx.log, ctx.clock)
+    except BlockingIOError:
+        raise ConfigError(node.file, where, "a directory no other running hop uses (it is locked)") from None
+    except OSError as exc:
+        raise ConfigError(node.file, where, "a directory this hop can create and write",
+                          exc.strerror or type(exc).__name__) from None
