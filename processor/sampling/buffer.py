@@ -17,9 +17,9 @@ from typing import Any
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
+from processor.native import load as load_native
 from processor.sampling.policies.attribute import encoded_key
 from processor.sampling.policies.base import Needs
-from processor.native import load as load_native
 from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, span_attribute_values, split_children
 
 _TABLE = len(CHILD_PREFIX)
@@ -229,7 +229,29 @@ class TraceBuffer:
                     if decision is not None:
                         self._late_chunk(late, group, chunk, decision)
                         continue
+                    # The common case, a trace's first spans: its facts are the run's facts.
                     entry = traces[trace_id] = TraceEntry(trace_id, now)
+                    entry.chunks = {gid: bytearray(chunk)}
+                    group.refs += 1
+                    if group.res_attrs:
+                        entry.res_attrs = {key: list(values) for key, values in group.res_attrs.items()}
+                    if root_at >= 0:
+                        entry.root_at = now
+                        entry.root = (gid, root_at, root_len)
+                        roots.append(entry)
+                    entry.nbytes = size
+                    entry.nspans = nspans
+                    entry.error = error
+                    entry.exception = exception
+                    entry.start = start
+                    entry.end = end
+                    entry.durations = durations
+                    entry.span_attrs = attrs
+                    added_bytes += size
+                    added += nspans
+                    if nspans >= max_spans:
+                        full.append(entry)
+                    continue
                 chunks = entry.chunks
                 held = chunks.get(gid)
                 if held is None:
@@ -462,7 +484,9 @@ class TraceBuffer:
         """Take a decided trace out of the buffer (its bytes are handed to the emitter first)."""
         del self.traces[entry.trace_id]
         self.nbytes -= entry.nbytes
-        self.groups.release(entry.gids())
+        self.groups.release(entry.chunks)
+        if entry.log_chunks:
+            self.groups.release(entry.log_chunks)
         # Readiness queues may still reference the entry until root_grace: let its bytes go now.
         entry.chunks = {}
         entry.log_chunks = None

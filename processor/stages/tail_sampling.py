@@ -10,7 +10,7 @@ wal: {dir, fsync, fsync_interval, max_bytes}}` (the write-ahead log: see `proces
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,32 +226,50 @@ class TailSampling(Stage):
             reason = self.ready.over_budget(self.buffer)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
-        if self.buffer.traces.get(entry.trace_id) is not entry:
-            return  # already decided (listed by more than one trigger)
-        try:
-            self.buffer.complete(entry)
-            decision = self.policies.decide(entry, now)
-        except Exception as exc:  # never wedge the buffer on one trace: keep it and go on
-            self.ctx.log.error("tail sampling could not evaluate a trace (%s); keeping it", type(exc).__name__)
-            decision = self.policies.on_error
-        self.cache.put(entry.trace_id, decision)
-        if self._wal_decided is not None:
-            self._wal_decided.append((entry.trace_id, decision.kept, decision.policy))
-        if decision.kept:
-            self.out.add_trace(entry, decision, self.buffer.groups.by_id)
-        if entry.nlogs:
-            self.metrics.log_outcomes["kept" if decision.kept else "dropped"].inc(entry.nlogs)
-        self.buffer.remove(entry)
+        self._decide_all(((entry, reason),), now)
+
+    def _decide_all(self, due: Iterable[tuple[TraceEntry, str]], now: float) -> None:
+        """Decide each listed trace once (an entry listed twice, or already decided, is skipped). This runs once
+        per trace, so everything it calls is looked up once per batch."""
+        traces = self.buffer.traces
+        complete = self.buffer.complete
+        decide = self.policies.decide
+        cache_put = self.cache.put
+        wal_decided = self._wal_decided
+        add_trace = self.out.add_trace
+        by_id = self.buffer.groups.by_id
+        remove = self.buffer.remove
         metrics = self.metrics
-        metrics.tally[decision] = metrics.tally.get(decision, 0) + 1
-        metrics.latency.observe(now - entry.first)
-        if reason in EARLY_REASONS:
-            metrics.early[reason] = metrics.early.get(reason, 0) + 1
-        self.bus.publish(entry.trace_id, decision.kept, decision.policy)
+        tally = metrics.tally
+        observe = metrics.latency.observe
+        publish = self.bus.publish
+        for entry, reason in due:
+            trace_id = entry.trace_id
+            if traces.get(trace_id) is not entry:
+                continue  # already decided (listed by more than one trigger)
+            try:
+                if not entry.scanned:
+                    complete(entry)
+                decision = decide(entry, now)
+            except Exception as exc:  # never wedge the buffer on one trace: keep it and go on
+                self.ctx.log.error("tail sampling could not evaluate a trace (%s); keeping it", type(exc).__name__)
+                decision = self.policies.on_error
+            cache_put(trace_id, decision)
+            if wal_decided is not None:
+                wal_decided.append((trace_id, decision.kept, decision.policy))
+            if decision.kept:
+                add_trace(entry, decision, by_id)
+            if entry.nlogs:
+                metrics.log_outcomes["kept" if decision.kept else "dropped"].inc(entry.nlogs)
+            remove(entry)
+            tally[decision] = tally.get(decision, 0) + 1
+            observe(now - entry.first)
+            if reason in EARLY_REASONS:
+                metrics.early[reason] = metrics.early.get(reason, 0) + 1
+            publish(trace_id, decision.kept, decision.policy)
 
     def flush(self, now: float) -> Emitted | None:
-        for entry, reason in self.ready.due(self.buffer, now):
-            self._decide(entry, now, reason)
+        self._decide_all(self.ready.due(self.buffer, now), now)
         self._gauges()
         self._wal_decisions()
         if self.wal is not None:
