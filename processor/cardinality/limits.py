@@ -37,11 +37,21 @@ def normal_key(key: str) -> str:
 class ForbiddenKeys:
     """The set of attribute keys that must never become labels (compared in normal form)."""
 
+    _MEMO_LIMIT = 4096  # distinct keys remembered; attribute keys repeat, their normal form need not be redone
+
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys = frozenset(normal_key(k) for k in keys)
+        self._memo: dict[str, bool] = {}
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and normal_key(key) in self.keys
+        if not isinstance(key, str):
+            return False
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) >= self._MEMO_LIMIT:
+                self._memo.clear()
+            hit = self._memo[key] = normal_key(key) in self.keys
+        return hit
 
 
 class ValueBuckets:

@@ -27,6 +27,7 @@ from processor.cardinality.limits import (
 from processor.stages.base import MetricsRequest
 
 AttrKey = tuple[tuple[str, bytes], ...]
+CUMULATIVE = 2  # AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 OVERFLOW_KEY: AttrKey = ((OVERFLOW_ATTRIBUTE, AnyValue(bool_value=True).SerializeToString()),)
 _OTHER_VALUE = AnyValue(string_value=OTHER).SerializeToString()
 
@@ -94,6 +95,19 @@ def _merge(field: str, into: Any, other: Any) -> bool:
     return False
 
 
+def _latest_per_series(points: Any) -> list[Any]:
+    """One point per original series: a request may carry two cumulative points of the same series (two
+    collection cycles batched together); each is a running total, so only the latest may be merged with other
+    series, never added to its own earlier value."""
+    latest: dict[tuple[bytes, ...], Any] = {}
+    for dp in points:
+        series = tuple(sorted(kv.SerializeToString() for kv in dp.attributes))
+        seen = latest.get(series)
+        if seen is None or dp.time_unix_nano >= seen.time_unix_nano:
+            latest[series] = dp
+    return list(latest.values())
+
+
 class MetricsLimiter:
     """Applies per-metric limits to ExportMetricsServiceRequests, in place."""
 
@@ -118,7 +132,9 @@ class MetricsLimiter:
                 for metric in sm.metrics:
                     field = metric.WhichOneof("data")
                     if field is not None:
-                        self._metric(metric.name, field, getattr(metric, field).data_points)
+                        data = getattr(metric, field)
+                        self._metric(metric.name, field, data.data_points,
+                                     getattr(data, "aggregation_temporality", CUMULATIVE) == CUMULATIVE)
 
     def _key(self, dp: Any, limits: MetricLimits) -> tuple[AttrKey, bool]:
         changed = False
@@ -139,14 +155,15 @@ class MetricsLimiter:
         attrs.sort()
         return tuple(attrs), changed
 
-    def _metric(self, name: str, field: str, points: Any) -> None:
+    def _metric(self, name: str, field: str, points: Any, cumulative: bool) -> None:
         if not len(points):
             return
         limits, limiter = self._for(name)
         groups: dict[AttrKey, list[Any]] = {}
-        changed = False
+        current = _latest_per_series(points) if cumulative and field != "gauge" else list(points)
+        changed = len(current) < len(points)
         folded = 0
-        for dp in points:
+        for dp in current:
             key, touched = self._key(dp, limits)
             changed |= touched
             if not limiter.admit(key):

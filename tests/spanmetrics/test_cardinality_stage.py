@@ -160,3 +160,26 @@ def test_spanmetrics_then_cardinality_in_a_pipeline(tmp_path) -> None:
     clicks = points(out[0].metrics[0], "reco_clicks")
     assert {tuple(attrs(dp)) for dp in clicks} == {("placement",)}
     assert sum(dp.as_int for dp in clicks) == sum(len(r.clicks) for r in recos)
+
+
+def test_two_cumulative_points_of_one_series_in_a_request_keep_the_latest() -> None:
+    """Two collection cycles batched into one request: the running total of a series is its latest point, so a
+    fold of user ids must add each user's latest total once, not both of its totals."""
+    def record(meter):
+        c = meter.create_counter("reco.clicks")
+        for i in range(10):
+            c.add(2, {"user.id": f"user-{i}", "reco.placement": "home"})
+
+    first = sdk_request(record)
+    second = type(first)()
+    second.CopyFrom(first)
+    for dp in points(second, "reco.clicks"):
+        dp.time_unix_nano += 10**9
+        dp.as_int += 1  # the later cycle: each user's total grew from 2 to 3
+    metric = second.resource_metrics[0].scope_metrics[0].metrics[0]
+    metric.sum.data_points.extend(points(first, "reco.clicks"))  # both cycles in one request, the later first
+    stage, _ = build("cardinality", {})
+    stage.on_metrics(second)
+    after = points(second, "reco.clicks")
+    assert [attrs(dp) for dp in after] == [{"reco.placement": "home"}]
+    assert after[0].as_int == 30
