@@ -30,6 +30,9 @@ class ReceiverConfig:
     endpoint: str = "127.0.0.1:4317"
     max_recv_msg_size: int = 4 * 1024 * 1024
     workers: int = 16
+    # Requests admitted at once (parsing or waiting for the pipeline); more are refused at once with
+    # RESOURCE_EXHAUSTED + RetryInfo, so a CPU-bound hop pushes back instead of queueing without bound.
+    max_pending_requests: int = 8
     tls: TlsConfig | None = None
     # Clients must send `authorization: Bearer <token>`; the token comes from env or a file, never the config.
     bearer_token: bytes | None = None
@@ -148,6 +151,7 @@ def _receiver(node: Node) -> ReceiverConfig:
         endpoint=_endpoint(node, "endpoint", ReceiverConfig.endpoint) or ReceiverConfig.endpoint,
         max_recv_msg_size=node.size("max_recv_msg_size", ReceiverConfig.max_recv_msg_size),
         workers=node.int("workers", ReceiverConfig.workers, minimum=1),
+        max_pending_requests=node.int("max_pending_requests", ReceiverConfig.max_pending_requests, minimum=1),
         tls=_tls(node, "tls"),
         bearer_token=_bearer_token(node),
     )

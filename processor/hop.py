@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from processor.config import HopConfig
 from processor.exporter import Exporter
 from processor.pipeline import build_pipeline
-from processor.receiver import build_server
+from processor.receiver import Admission, build_server
 from processor.signals import SERVICE_NAMES
 from processor.stages.base import StageContext
 from processor.telemetry import HopMetrics, serve_metrics, split_endpoint
@@ -29,8 +29,9 @@ class Hop:
                                 builtin_default=cfg.builtin_default)
         self.exporter = Exporter(cfg.exporter, self.metrics)
         self.pipeline = build_pipeline(cfg.stage_nodes, self.ctx, sink=self.exporter.submit_emitted)
+        self.admission = Admission(cfg.receiver.max_pending_requests)
         self.server, self.health, self.port = build_server(cfg.receiver, self.pipeline, self.exporter,
-                                                           self.metrics)
+                                                           self.metrics, self.admission)
         self.metrics_server = None
         self.metrics_port: int | None = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 from concurrent import futures
 
 import grpc
@@ -26,14 +27,37 @@ from processor.telemetry import SIGNAL_ITEMS, HopMetrics
 log = logging.getLogger("recohop.receiver")
 
 QUEUE_FULL_RETRY_AFTER = 1.0
+OVERLOAD_RETRY_AFTER = 0.5
+
+
+class Admission:
+    """Requests being parsed or waiting for the pipeline, shared by the three signals. Past the limit a request
+    is refused at once: with one pipeline lock, more waiting requests only add latency and memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.pending >= self.limit:
+                return False
+            self.pending += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.pending -= 1
 
 
 class ExportHandler:
     """One signal's Export method."""
 
     def __init__(self, signal: str, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
-                 bearer_token: bytes | None = None) -> None:
+                 bearer_token: bytes | None = None, admission: Admission | None = None) -> None:
         self.signal = signal
+        self.admission = admission or Admission(ReceiverConfig.max_pending_requests)
         self.expected_auth = b"Bearer " + bearer_token if bearer_token else None
         self.request_type = REQUEST_TYPES[signal]
         self.empty_response = RESPONSE_TYPES[signal]().SerializeToString()
@@ -50,6 +74,14 @@ class ExportHandler:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         if not self.exporter.has_room():  # before parsing: a refusal should cost the GIL nothing
             self._push_back(context, 0, "exporter queue full", QUEUE_FULL_RETRY_AFTER)
+        if not self.admission.enter():  # CPU-bound: say so now, with RetryInfo
+            self._push_back(context, 0, "hop overloaded", OVERLOAD_RETRY_AFTER)
+        try:
+            return self._admitted(raw, context)
+        finally:
+            self.admission.leave()
+
+    def _admitted(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
         try:
             request = self.request_type.FromString(raw)
         except DecodeError:
@@ -104,8 +136,8 @@ class ExportHandler:
         context.abort_with_status(retry_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, retry_after))
 
 
-def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter,
-                 metrics: HopMetrics) -> tuple[grpc.Server, health.HealthServicer, int]:
+def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
+                 admission: Admission | None = None) -> tuple[grpc.Server, health.HealthServicer, int]:
     """The gRPC server (not yet started), its health servicer and the bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="recohop-recv"),
@@ -114,8 +146,9 @@ def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter,
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=cfg.workers * 8,
     )
+    admission = admission or Admission(cfg.max_pending_requests)
     for signal in SIGNALS:
-        handler = ExportHandler(signal, pipeline, exporter, metrics, cfg.bearer_token)
+        handler = ExportHandler(signal, pipeline, exporter, metrics, cfg.bearer_token, admission)
         method = grpc.unary_unary_rpc_method_handler(handler)  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAMES[signal], {"Export": method}),))
