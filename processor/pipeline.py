@@ -52,6 +52,11 @@ def build_stage(node: Node, ctx: StageContext) -> Stage:
     return stage
 
 
+def reads_traces(stage: Stage) -> bool:
+    """False for stages that leave traces alone: they are skipped (no conversion between bytes and messages)."""
+    return stage.takes_trace_bytes or type(stage).on_traces is not Stage.on_traces or "on_traces" in vars(stage)
+
+
 def as_trace_bytes(request: TracesRequest | bytes) -> bytes:
     return request if isinstance(request, bytes) else request.SerializeToString()
 
@@ -92,11 +97,9 @@ class Pipeline:
         self.lock = threading.Lock()
         # True when no stage changes data: the receiver may forward the bytes it got.
         self.forwards_unchanged = all(not s.mutates for s in stages)
-        # Stages that leave traces alone are skipped for them (no conversion between bytes and messages).
-        self._handles_traces = [s.takes_trace_bytes or type(s).on_traces is not Stage.on_traces for s in stages]
         # True when the first stage that reads traces wants them serialized: the receiver then hands over the
         # bytes it received (a request it parsed only to validate it).
-        first = [s for s, handles in zip(stages, self._handles_traces, strict=True) if handles]
+        first = [s for s in stages if reads_traces(s)]
         self.traces_as_bytes = not first or first[0].takes_trace_bytes
         self._stage_seconds = Counter(
             "recohop_stage_seconds", "Time spent inside each stage", ["stage"], registry=ctx.registry)
@@ -118,7 +121,7 @@ class Pipeline:
         for i in range(start, len(self.stages)):
             stage = self.stages[i]
             began = time.perf_counter()
-            if traces and self._handles_traces[i]:
+            if traces and reads_traces(stage):
                 if stage.takes_trace_bytes:
                     traces = [out for req in traces for out in stage.on_trace_bytes(as_trace_bytes(req))]
                 else:
