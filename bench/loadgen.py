@@ -3,6 +3,9 @@
 Each client process has its own channels (separate connections) and `streams` threads, each keeping one
 unary call in flight with a generic `unary_unary(path)`: bytes in, bytes out, nothing re-encoded. Only
 acknowledged calls that complete inside the measurement window count.
+
+For overload runs every attempt inside the window is also counted (`offered_*`, acked or refused), and each
+refusal's status code is tallied along with whether it carried google.rpc.RetryInfo (`retry_info`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import grpc
 
 from bench.workload import TraceIdRewriter, read_requests
+from processor.retryinfo import retry_delay
 from processor.signals import METHOD_PATHS
 
 RETRY_PAUSE = 0.005
@@ -42,6 +46,11 @@ class ClientResult:
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     cpu_seconds: float = 0.0
+    # Every call started inside the window, acknowledged or refused: the load actually offered.
+    offered_spans: int = 0
+    offered_requests: int = 0
+    # Refusals (inside the window) whose trailers carried RetryInfo, by status code name.
+    retry_info: dict[str, int] = field(default_factory=dict)
 
     def merge(self, other: ClientResult) -> None:
         self.acked_spans += other.acked_spans
@@ -51,6 +60,10 @@ class ClientResult:
             self.errors[code] = self.errors.get(code, 0) + n
         self.latencies.extend(other.latencies)
         self.cpu_seconds += other.cpu_seconds
+        self.offered_spans += other.offered_spans
+        self.offered_requests += other.offered_requests
+        for code, n in other.retry_info.items():
+            self.retry_info[code] = self.retry_info.get(code, 0) + n
 
 
 def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: grpc.UnaryUnaryMultiCallable,
@@ -61,9 +74,10 @@ def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: g
     n = len(requests)
     i = (stream * 7919 + client * 104729) % n
     loop = 0
-    acked = reqs = sent = 0
+    acked = reqs = sent = offered = offered_reqs = 0
     lat: list[float] = []
     errors: dict[str, int] = {}
+    with_retry_info: dict[str, int] = {}
     stream_id = client * plan.streams + stream
     while True:
         if rewriters is not None:
@@ -73,11 +87,17 @@ def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: g
         began = time.monotonic()
         if began >= window_end:
             break
+        in_window = began >= window_start
+        if in_window:
+            offered += plan.spans[i]
+            offered_reqs += 1
         try:
             call(payload, timeout=30.0)
         except grpc.RpcError as error:
             code = error.code().name  # type: ignore[attr-defined]
             errors[code] = errors.get(code, 0) + 1
+            if in_window and retry_delay(error) is not None:
+                with_retry_info[code] = with_retry_info.get(code, 0) + 1
             time.sleep(RETRY_PAUSE)
             continue
         done = time.monotonic()
@@ -91,7 +111,8 @@ def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: g
             i = 0
             loop += 1
     with lock:
-        result.merge(ClientResult(acked, reqs, sent, errors, lat))
+        result.merge(ClientResult(acked, reqs, sent, errors, lat, offered_spans=offered,
+                                  offered_requests=offered_reqs, retry_info=with_retry_info))
 
 
 def run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: Any) -> None:

@@ -67,6 +67,11 @@ class Pseudonymiser:
         self.length = length
         self._cache: dict[bytes, str] = {}
 
+    @property
+    def key(self) -> bytes:
+        """The secret, for the native scanner that computes the same HMAC in C (never logged)."""
+        return self._key
+
     def digest(self, value: bytes) -> str:
         cache = self._cache
         found = cache.get(value)

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from processor.config_node import Node
 from processor.redaction.fastpath import FastTraces
+from processor.redaction.native import NativeTraces
 from processor.redaction.pseudonym import Pseudonymiser, load_key
 from processor.redaction.redactor import Redactor
 from processor.redaction.rules import RULES_KEYS, RuleSet, default_stage_node, load_rules_file, parse_rules
@@ -36,6 +37,10 @@ class RedactionStage(Stage):
         self.redactor = redactor
         rules = redactor.rules
         self.fast = FastTraces(redactor)
+        # The C pass over serialized requests when built (then the hop hands this stage bytes); the Python
+        # fast path stays the fallback for bytes the scanner does not handle and when it is not built.
+        self.native = NativeTraces.load(redactor)
+        self.takes_trace_bytes = self.native is not None
         self._rule_hits = _counter(registry, "recohop_redaction_rule_hits", "Attributes acted on, per rule",
                                    ("rule",))
         self._detector_hits = _counter(registry, "recohop_redaction_detector_hits",
@@ -52,9 +57,27 @@ class RedactionStage(Stage):
             self._detector_hits.labels(kind)
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
-        self.fast.process(request)
-        self._publish()
+        """Redacts `request` in place (through the byte path when the scanner is built)."""
+        if self.native is None:
+            self.fast.process(request)
+            self._publish()
+            return [request]
+        raw = request.SerializeToString()
+        (out,) = self.on_trace_bytes(raw)
+        if out is not raw:
+            request.ParseFromString(out)
         return [request]
+
+    def on_trace_bytes(self, raw: bytes) -> list[bytes]:
+        """The hot path: `raw` itself when nothing needed redacting, else the redacted request's bytes."""
+        out = self.native.redact(raw) if self.native is not None else None
+        if out is None:
+            request = TracesRequest.FromString(raw)
+            self.fast.process(request)
+            data = request.SerializeToString()
+            out = raw if data == raw else data
+        self._publish()
+        return [out]
 
     def on_metrics(self, request: MetricsRequest) -> list[MetricsRequest]:
         self.redactor.metrics(request)

@@ -1,0 +1,1315 @@
+/* The redaction stage's traces pass in one walk over a serialized ExportTraceServiceRequest.
+ *
+ * Why: the Python fast path (processor/redaction/fastpath.py) still pays protobuf parsing and per-scope Python
+ * work (~4 us per span). Here every attribute (resource, scope, span, event, link), span name, status message
+ * and event name is looked at in C: a key table (filled once per distinct key by a Python callback that runs
+ * the rule matching) says what the key's rule does, a cheap prefilter derived from
+ * processor/redaction/detectors.py:possible_kinds says "no detector can match this value" for almost every
+ * value, and the rest goes to Python callbacks (memoised by the bytes they were given, bounded). Drops, masks,
+ * keyed pseudonyms (HMAC-SHA256, computed here) and IPv4 generalisation are done here; everything else is
+ * decided by the same Python code as the message walk. The output is the input with the edits, every
+ * enclosing length prefix fixed; when nothing changes the input bytes object itself is returned.
+ *
+ * Scanner(key_action, kv_outcome, text_outcome, kinds_mask, summary, hmac_key, pseudonym_length, n_rules,
+ *         memo_max)
+ *   key_action(key: bytes) -> (code, rule_id, arg): code is one of the A_* values below; arg the mask text
+ *       (bytes) for A_MASK, the prefix (bytes) for A_PSEUDO, the generalising function for A_GEN / A_GEN_IP.
+ *   kv_outcome(kv: bytes) -> None (leave it) | False (not understood: give up) |
+ *       (replacement KeyValue bytes or None to drop it, values changed, rule ids, detector ids)
+ *   text_outcome(text: bytes) -> None | False | (replacement text bytes, detector ids)
+ * Scanner.redact(buf) -> None (bytes this scanner does not understand: use the Python path) or
+ *   (output bytes, spans touched, rule hit counts or None, detector hit counts or None)
+ * possible_kinds(text: bytes) -> bitmask of detector kinds that could match, or None when not valid UTF-8.
+ * hmac_sha256(key, data) -> bytes (for tests of the pseudonyms computed here).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "wire.h"
+
+/* Detector kinds, in processor/redaction/detectors.py:KINDS order. */
+enum { K_BEARER, K_JWT, K_EMAIL, K_IBAN, K_CARD, K_IPV6, K_IPV4, K_PHONE, N_KINDS };
+
+/* What a key's rule does (key_action codes). */
+enum { A_CLEAN, A_SCAN, A_DROP, A_MASK, A_PSEUDO, A_GEN, A_GEN_IP, A_OTHER, N_ACTIONS };
+
+#define NEST_MAX 16       /* nested kvlists/arrays deeper than this go to Python (which cuts at 64) */
+#define MEMO_ITEM_MAX 512 /* longer values are not memoised (bounded memory) */
+#define KEYS_MAX 16384
+
+/* ------------------------------------------------------------------ SHA-256 / HMAC */
+
+typedef struct {
+    uint32_t h[8];
+    uint8_t block[64];
+    uint64_t total;
+    size_t used;
+} sha256_ctx;
+
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_compress(uint32_t h[8], const uint8_t *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) | ((uint32_t)p[4 * i + 2] << 8) |
+               (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHA_NI_BUILD 1
+
+/* The same compression with the x86 SHA extensions (several times faster; chosen at run time). */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_compress_ni(uint32_t h[8], const uint8_t *p) {
+    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&h[0]);
+    __m128i state1 = _mm_loadu_si128((const __m128i *)&h[4]);
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);                /* CDAB */
+    state1 = _mm_shuffle_epi32(state1, 0x1B);          /* EFGH */
+    __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  /* ABEF */
+    state1 = _mm_blend_epi16(state1, tmp, 0xF0);       /* CDGH */
+    const __m128i abef = state0, cdgh = state1;
+    __m128i w[4];
+    for (int j = 0; j < 4; j++) w[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * j)), swap);
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        if (t >= 4)
+            w[t & 3] = _mm_sha256msg2_epu32(
+                _mm_add_epi32(_mm_sha256msg1_epu32(w[t & 3], w[(t - 3) & 3]),
+                              _mm_alignr_epi8(w[(t - 1) & 3], w[(t - 2) & 3], 4)),
+                w[(t - 1) & 3]);
+        __m128i msg = _mm_add_epi32(w[t & 3], _mm_loadu_si128((const __m128i *)&K256[4 * t]));
+        state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
+        msg = _mm_shuffle_epi32(msg, 0x0E);
+        state0 = _mm_sha256rnds2_epu32(state0, state1, msg);
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+    tmp = _mm_shuffle_epi32(state0, 0x1B);             /* FEBA */
+    state1 = _mm_shuffle_epi32(state1, 0xB1);          /* DCHG */
+    state0 = _mm_blend_epi16(tmp, state1, 0xF0);       /* DCBA */
+    state1 = _mm_alignr_epi8(state1, tmp, 8);          /* ABEF */
+    _mm_storeu_si128((__m128i *)&h[0], state0);
+    _mm_storeu_si128((__m128i *)&h[4], state1);
+}
+
+static int cpu_has_sha_ni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9))) return 0; /* SSE4.1, SSSE3 */
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 29) & 1;
+}
+#endif
+
+static void (*compress)(uint32_t h[8], const uint8_t *p) = sha256_compress;
+
+static void sha256_init(sha256_ctx *c) {
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, iv, sizeof iv);
+    c->total = 0;
+    c->used = 0;
+}
+
+static void sha256_update(sha256_ctx *c, const uint8_t *p, size_t n) {
+    c->total += n;
+    while (n) {
+        size_t take = 64 - c->used < n ? 64 - c->used : n;
+        memcpy(c->block + c->used, p, take);
+        c->used += take;
+        p += take;
+        n -= take;
+        if (c->used == 64) {
+            compress(c->h, c->block);
+            c->used = 0;
+        }
+    }
+}
+
+static void sha256_final(sha256_ctx *c, uint8_t out[32]) {
+    uint64_t bits = c->total * 8;
+    c->block[c->used++] = 0x80;
+    if (c->used > 56) {
+        memset(c->block + c->used, 0, 64 - c->used);
+        compress(c->h, c->block);
+        c->used = 0;
+    }
+    memset(c->block + c->used, 0, 56 - c->used);
+    for (int i = 0; i < 8; i++) c->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    compress(c->h, c->block);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(c->h[i] >> 24);
+        out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8);
+        out[4 * i + 3] = (uint8_t)c->h[i];
+    }
+}
+
+typedef struct {
+    sha256_ctx inner, outer; /* states after the ipad / opad blocks */
+} hmac_key;
+
+static void hmac_setup(hmac_key *k, const uint8_t *key, size_t n) {
+    uint8_t block[64] = {0};
+    if (n > 64) {
+        sha256_ctx c;
+        sha256_init(&c);
+        sha256_update(&c, key, n);
+        sha256_final(&c, block);
+    } else {
+        memcpy(block, key, n);
+    }
+    uint8_t pad[64];
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
+    sha256_init(&k->inner);
+    sha256_update(&k->inner, pad, 64);
+    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
+    sha256_init(&k->outer);
+    sha256_update(&k->outer, pad, 64);
+}
+
+static void hmac_digest(const hmac_key *k, const uint8_t *p, size_t n, uint8_t out[32]) {
+    sha256_ctx c = k->inner;
+    uint8_t mid[32];
+    sha256_update(&c, p, n);
+    sha256_final(&c, mid);
+    c = k->outer;
+    sha256_update(&c, mid, 32);
+    sha256_final(&c, out);
+}
+
+/* ------------------------------------------------------------------ the detector prefilter */
+
+/* Byte classes for the prefilter. */
+enum { C_DIGIT = 1, C_LOWER = 2, C_UPPER = 4, C_OTHER = 8, C_SPECIAL = 16, C_HIGH = 32 };
+
+static uint8_t byte_class[256];
+
+static void init_byte_class(void) {
+    for (int b = 0; b < 256; b++) {
+        uint8_t c;
+        if (b >= 0x80) c = C_HIGH;
+        else if (b >= '0' && b <= '9') c = C_DIGIT;
+        else if (b >= 'a' && b <= 'z') c = C_LOWER;
+        else if (b >= 'A' && b <= 'Z') c = C_UPPER;
+        else if (b == '-' || b == '_') c = 0;
+        else c = C_OTHER;
+        if (b == '@' || b == ':' || b == '.' || b == 'e' || b == 'E') c |= C_SPECIAL;
+        byte_class[b] = c;
+    }
+}
+
+/* Bitmask of the kinds possible_kinds() in detectors.py could report for this UTF-8 text (a superset: exact
+ * for ASCII, more kinds for other text), 0 when the text is shorter than 3 characters (Detectors.scan skips
+ * those); -1 when the bytes are not valid UTF-8. */
+static int possible(const uint8_t *p, size_t n) {
+    size_t digits = 0, colons = 0, dots = 0, chars = n;
+    int at = 0, jwt = 0, bearer = 0;
+    unsigned seen = 0;
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = p[i];
+        unsigned c = byte_class[b];
+        seen |= c;
+        digits += c & C_DIGIT;
+        if (!(c & (C_SPECIAL | C_HIGH))) {
+            i++;
+            continue;
+        }
+        if (c & C_SPECIAL) {
+            if (b == '@') at = 1;
+            else if (b == ':') colons++;
+            else if (b == '.') dots++;
+            else if (b == 'e') {
+                if (n - i >= 3 && p[i + 1] == 'y' && p[i + 2] == 'J') jwt = 1;
+                else if (n - i >= 5 && memcmp(p + i + 1, "arer", 4) == 0) bearer = 1;
+            } else if (n - i >= 5 && memcmp(p + i + 1, "ARER", 4) == 0) bearer = 1; /* 'E' */
+            i++;
+            continue;
+        }
+        /* a multi-byte sequence: validated like Python's strict UTF-8 decoder */
+        size_t need;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (b >= 0xC2 && b <= 0xDF) need = 1;
+        else if (b == 0xE0) { need = 2; lo = 0xA0; }
+        else if (b >= 0xE1 && b <= 0xEC) need = 2;
+        else if (b == 0xED) { need = 2; hi = 0x9F; }
+        else if (b >= 0xEE && b <= 0xEF) need = 2;
+        else if (b == 0xF0) { need = 3; lo = 0x90; }
+        else if (b >= 0xF1 && b <= 0xF3) need = 3;
+        else if (b == 0xF4) { need = 3; hi = 0x8F; }
+        else return -1;
+        if (n - i - 1 < need) return -1;
+        if (p[i + 1] < lo || p[i + 1] > hi) return -1;
+        for (size_t k = 2; k <= need; k++)
+            if (p[i + k] < 0x80 || p[i + k] > 0xBF) return -1;
+        chars -= need; /* one character, need + 1 bytes */
+        i += need + 1;
+    }
+    if (chars < 3) return 0;
+    int kinds = 0;
+    if (at) kinds |= 1 << K_EMAIL;
+    if (jwt) kinds |= 1 << K_JWT;
+    if (bearer) kinds |= 1 << K_BEARER;
+    if (colons >= 2) kinds |= 1 << K_IPV6;
+    int ascii = !(seen & C_HIGH);
+    int lower = ascii && (seen & C_LOWER) && !(seen & C_UPPER); /* non-ASCII: assume not (more kinds) */
+    /* detectors.py returns early for one lowercase token of word characters and dashes */
+    if (lower && !(seen & C_OTHER)) return kinds;
+    if (digits >= 7) {
+        kinds |= 1 << K_PHONE;
+        if (digits >= 13) kinds |= 1 << K_CARD;
+    }
+    if (digits >= 4 && dots >= 3) kinds |= 1 << K_IPV4;
+    if (digits >= 2 && chars >= 15 && !lower) kinds |= 1 << K_IBAN;
+    return kinds;
+}
+
+/* ------------------------------------------------------------------ bounded memo tables */
+
+typedef struct {
+    Py_hash_t hash;
+    PyObject *key;   /* bytes (owned); NULL: empty slot */
+    PyObject *value; /* owned, or NULL */
+    int code, rule;
+} slot;
+
+typedef struct {
+    slot *slots;
+    size_t mask; /* capacity - 1 */
+    size_t count;
+    size_t max;
+} table;
+
+static void tab_clear(table *t) {
+    if (!t->slots) return;
+    for (size_t i = 0; i <= t->mask; i++) {
+        Py_CLEAR(t->slots[i].key);
+        Py_CLEAR(t->slots[i].value);
+    }
+    t->count = 0;
+}
+
+static void tab_free(table *t) {
+    tab_clear(t);
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+}
+
+static slot *tab_find(const table *t, const uint8_t *p, size_t n, Py_hash_t h) {
+    if (!t->slots) return NULL;
+    size_t i = (size_t)h & t->mask;
+    for (;;) {
+        slot *s = &t->slots[i];
+        if (!s->key) return NULL;
+        if (s->hash == h && (size_t)PyBytes_GET_SIZE(s->key) == n && memcmp(PyBytes_AS_STRING(s->key), p, n) == 0)
+            return s;
+        i = (i + 1) & t->mask;
+    }
+}
+
+/* A new slot for bytes p[:n] (not present): the table is cleared first when full. NULL with an exception set
+ * on error. The slot is valid until the next insert. */
+static slot *tab_insert(table *t, const uint8_t *p, size_t n, Py_hash_t h) {
+    if (t->count >= t->max) tab_clear(t);
+    if (!t->slots || (t->count + 1) * 2 > t->mask + 1) {
+        size_t cap = t->slots ? (t->mask + 1) * 2 : 64;
+        slot *fresh = PyMem_Calloc(cap, sizeof(slot));
+        if (!fresh) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        if (t->slots) {
+            for (size_t i = 0; i <= t->mask; i++) {
+                slot *s = &t->slots[i];
+                if (!s->key) continue;
+                size_t j = (size_t)s->hash & (cap - 1);
+                while (fresh[j].key) j = (j + 1) & (cap - 1);
+                fresh[j] = *s;
+            }
+            PyMem_Free(t->slots);
+        }
+        t->slots = fresh;
+        t->mask = cap - 1;
+    }
+    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    if (!key) return NULL;
+    size_t i = (size_t)h & t->mask;
+    while (t->slots[i].key) i = (i + 1) & t->mask;
+    slot *s = &t->slots[i];
+    s->hash = h;
+    s->key = key;
+    s->value = NULL;
+    s->code = 0;
+    s->rule = 0;
+    t->count++;
+    return s;
+}
+
+/* ------------------------------------------------------------------ the scanner object */
+
+typedef struct {
+    size_t start, end; /* replaced range of the input */
+    size_t off, len;   /* replacement in scratch */
+} edit;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *key_action, *kv_outcome, *text_outcome;
+    int kinds_mask, summary, busy, has_key;
+    hmac_key hkey;
+    Py_ssize_t pseudonym_length;
+    Py_ssize_t n_rules;
+    table keys, kvs, texts;
+    /* per call */
+    const uint8_t *buf;
+    edit *edits;
+    size_t n_edits, cap_edits;
+    uint8_t *scratch;
+    size_t scratch_len, scratch_cap;
+    Py_ssize_t delta;
+    Py_ssize_t *rule_hits;
+    Py_ssize_t detector_hits[N_KINDS];
+    Py_ssize_t spans_touched;
+} Scanner;
+
+static int scratch_reserve(Scanner *sc, size_t more) {
+    if (sc->scratch_len + more <= sc->scratch_cap) return 1;
+    size_t cap = sc->scratch_cap ? sc->scratch_cap : 4096;
+    while (cap < sc->scratch_len + more) cap *= 2;
+    uint8_t *p = PyMem_Realloc(sc->scratch, cap);
+    if (!p) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    sc->scratch = p;
+    sc->scratch_cap = cap;
+    return 1;
+}
+
+static int put(Scanner *sc, const void *p, size_t n) {
+    if (!scratch_reserve(sc, n)) return 0;
+    if (n) memcpy(sc->scratch + sc->scratch_len, p, n);
+    sc->scratch_len += n;
+    return 1;
+}
+
+static int put_varint(Scanner *sc, uint64_t v) {
+    if (!scratch_reserve(sc, 10)) return 0;
+    sc->scratch_len += wire_put_varint(sc->scratch + sc->scratch_len, v);
+    return 1;
+}
+
+/* Replace input[start:end) with scratch[off:] (what was put since off). */
+static int add_edit(Scanner *sc, const uint8_t *start, const uint8_t *end, size_t off) {
+    if (sc->n_edits == sc->cap_edits) {
+        size_t cap = sc->cap_edits ? sc->cap_edits * 2 : 64;
+        edit *e = PyMem_Realloc(sc->edits, cap * sizeof(edit));
+        if (!e) {
+            PyErr_NoMemory();
+            return 0;
+        }
+        sc->edits = e;
+        sc->cap_edits = cap;
+    }
+    edit *e = &sc->edits[sc->n_edits++];
+    e->start = (size_t)(start - sc->buf);
+    e->end = (size_t)(end - sc->buf);
+    e->off = off;
+    e->len = sc->scratch_len - off;
+    sc->delta += (Py_ssize_t)e->len - (Py_ssize_t)(e->end - e->start);
+    return 1;
+}
+
+/* Where a length-delimited field's length varint starts (after its tag, however it was encoded). */
+static const uint8_t *after_tag(const wire_field *f) {
+    const uint8_t *p = f->start;
+    while (*p & 0x80) p++; /* the tag was read by wire_next: bounded */
+    return p + 1;
+}
+
+/* Replace the whole field f by: its own tag, then a length-delimited payload put by the caller since off
+ * (payload_off: where the payload starts in scratch; the tag and length are put in front of it). */
+static int replace_field(Scanner *sc, const wire_field *f, size_t payload_off) {
+    /* scratch: [payload]; rebuild as [tag][len][payload] at a new offset */
+    size_t plen = sc->scratch_len - payload_off;
+    const uint8_t *lenstart = after_tag(f);
+    size_t taglen = (size_t)(lenstart - f->start);
+    if (!scratch_reserve(sc, taglen + 10 + plen)) return 0;
+    size_t off = sc->scratch_len;
+    memcpy(sc->scratch + sc->scratch_len, f->start, taglen);
+    sc->scratch_len += taglen;
+    sc->scratch_len += wire_put_varint(sc->scratch + sc->scratch_len, plen);
+    memcpy(sc->scratch + sc->scratch_len, sc->scratch + payload_off, plen);
+    sc->scratch_len += plen;
+    return add_edit(sc, f->start, f->data + f->len, off);
+}
+
+static int delete_field(Scanner *sc, const wire_field *f) {
+    return add_edit(sc, f->start, f->data + f->len, sc->scratch_len);
+}
+
+/* Put a KeyValue payload {key, value: {string_value: s1 + s2}} into scratch. */
+static int put_kv_string(Scanner *sc, const uint8_t *key, size_t keylen, const uint8_t *s1, size_t n1,
+                         const uint8_t *s2, size_t n2) {
+    size_t slen = n1 + n2;
+    size_t anylen = 1 + wire_varint_size(slen) + slen;
+    uint8_t t;
+    t = 0x0A;
+    if (!put(sc, &t, 1) || !put_varint(sc, keylen) || !put(sc, key, keylen)) return 0;
+    t = 0x12;
+    if (!put(sc, &t, 1) || !put_varint(sc, anylen)) return 0;
+    t = 0x0A;
+    return put(sc, &t, 1) && put_varint(sc, slen) && put(sc, s1, n1) && put(sc, s2, n2);
+}
+
+static int count_ids(Scanner *sc, PyObject *ids, int rules) {
+    if (!PyTuple_Check(ids)) {
+        PyErr_SetString(PyExc_TypeError, "hit ids must be a tuple of ints");
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ids); i++) {
+        Py_ssize_t id = PyLong_AsSsize_t(PyTuple_GET_ITEM(ids, i));
+        if (id == -1 && PyErr_Occurred()) return 0;
+        Py_ssize_t limit = rules ? sc->n_rules : N_KINDS;
+        if (id < 0 || id >= limit) {
+            PyErr_SetString(PyExc_ValueError, "hit id out of range");
+            return 0;
+        }
+        if (rules) sc->rule_hits[id]++;
+        else sc->detector_hits[id]++;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ message parts */
+
+/* wire_next with the common case inlined: a one-byte tag of a length-delimited field with a one-byte length. */
+static inline __attribute__((always_inline)) int next_field(wire_cur *c, wire_field *f) {
+    const uint8_t *p = c->p;
+    if (c->end - p >= 2 && (p[0] & 0x87) == 2 && p[0] >= 8 && p[1] < 0x80) {
+        size_t n = p[1];
+        if (n > (size_t)(c->end - p - 2)) return -1;
+        f->start = p;
+        f->number = p[0] >> 3;
+        f->wtype = 2;
+        f->data = p + 2;
+        f->len = n;
+        c->p = p + 2 + n;
+        return 1;
+    }
+    return wire_next(c, f);
+}
+
+typedef struct {
+    const uint8_t *key, *val;
+    size_t keylen, vallen;
+} kv_parts;
+
+/* 1 when the KeyValue is exactly {key (field 1), value (field 2)} in that order. */
+static int split_kv(const uint8_t *p, size_t n, kv_parts *kp) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    if (next_field(&c, &f) != 1 || f.number != 1 || f.wtype != 2) return 0;
+    kp->key = f.data;
+    kp->keylen = f.len;
+    if (next_field(&c, &f) != 1 || f.number != 2 || f.wtype != 2) return 0;
+    kp->val = f.data;
+    kp->vallen = f.len;
+    return next_field(&c, &f) == 0;
+}
+
+enum { V_EMPTY, V_STRING, V_BOOL, V_INT, V_DOUBLE, V_ARRAY, V_KVLIST, V_BYTES };
+
+typedef struct {
+    int kind;
+    const uint8_t *data;
+    size_t len;
+} any_parts;
+
+/* 1 when the AnyValue holds at most one field, of a known kind with its proper wire type. */
+static int split_any(const uint8_t *p, size_t n, any_parts *av) {
+    static const uint8_t wtypes[8] = {0, 2, 0, 0, 1, 2, 2, 2};
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r = next_field(&c, &f);
+    if (r == 0) {
+        av->kind = V_EMPTY;
+        av->data = p;
+        av->len = 0;
+        return 1;
+    }
+    if (r < 0 || f.number < 1 || f.number > 7 || f.wtype != wtypes[f.number]) return 0;
+    av->kind = (int)f.number;
+    av->data = f.data;
+    av->len = f.len;
+    return next_field(&c, &f) == 0;
+}
+
+/* ------------------------------------------------------------------ callbacks, memoised */
+
+/* The key's action: *code, *rule and (borrowed, valid until the next key insert) *arg. 1, or -1 on error. */
+static int key_action(Scanner *sc, const uint8_t *key, size_t n, int *code, int *rule, PyObject **arg) {
+    Py_hash_t h = _Py_HashBytes(key, (Py_ssize_t)n);
+    slot *s = tab_find(&sc->keys, key, n, h);
+    if (!s) {
+        PyObject *res = PyObject_CallFunction(sc->key_action, "y#", (const char *)key, (Py_ssize_t)n);
+        if (!res) return -1;
+        int c, r;
+        PyObject *a;
+        if (!PyArg_ParseTuple(res, "iiO", &c, &r, &a)) {
+            Py_DECREF(res);
+            return -1;
+        }
+        int bad = c < 0 || c >= N_ACTIONS || r < 0 || r >= sc->n_rules ||
+                  ((c == A_MASK || c == A_PSEUDO) && !PyBytes_Check(a)) ||
+                  ((c == A_GEN || c == A_GEN_IP) && !PyCallable_Check(a));
+        if (bad) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_ValueError, "key_action returned an unusable action");
+            return -1;
+        }
+        s = tab_insert(&sc->keys, key, n, h);
+        if (!s) {
+            Py_DECREF(res);
+            return -1;
+        }
+        Py_INCREF(a);
+        s->value = a;
+        s->code = c;
+        s->rule = r;
+        Py_DECREF(res);
+    }
+    *code = s->code;
+    *rule = s->rule;
+    *arg = s->value;
+    return 1;
+}
+
+/* Memoised callback result for p[:n] in t (new reference): None, False or a tuple. NULL on error. */
+static PyObject *memo_call(table *t, PyObject *fn, const uint8_t *p, size_t n) {
+    Py_hash_t h = 0;
+    if (n <= MEMO_ITEM_MAX) {
+        h = _Py_HashBytes(p, (Py_ssize_t)n);
+        slot *s = tab_find(t, p, n, h);
+        if (s) {
+            Py_INCREF(s->value);
+            return s->value;
+        }
+    }
+    PyObject *res = PyObject_CallFunction(fn, "y#", (const char *)p, (Py_ssize_t)n);
+    if (!res) return NULL;
+    if (res != Py_None && res != Py_False && !PyTuple_Check(res)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "outcome callbacks return None, False or a tuple");
+        return NULL;
+    }
+    if (n <= MEMO_ITEM_MAX && res != Py_False) {
+        slot *s = tab_insert(t, p, n, h);
+        if (!s) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_INCREF(res);
+        s->value = res;
+    }
+    return res;
+}
+
+/* ------------------------------------------------------------------ texts and attributes */
+
+/* A text field (span name, status message, event name): detectors through text_outcome when the prefilter
+ * lets it through. 1 ok, 0 give up, -1 error. */
+static int do_text(Scanner *sc, const wire_field *f, long *changed) {
+    int kinds = possible(f->data, f->len);
+    if (kinds < 0) return 0; /* not UTF-8: the Python path decides (upb refuses it) */
+    if (!(kinds & sc->kinds_mask)) return 1;
+    PyObject *res = memo_call(&sc->texts, sc->text_outcome, f->data, f->len);
+    if (!res) return -1;
+    int rc = 1;
+    if (res == Py_False) rc = 0;
+    else if (res != Py_None) {
+        PyObject *text, *ids;
+        if (!PyArg_ParseTuple(res, "SO", &text, &ids)) rc = -1;
+        else {
+            size_t off = sc->scratch_len;
+            if (!put(sc, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text)) || !replace_field(sc, f, off) ||
+                !count_ids(sc, ids, 0))
+                rc = -1;
+            else
+                *changed += 1;
+        }
+    }
+    Py_DECREF(res);
+    return rc;
+}
+
+/* Apply a kv_outcome tuple to the attribute field f. */
+static int apply_outcome(Scanner *sc, const wire_field *f, PyObject *res, long *changed) {
+    PyObject *kv, *rules, *dets;
+    long n;
+    if (!PyArg_ParseTuple(res, "OlOO", &kv, &n, &rules, &dets)) return -1;
+    if (kv == Py_None) {
+        if (!delete_field(sc, f)) return -1;
+    } else {
+        if (!PyBytes_Check(kv)) {
+            PyErr_SetString(PyExc_TypeError, "replacement KeyValue must be bytes");
+            return -1;
+        }
+        size_t off = sc->scratch_len;
+        if (!put(sc, PyBytes_AS_STRING(kv), (size_t)PyBytes_GET_SIZE(kv)) || !replace_field(sc, f, off)) return -1;
+    }
+    if (!count_ids(sc, rules, 1) || !count_ids(sc, dets, 0)) return -1;
+    *changed += n;
+    return 1;
+}
+
+/* The attribute through the Python message path (kv_outcome, memoised by its bytes). */
+static int generic_kv(Scanner *sc, const wire_field *f, long *changed) {
+    PyObject *res = memo_call(&sc->kvs, sc->kv_outcome, f->data, f->len);
+    if (!res) return -1;
+    int rc = res == Py_False ? 0 : res == Py_None ? 1 : apply_outcome(sc, f, res, changed);
+    Py_DECREF(res);
+    return rc;
+}
+
+static int value_clean(Scanner *sc, const uint8_t *p, size_t n, int depth);
+
+/* 1 when nothing in a kvlist/array payload needs work (every nested key and value checked), 0 when Python must
+ * look, -1 on error. */
+static int nested_clean(Scanner *sc, const any_parts *av, int depth) {
+    if (depth >= NEST_MAX) return 0;
+    wire_cur c = wire_span(av->data, av->len);
+    wire_field f;
+    int r;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != 1 || f.wtype != 2) return 0;
+        if (av->kind == V_ARRAY) {
+            int v = value_clean(sc, f.data, f.len, depth + 1);
+            if (v != 1) return v;
+            continue;
+        }
+        kv_parts kp;
+        if (!split_kv(f.data, f.len, &kp)) return 0;
+        int code, rule;
+        PyObject *arg;
+        if (key_action(sc, kp.key, kp.keylen, &code, &rule, &arg) < 0) return -1;
+        if (code == A_CLEAN) continue;
+        if (code != A_SCAN) return 0;
+        int v = value_clean(sc, kp.val, kp.vallen, depth + 1);
+        if (v != 1) return v;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int value_clean(Scanner *sc, const uint8_t *p, size_t n, int depth) {
+    any_parts av;
+    if (!split_any(p, n, &av)) return 0;
+    switch (av.kind) {
+    case V_STRING: {
+        int kinds = possible(av.data, av.len);
+        return kinds >= 0 && !(kinds & sc->kinds_mask);
+    }
+    case V_BYTES: {
+        int kinds = possible(av.data, av.len);
+        return kinds < 0 || !(kinds & sc->kinds_mask); /* not UTF-8: the detectors skip it */
+    }
+    case V_ARRAY:
+    case V_KVLIST:
+        return nested_clean(sc, &av, depth);
+    default:
+        return 1;
+    }
+}
+
+/* IPv4 a.b.c.d (ASCII digits, 1-3 each, <= 255, nothing around it) -> "a.b.c.0/24" as actions.py writes it;
+ * 0 when the text is anything else (then the Python function decides). */
+static size_t ipv4_net(const uint8_t *p, size_t n, char out[24]) {
+    unsigned parts[4];
+    size_t i = 0;
+    for (int k = 0; k < 4; k++) {
+        size_t digits = 0;
+        unsigned v = 0;
+        while (i < n && p[i] >= '0' && p[i] <= '9' && digits < 4) {
+            v = v * 10 + (unsigned)(p[i] - '0');
+            i++;
+            digits++;
+        }
+        if (digits == 0 || digits > 3 || v > 255) return 0;
+        parts[k] = v;
+        if (k < 3) {
+            if (i >= n || p[i] != '.') return 0;
+            i++;
+        }
+    }
+    if (i != n) return 0;
+    size_t w = 0;
+    for (int k = 0; k < 3; k++) {
+        unsigned v = parts[k];
+        if (v >= 100) out[w++] = (char)('0' + v / 100);
+        if (v >= 10) out[w++] = (char)('0' + v / 10 % 10);
+        out[w++] = (char)('0' + v % 10);
+        out[w++] = '.';
+    }
+    memcpy(out + w, "0/24", 4);
+    return w + 4;
+}
+
+/* One attribute field (KeyValue). 1 ok, 0 give up, -1 error. */
+static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
+    kv_parts kp;
+    if (!split_kv(f->data, f->len, &kp)) return generic_kv(sc, f, changed);
+    int code, rule;
+    PyObject *arg;
+    if (key_action(sc, kp.key, kp.keylen, &code, &rule, &arg) < 0) return -1;
+    if (code == A_CLEAN) return 1;
+    any_parts av;
+    if (!split_any(kp.val, kp.vallen, &av)) return generic_kv(sc, f, changed);
+    if (code == A_SCAN) {
+        if (av.kind == V_STRING) {
+            int kinds = possible(av.data, av.len);
+            if (kinds < 0) return 0;
+            if (!(kinds & sc->kinds_mask)) return 1;
+            PyObject *res = memo_call(&sc->texts, sc->text_outcome, av.data, av.len);
+            if (!res) return -1;
+            int rc = 1;
+            if (res == Py_False) rc = 0;
+            else if (res != Py_None) {
+                PyObject *text, *ids;
+                if (!PyArg_ParseTuple(res, "SO", &text, &ids)) rc = -1;
+                else {
+                    size_t off = sc->scratch_len;
+                    if (!put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(text),
+                                       (size_t)PyBytes_GET_SIZE(text), NULL, 0) ||
+                        !replace_field(sc, f, off) || !count_ids(sc, ids, 0))
+                        rc = -1;
+                    else
+                        *changed += 1;
+                }
+            }
+            Py_DECREF(res);
+            return rc;
+        }
+        int v = value_clean(sc, kp.val, kp.vallen, 0);
+        if (v < 0) return -1;
+        return v ? 1 : generic_kv(sc, f, changed);
+    }
+    if (code == A_DROP) {
+        if (!delete_field(sc, f)) return -1;
+        sc->rule_hits[rule]++;
+        *changed += 1;
+        return 1;
+    }
+    const uint8_t *s1 = NULL;
+    size_t n1 = 0;
+    char net[24];
+    PyObject *owned = NULL;
+    if (code == A_MASK) {
+        s1 = (const uint8_t *)PyBytes_AS_STRING(arg);
+        n1 = (size_t)PyBytes_GET_SIZE(arg);
+        size_t off = sc->scratch_len;
+        if (!put_kv_string(sc, kp.key, kp.keylen, s1, n1, NULL, 0) || !replace_field(sc, f, off)) return -1;
+    } else if (code == A_PSEUDO && sc->has_key &&
+               (av.kind == V_STRING || av.kind == V_BYTES || av.kind == V_EMPTY)) {
+        if (av.kind == V_STRING && possible(av.data, av.len) < 0) return 0;
+        uint8_t digest[32];
+        char hex[64];
+        static const char digits[] = "0123456789abcdef";
+        hmac_digest(&sc->hkey, av.data, av.len, digest);
+        for (int i = 0; i < 32; i++) {
+            hex[2 * i] = digits[digest[i] >> 4];
+            hex[2 * i + 1] = digits[digest[i] & 15];
+        }
+        size_t off = sc->scratch_len;
+        if (!put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(arg),
+                           (size_t)PyBytes_GET_SIZE(arg), (const uint8_t *)hex, (size_t)sc->pseudonym_length) ||
+            !replace_field(sc, f, off))
+            return -1;
+    } else if ((code == A_GEN || code == A_GEN_IP) && av.kind == V_STRING) {
+        if (possible(av.data, av.len) < 0) return 0;
+        size_t netlen = code == A_GEN_IP ? ipv4_net(av.data, av.len, net) : 0;
+        if (netlen) {
+            s1 = (const uint8_t *)net;
+            n1 = netlen;
+        } else {
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)av.data, (Py_ssize_t)av.len, "strict");
+            if (!text) return -1;
+            owned = PyObject_CallOneArg(arg, text);
+            Py_DECREF(text);
+            if (!owned) return -1;
+            Py_ssize_t len;
+            const char *u = PyUnicode_Check(owned) ? PyUnicode_AsUTF8AndSize(owned, &len) : NULL;
+            if (!u) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a generalisation returns str");
+                Py_DECREF(owned);
+                return -1;
+            }
+            s1 = (const uint8_t *)u;
+            n1 = (size_t)len;
+        }
+        size_t off = sc->scratch_len;
+        int ok = put_kv_string(sc, kp.key, kp.keylen, s1, n1, NULL, 0) && replace_field(sc, f, off);
+        Py_XDECREF(owned);
+        if (!ok) return -1;
+    } else {
+        return generic_kv(sc, f, changed);
+    }
+    sc->rule_hits[rule]++;
+    *changed += 1;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ the message walk */
+
+typedef int (*walker)(Scanner *, const uint8_t *, size_t, long *);
+
+/* Walk a length-delimited field's payload; fix its length prefix when the payload's size changed. */
+static int container(Scanner *sc, const wire_field *f, walker w, long *changed) {
+    Py_ssize_t before = sc->delta;
+    size_t first = sc->n_edits;
+    int r = w(sc, f->data, f->len, changed);
+    if (r <= 0) return r;
+    Py_ssize_t inner = sc->delta - before;
+    if (inner == 0) return 1;
+    size_t off = sc->scratch_len;
+    if (!put_varint(sc, (uint64_t)((Py_ssize_t)f->len + inner))) return -1;
+    if (!add_edit(sc, after_tag(f), f->data, off)) return -1;
+    /* keep the edits in input order (the length prefix comes before the payload's edits) */
+    edit fix = sc->edits[sc->n_edits - 1];
+    memmove(&sc->edits[first + 1], &sc->edits[first], (sc->n_edits - 1 - first) * sizeof(edit));
+    sc->edits[first] = fix;
+    return 1;
+}
+
+static int walk_attrs_only(Scanner *sc, const uint8_t *p, size_t n, long *changed, uint32_t number) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != number) continue;
+        if (f.wtype != 2) return 0;
+        int k = do_kv(sc, &f, changed);
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int walk_resource(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    return walk_attrs_only(sc, p, n, changed, 1);
+}
+
+static int walk_scope(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    return walk_attrs_only(sc, p, n, changed, 3);
+}
+
+static int walk_link(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    return walk_attrs_only(sc, p, n, changed, 4);
+}
+
+static int walk_event(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r, names = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        if (f.number == 2) {
+            if (f.wtype != 2 || names++) return 0;
+            k = do_text(sc, &f, changed);
+        } else if (f.number == 3) {
+            if (f.wtype != 2) return 0;
+            k = do_kv(sc, &f, changed);
+        }
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int walk_status(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r, messages = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != 2) continue;
+        if (f.wtype != 2 || messages++) return 0;
+        if (f.len) {
+            int k = do_text(sc, &f, changed);
+            if (k <= 0) return k;
+        }
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r, names = 0, statuses = 0;
+    long changed = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        switch (f.number) {
+        case 5:
+            if (f.wtype != 2 || names++) return 0;
+            k = do_text(sc, &f, &changed);
+            break;
+        case 9:
+            if (f.wtype != 2) return 0;
+            k = do_kv(sc, &f, &changed);
+            break;
+        case 11:
+            if (f.wtype != 2) return 0;
+            k = container(sc, &f, walk_event, &changed);
+            break;
+        case 13:
+            if (f.wtype != 2) return 0;
+            k = container(sc, &f, walk_link, &changed);
+            break;
+        case 15:
+            if (f.wtype != 2 || statuses++) return 0;
+            k = container(sc, &f, walk_status, &changed);
+            break;
+        default:
+            break;
+        }
+        if (k <= 0) return k;
+    }
+    if (r < 0) return 0;
+    if (changed) {
+        sc->spans_touched++;
+        if (sc->summary) {
+            /* attributes += {key: "redaction.redacted.count", value: {int_value: changed}}, after the rest */
+            static const char key[] = "redaction.redacted.count";
+            size_t keylen = sizeof key - 1;
+            size_t anylen = 1 + wire_varint_size((uint64_t)(int64_t)changed);
+            size_t kvlen = 1 + wire_varint_size(keylen) + keylen + 1 + wire_varint_size(anylen) + anylen;
+            size_t off = sc->scratch_len;
+            uint8_t t = 0x4A;
+            if (!put(sc, &t, 1) || !put_varint(sc, kvlen)) return -1;
+            t = 0x0A;
+            if (!put(sc, &t, 1) || !put_varint(sc, keylen) || !put(sc, key, keylen)) return -1;
+            t = 0x12;
+            if (!put(sc, &t, 1) || !put_varint(sc, anylen)) return -1;
+            t = 0x18;
+            if (!put(sc, &t, 1) || !put_varint(sc, (uint64_t)(int64_t)changed)) return -1;
+            if (!add_edit(sc, p + n, p + n, off)) return -1;
+        }
+    }
+    return 1;
+}
+
+static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r;
+    long unused = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        if (f.number == 1 || f.number == 2) {
+            if (f.wtype != 2) return 0;
+            k = container(sc, &f, f.number == 1 ? walk_scope : walk_span, &unused);
+        }
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int walk_resource_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r;
+    long unused = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        if (f.number == 1 || f.number == 2) {
+            if (f.wtype != 2) return 0;
+            k = container(sc, &f, f.number == 1 ? walk_resource : walk_scope_spans, &unused);
+        }
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static int walk_request(Scanner *sc, const uint8_t *p, size_t n) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r;
+    long unused = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2) return 0;
+        int k = container(sc, &f, walk_resource_spans, &unused);
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
+}
+
+static PyObject *counts_tuple(const Py_ssize_t *counts, Py_ssize_t n) {
+    int any = 0;
+    for (Py_ssize_t i = 0; i < n; i++) any |= counts[i] != 0;
+    if (!any) Py_RETURN_NONE;
+    PyObject *t = PyTuple_New(n);
+    if (!t) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyLong_FromSsize_t(counts[i]);
+        if (!v) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "redact() takes bytes");
+        return NULL;
+    }
+    if (sc->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "redact() is not reentrant");
+        return NULL;
+    }
+    if (!sc->key_action || !sc->rule_hits) {
+        PyErr_SetString(PyExc_RuntimeError, "Scanner.__init__ was not called");
+        return NULL;
+    }
+    sc->busy = 1;
+    sc->buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    size_t n = (size_t)PyBytes_GET_SIZE(arg);
+    sc->n_edits = 0;
+    sc->scratch_len = 0;
+    sc->delta = 0;
+    sc->spans_touched = 0;
+    memset(sc->rule_hits, 0, (size_t)sc->n_rules * sizeof(Py_ssize_t));
+    memset(sc->detector_hits, 0, sizeof sc->detector_hits);
+    PyObject *result = NULL, *out = NULL, *rules = NULL, *dets = NULL;
+    Py_INCREF(arg); /* the buffer must outlive the callbacks */
+    int r = walk_request(sc, sc->buf, n);
+    if (r < 0) goto done;
+    if (r == 0) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+        goto done;
+    }
+    if (sc->n_edits == 0) {
+        Py_INCREF(arg);
+        out = arg;
+    } else {
+        Py_ssize_t total = (Py_ssize_t)n + sc->delta;
+        out = PyBytes_FromStringAndSize(NULL, total);
+        if (!out) goto done;
+        uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
+        size_t at = 0;
+        for (size_t i = 0; i < sc->n_edits; i++) {
+            const edit *e = &sc->edits[i];
+            if (e->start < at || e->end < e->start) { /* edits are in input order and never overlap */
+                PyErr_SetString(PyExc_RuntimeError, "redaction edits overlap");
+                goto done;
+            }
+            memcpy(w, sc->buf + at, e->start - at);
+            w += e->start - at;
+            memcpy(w, sc->scratch + e->off, e->len);
+            w += e->len;
+            at = e->end;
+        }
+        memcpy(w, sc->buf + at, n - at);
+        w += n - at;
+        if (w - (uint8_t *)PyBytes_AS_STRING(out) != total) {
+            PyErr_SetString(PyExc_RuntimeError, "redaction output size mismatch");
+            goto done;
+        }
+    }
+    rules = counts_tuple(sc->rule_hits, sc->n_rules);
+    if (!rules) goto done;
+    dets = counts_tuple(sc->detector_hits, N_KINDS);
+    if (!dets) goto done;
+    result = Py_BuildValue("(OnOO)", out, sc->spans_touched, rules, dets);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(rules);
+    Py_XDECREF(dets);
+    Py_DECREF(arg);
+    sc->buf = NULL;
+    sc->busy = 0;
+    if (sc->scratch_cap > (1u << 22)) { /* don't keep a huge buffer after an outsized request */
+        PyMem_Free(sc->scratch);
+        sc->scratch = NULL;
+        sc->scratch_cap = 0;
+    }
+    return result;
+}
+
+static PyObject *Scanner_clear(Scanner *sc, PyObject *unused) {
+    if (sc->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "clear() during redact()");
+        return NULL;
+    }
+    tab_clear(&sc->keys);
+    tab_clear(&sc->kvs);
+    tab_clear(&sc->texts);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Scanner_memo_sizes(Scanner *sc, PyObject *unused) {
+    return Py_BuildValue("(nnn)", (Py_ssize_t)sc->keys.count, (Py_ssize_t)sc->kvs.count,
+                         (Py_ssize_t)sc->texts.count);
+}
+
+static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"key_action", "kv_outcome", "text_outcome", "kinds_mask", "summary", "hmac_key",
+                             "pseudonym_length", "n_rules", "memo_max", NULL};
+    PyObject *ka, *ko, *to, *key;
+    int mask, summary;
+    Py_ssize_t length, n_rules, memo_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOipOnnn", kwlist, &ka, &ko, &to, &mask, &summary, &key,
+                                     &length, &n_rules, &memo_max))
+        return -1;
+    if (!PyCallable_Check(ka) || !PyCallable_Check(ko) || !PyCallable_Check(to)) {
+        PyErr_SetString(PyExc_TypeError, "callbacks must be callable");
+        return -1;
+    }
+    if (key != Py_None && !PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "hmac_key must be bytes or None");
+        return -1;
+    }
+    if (length < 0 || length > 64 || n_rules < 1 || memo_max < 1 || sc->busy) {
+        PyErr_SetString(PyExc_ValueError, "pseudonym_length 0..64, n_rules >= 1, memo_max >= 1");
+        return -1;
+    }
+    Py_ssize_t *hits = PyMem_Calloc((size_t)n_rules, sizeof(Py_ssize_t));
+    if (!hits) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyMem_Free(sc->rule_hits);
+    sc->rule_hits = hits;
+    Py_INCREF(ka);
+    Py_XSETREF(sc->key_action, ka);
+    Py_INCREF(ko);
+    Py_XSETREF(sc->kv_outcome, ko);
+    Py_INCREF(to);
+    Py_XSETREF(sc->text_outcome, to);
+    sc->kinds_mask = mask & ((1 << N_KINDS) - 1);
+    sc->summary = summary;
+    sc->has_key = key != Py_None;
+    if (sc->has_key)
+        hmac_setup(&sc->hkey, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+    sc->pseudonym_length = length;
+    sc->n_rules = n_rules;
+    tab_clear(&sc->keys);
+    tab_clear(&sc->kvs);
+    tab_clear(&sc->texts);
+    sc->keys.max = memo_max < KEYS_MAX ? (size_t)memo_max : KEYS_MAX;
+    sc->kvs.max = (size_t)memo_max;
+    sc->texts.max = (size_t)memo_max;
+    return 0;
+}
+
+static void Scanner_dealloc(Scanner *sc) {
+    Py_XDECREF(sc->key_action);
+    Py_XDECREF(sc->kv_outcome);
+    Py_XDECREF(sc->text_outcome);
+    tab_free(&sc->keys);
+    tab_free(&sc->kvs);
+    tab_free(&sc->texts);
+    PyMem_Free(sc->edits);
+    PyMem_Free(sc->scratch);
+    PyMem_Free(sc->rule_hits);
+    memset(&sc->hkey, 0, sizeof sc->hkey);
+    Py_TYPE(sc)->tp_free((PyObject *)sc);
+}
+
+static PyMethodDef Scanner_methods[] = {
+    {"redact", (PyCFunction)Scanner_redact, METH_O,
+     "Redact a serialized ExportTraceServiceRequest: (out, spans_touched, rule_hits, detector_hits) or None."},
+    {"clear", (PyCFunction)Scanner_clear, METH_NOARGS, "Forget every memoised key, attribute and text."},
+    {"memo_sizes", (PyCFunction)Scanner_memo_sizes, METH_NOARGS, "(keys, attributes, texts) memoised now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ScannerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "processor.native._redact.Scanner",
+    .tp_basicsize = sizeof(Scanner),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The redaction stage's traces pass (see the module docstring).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Scanner_init,
+    .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_methods = Scanner_methods,
+};
+
+/* ------------------------------------------------------------------ module functions (for tests) */
+
+static PyObject *py_possible_kinds(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "possible_kinds() takes bytes");
+        return NULL;
+    }
+    int kinds = possible((const uint8_t *)PyBytes_AS_STRING(arg), (size_t)PyBytes_GET_SIZE(arg));
+    if (kinds < 0) Py_RETURN_NONE;
+    return PyLong_FromLong(kinds);
+}
+
+static PyObject *py_hmac_sha256(PyObject *self, PyObject *args) {
+    const char *key, *data;
+    Py_ssize_t klen, dlen;
+    if (!PyArg_ParseTuple(args, "y#y#", &key, &klen, &data, &dlen)) return NULL;
+    hmac_key k;
+    uint8_t out[32];
+    hmac_setup(&k, (const uint8_t *)key, (size_t)klen);
+    hmac_digest(&k, (const uint8_t *)data, (size_t)dlen, out);
+    return PyBytes_FromStringAndSize((const char *)out, 32);
+}
+
+static PyMethodDef methods[] = {
+    {"possible_kinds", py_possible_kinds, METH_O,
+     "Bitmask of the detector kinds that could match a UTF-8 text (None: not UTF-8)."},
+    {"hmac_sha256", py_hmac_sha256, METH_VARARGS, "HMAC-SHA256(key, data) as computed for pseudonyms."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_redact", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__redact(void) {
+    init_byte_class();
+#ifdef HAVE_SHA_NI_BUILD
+    if (cpu_has_sha_ni() && !getenv("RECOHOP_REDACT_NO_SHA_NI")) compress = sha256_compress_ni;
+#endif
+    if (PyType_Ready(&ScannerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&ScannerType);
+    if (PyModule_AddIntConstant(m, "sha_ni", compress != sha256_compress) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) {
+        Py_DECREF(&ScannerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
