@@ -71,6 +71,10 @@ class SeriesIndex:
         if self.overflow >= 0:
             self.limiter.folded(int(np.count_nonzero(ids == self.overflow)))
 
+    def count_folded_groups(self, slots: np.ndarray, measurements: np.ndarray) -> None:
+        if self.overflow >= 0:
+            self.limiter.folded(int(measurements[slots == self.overflow].sum()))
+
     def labels(self, key: Key) -> dict[str, str]:
         if key is OVERFLOW:
             return {OVERFLOW_LABEL: "true"}
@@ -100,6 +104,14 @@ class CounterAgg:
         self.values = _grow(self.values, n)
         self.values[:n] += np.bincount(arr, weights=weights, minlength=n)
         self.series.count_folded(arr)
+
+    def add_groups(self, slots: np.ndarray, weights: np.ndarray, measurements: np.ndarray) -> None:
+        """Adds per-group totals (the native intake): `weights[i]` to series `slots[i]`, which stands for
+        `measurements[i]` spans (for the overflow count)."""
+        n = len(self.series.keys)
+        self.values = _grow(self.values, n)
+        self.values[:n] += np.bincount(slots, weights=weights, minlength=n)
+        self.series.count_folded_groups(slots, measurements)
 
     def snapshot(self) -> MetricSnapshot:
         keys = self.series.keys
@@ -134,6 +146,15 @@ class HistogramAgg:
         self.sums[:n] += np.bincount(arr, weights=seconds, minlength=n)
         self.series.count_folded(arr)
         return arr, bucket, seconds
+
+    def add_groups(self, slots: np.ndarray, counts: np.ndarray, sums: np.ndarray, measurements: np.ndarray) -> None:
+        """Adds per-group bucket counts (rows of `counts`) and sums of seconds (the native intake)."""
+        n = len(self.series.keys)
+        self.counts = _grow(self.counts, n)
+        self.sums = _grow(self.sums, n)
+        np.add.at(self.counts, slots, counts)
+        np.add.at(self.sums, slots, sums)
+        self.series.count_folded_groups(slots, measurements)
 
     def snapshot(self) -> MetricSnapshot:
         keys = self.series.keys

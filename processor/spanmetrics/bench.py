@@ -1,13 +1,15 @@
 """Benchmark: span metrics stage throughput vs parse-only of the same bytes, in the same run.
 
-`python -m processor.spanmetrics.bench [--traces 20000] [--batch 50] [--rounds 3]`
+`python -m processor.spanmetrics.bench [--traces 20000] [--batch 50] [--rounds 3] [--python]`
 
-Both sides parse every request from its serialized bytes (what the receiver does); the stage side then runs
-`SpanMetricsStage.on_traces` with the default rules (RED + recommender metrics, exemplars on). The ratio is
-stage spans/s divided by parse-only spans/s. Because upb parsing is lazy, that ratio mostly shows what any
+Both sides parse every request from its serialized bytes (what the receiver does to validate it); the stage
+side then hands the stage the same bytes, as the pipeline does (`SpanMetricsStage.on_trace_bytes`, default
+rules: RED + recommender metrics, exemplars on; the native intake when built, `--python` forces the
+pure-Python path). The ratio is stage spans/s divided by parse-only spans/s; `stage us/span` is the CPU time
+inside the stage alone divided by spans (what the stage adds to the hop's ~1.05 us/span pass-through). Because upb parsing is lazy, that ratio mostly shows what any
 per-span Python work costs; the hop-level figure (`python -m bench all --hop-config spanmetrics=FILE`) is the
-one the >= 0.7x pass-through target is about, and `--passthrough` projects it: a hop forwarding P spans/s
-alone and spending 1/S s per span in this stage forwards 1/(1/P + 1/S) spans/s.
+one the >= 0.7x pass-through target is about, and `--passthrough-us` projects it: a hop spending P us of CPU
+per span passing spans through and S us per span in this stage forwards P / (P + S) of its pass-through rate.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ def _stage():  # type: ignore[no-untyped-def]
     return stage
 
 
-def run(traces: int, batch: int, rounds: int) -> dict[str, float]:
+def run(traces: int, batch: int, rounds: int, python: bool = False) -> dict[str, float]:
     payloads = [r.SerializeToString() for r in requests_for(make_recos(traces), batch=batch)]
     spans = sum(len(ss.spans) for p in payloads for rs in ExportTraceServiceRequest.FromString(p).resource_spans
                 for ss in rs.scope_spans)
     parse = ExportTraceServiceRequest.FromString
     best_parse = best_stage = 0.0
+    best_cpu = float("inf")
     for _ in range(rounds):
         began = time.perf_counter()
         for p in payloads:
@@ -47,12 +50,20 @@ def run(traces: int, batch: int, rounds: int) -> dict[str, float]:
                     len(ss.spans)
         best_parse = max(best_parse, spans / (time.perf_counter() - began))
         stage = _stage()
+        if python:
+            stage.deriver.native = None
+        cpu = 0.0
         began = time.perf_counter()
         for p in payloads:
-            stage.on_traces(parse(p))
+            parse(p)
+            t0 = time.process_time()
+            stage.on_trace_bytes(p)
+            cpu += time.process_time() - t0
         best_stage = max(best_stage, spans / (time.perf_counter() - began))
+        best_cpu = min(best_cpu, cpu)
     return {"spans": spans, "requests": len(payloads), "parse_only_spans_per_s": best_parse,
-            "stage_spans_per_s": best_stage, "ratio": best_stage / best_parse}
+            "stage_spans_per_s": best_stage, "ratio": best_stage / best_parse,
+            "stage_us_per_span": best_cpu / spans * 1e6, "native": not python and stage.deriver.native is not None}
 
 
 def main() -> None:
@@ -60,16 +71,19 @@ def main() -> None:
     parser.add_argument("--traces", type=int, default=20_000, help="recommendations (each ~8-9 spans)")
     parser.add_argument("--batch", type=int, default=50, help="recommendations per request")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--passthrough", type=float, default=300_000,
-                        help="hop pass-through spans/s to project the hop-level ratio against")
+    parser.add_argument("--python", action="store_true", help="force the pure-Python intake (no native scanner)")
+    parser.add_argument("--passthrough-us", type=float, default=1.05,
+                        help="hop CPU per span when passing spans through (us), to project the hop-level ratio")
     args = parser.parse_args()
-    result = run(args.traces, args.batch, args.rounds)
+    result = run(args.traces, args.batch, args.rounds, args.python)
     stage = result["stage_spans_per_s"]
-    projected = 1 / (1 / args.passthrough + 1 / stage) / args.passthrough
-    print(f"{result['spans']} spans in {result['requests']} requests; parse-only "
-          f"{result['parse_only_spans_per_s']:,.0f} spans/s; spanmetrics stage {stage:,.0f} spans/s "
-          f"({1e6 / stage:.2f} us/span); ratio to parse-only {result['ratio']:.2f}; projected hop ratio vs "
-          f"{args.passthrough:,.0f} spans/s pass-through: {projected:.2f}")
+    added = result["stage_us_per_span"]
+    projected = args.passthrough_us / (args.passthrough_us + added)
+    print(f"{result['spans']} spans in {result['requests']} requests; intake "
+          f"{'native' if result['native'] else 'python'}; parse-only {result['parse_only_spans_per_s']:,.0f} "
+          f"spans/s; parse + spanmetrics stage {stage:,.0f} spans/s; ratio to parse-only {result['ratio']:.2f}; "
+          f"stage CPU {added:.3f} us/span; projected hop ratio vs pass-through at {args.passthrough_us} us/span: "
+          f"{projected:.2f}")
 
 
 if __name__ == "__main__":

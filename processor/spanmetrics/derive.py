@@ -13,11 +13,15 @@ import numpy as np
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from processor.cardinality.limits import CardinalitySelfMetrics, SeriesLimiter
+from processor.native import load as load_native
 from processor.spanmetrics.aggregate import CounterAgg, Exemplar, HistogramAgg, MetricSnapshot, SeriesIndex
 from processor.spanmetrics.exemplars import Candidate, ExemplarReservoir
+from processor.spanmetrics.native import NativeIntake
 from processor.spanmetrics.plan import PlanFn, RuleSink, any_text, compile_plan, kind_name, status_name
 from processor.spanmetrics.rules import RuleSet
 from processor.stages.base import TracesRequest
+
+_native = load_native("spanscan")
 
 RED_LABELS = ["service_name", "span_name", "span_kind", "status_code"]
 _UNPLANNED = object()
@@ -51,6 +55,19 @@ class Deriver:
             resource_keys += [s.key for s in rule.labels if s.source == "resource" and s.key not in resource_keys]
         self.resource_pos = {k: i for i, k in enumerate(resource_keys)}
         self.plans: dict[str, PlanFn | None] = {}
+        # The native intake (None when not built): same metrics, Python working per group of spans.
+        self.native = NativeIntake(_native, self.red, self.sinks, resource_keys, reservoir) \
+            if _native is not None else None
+
+    def consume_bytes(self, raw: bytes) -> bool:
+        """Adds a serialized request through the native intake; False when it is not built or did not
+        understand the bytes (then call `consume` with the parsed request: it gives the same result).
+        The bytes must be a request protobuf accepts (the receiver validates every request); for others the
+        scan stays memory-safe but may raise DecodeError, as parsing them would."""
+        if self.native is None:
+            return False
+        with self.lock:
+            return self.native.consume(raw)
 
     def _plan(self, name: str) -> PlanFn | None:
         sinks = [s for s in self.sinks if s.rule.matches(name)]

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from processor.spanmetrics.aggregate import Exemplar, HistogramAgg
 
 
@@ -32,7 +34,26 @@ class ExemplarReservoir:
         # trace id -> (time added, candidates); dict order is age order.
         self.pending: dict[bytes, tuple[float, list[Candidate]]] = {}
         self.waiting: dict[tuple[int, int, int], int] = {}  # (id(agg), slot, bucket) -> candidates waiting
+        # id(agg) -> uint8[slots, buckets], 1 where `per_bucket` candidates wait (the native intake reads it to
+        # skip offering candidates there without a Python call per series and bucket)
+        self.full: dict[int, np.ndarray] = {}
         self.attached = 0
+
+    def full_mask(self, agg: HistogramAgg) -> np.ndarray:
+        mask = self.full.get(id(agg))
+        if mask is None:
+            mask = self.full[id(agg)] = np.zeros((16, agg.width), dtype=np.uint8)
+        return mask
+
+    def _mark(self, agg: HistogramAgg, slot: int, bucket: int, full: bool) -> None:
+        mask = self.full_mask(agg)
+        if slot >= mask.shape[0]:
+            if not full:
+                return
+            bigger = np.zeros((max(slot + 1, 2 * mask.shape[0]), agg.width), dtype=np.uint8)
+            bigger[: mask.shape[0]] = mask
+            mask = self.full[id(agg)] = bigger
+        mask[slot, bucket] = full
 
     def wants(self, agg: HistogramAgg, slot: int, bucket: int) -> bool:
         return self.per_bucket > 0 and self.waiting.get((id(agg), slot, bucket), 0) < self.per_bucket
@@ -45,7 +66,9 @@ class ExemplarReservoir:
             entry = self.pending[trace_id] = (self.clock(), [])
         entry[1].append(candidate)
         key = (id(candidate.agg), candidate.slot, candidate.bucket)
-        self.waiting[key] = self.waiting.get(key, 0) + 1
+        waiting = self.waiting[key] = self.waiting.get(key, 0) + 1
+        if waiting == self.per_bucket:
+            self._mark(candidate.agg, candidate.slot, candidate.bucket, True)
 
     def decide(self, trace_id: bytes, kept: bool, policy: str) -> None:
         """DecisionBus listener: called (under the pipeline lock) when tail sampling decides a trace."""
@@ -70,6 +93,8 @@ class ExemplarReservoir:
         for c in entry[1]:
             key = (id(c.agg), c.slot, c.bucket)
             left = self.waiting[key] - 1
+            if left == self.per_bucket - 1:
+                self._mark(c.agg, c.slot, c.bucket, False)
             if left:
                 self.waiting[key] = left
             else:

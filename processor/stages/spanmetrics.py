@@ -24,6 +24,9 @@ Log records are counted too, on 100 % of logs before sampling: `traces_span_metr
 {service_name,severity}` (severity from the OTLP severity number: TRACE, DEBUG, INFO, WARN, ERROR, FATAL, or
 UNSPECIFIED).
 
+Spans are read by the native scanner (`processor/native/_spanscan.c`, via `processor/spanmetrics/native.py`)
+straight from the serialized request when it is built, with the pure-Python scan as fallback and reference.
+
 Exemplars are attached only for traces a tail-sampling stage reports as kept on `ctx.decisions`; without a
 tail-sampling stage there are no exemplars at all (never one pointing at a dropped trace). Candidates wait at
 most `max_wait` for the decision (set it above the sampler's decision_wait).
@@ -93,10 +96,18 @@ class SpanMetricsStage(Stage):
         self.flush_interval = flush_interval
         self.otlp_output = otlp_output
         self.start_ns = time.time_ns()
+        # With the native intake built, serialized requests come in and go on unchanged (no parse at all).
+        self.takes_trace_bytes = deriver.native is not None
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
-        self.deriver.consume(request)
+        if self.deriver.native is None or not self.deriver.consume_bytes(request.SerializeToString()):
+            self.deriver.consume(request)
         return [request]
+
+    def on_trace_bytes(self, raw: bytes) -> list[bytes]:
+        if not self.deriver.consume_bytes(raw):
+            self.deriver.consume(TracesRequest.FromString(raw))
+        return [raw]
 
     def on_logs(self, request: LogsRequest) -> list[LogsRequest]:
         if self.log_counter is not None:

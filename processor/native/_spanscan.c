@@ -1,0 +1,961 @@
+/* Span-metrics intake in one pass over a serialized ExportTraceServiceRequest.
+ *
+ * Why: reading a span's name, kind, status, times and a few attributes through protobuf accessors costs
+ * ~2-3 us of Python per span. The derived metrics only need, per rule, how many spans (and which durations /
+ * weights) fall into each distinct combination of label sources. `scan` walks the wire bytes once and groups
+ * the spans of every rule by the raw bytes of the rule's label sources, so Python works per group (a few per
+ * rule and request), never per span: it turns each group key into a series slot once (cached) and adds the
+ * group's totals with numpy.
+ *
+ * scan(buf, attr_keys, res_keys, rules, name_rules, resolve, targets) -> (spans, outs) or None when the bytes
+ * are not what this scanner understands (the caller then uses the pure-Python path, the reference).
+ *   attr_keys: tuple of utf-8 bytes - span attribute keys the rules read
+ *   res_keys:  tuple of utf-8 bytes - resource attribute keys the rules read
+ *   rules:     tuple of (sources, value_attr, bounds, candidates):
+ *              sources: tuple of (type, index): 0 resource attribute res_keys[index], 1 span name, 2 span kind,
+ *                       3 status code, 4 span attribute attr_keys[index]
+ *              value_attr: -1, or index into attr_keys of a numeric weight (counters); rows whose value is not
+ *                       an int or double in [0, 1e300) are skipped; a string value makes scan return None
+ *              bounds: None (counter) or a tuple of floats (histogram of span duration in seconds)
+ *              candidates: True to report the first span of every (group, bucket) (exemplar candidates)
+ *   name_rules: dict {span name bytes: tuple of rule indexes}; resolve(name bytes) is called for a name not in
+ *              it (it may add the name) and returns the tuple, or None to make scan return None.
+ *   targets:   one (cache, values, counts, sums, full) per rule: cache a dict {group key: series slot, or for
+ *              a position split ((slot, weight), ...)}; values float64[slots] (counters) or None; counts
+ *              int64[slots, len(bounds) + 1] and sums float64[slots] (histograms) or None. Groups found in
+ *              the cache are added to these arrays here; the others are left to Python. full: None or
+ *              uint8[slots, len(bounds) + 1], nonzero where the exemplar reservoir takes no more candidates.
+ *   spans: bytes, one record per span: int64 trace id offset, trace id length, span id offset, span id length
+ *          (offsets into buf), uint64 end time, float64 duration in ns (end - start, 0 when end < start)
+ *   outs: one (slots, misses, rows, sums, hist, cands, skipped) per rule over its groups (first-seen order):
+ *          slots int64[G] (-1: not applied), misses [(group index, key bytes)] of the groups not applied,
+ *          rows int64[G] spans per group, sums float64[G] (counters: sum of weights; histograms: sum of
+ *          seconds), hist int64[G * (len(bounds) + 1)] or None, cands int64 triples (group, bucket, span
+ *          index) or None, skipped: the same for candidates where `full` was set.
+ *
+ * A group key is, per source: resource/attribute: 0x00 (absent) or 0x01 + varint length + the raw AnyValue
+ * bytes; name: varint length + bytes; kind/status: 4 bytes little-endian int32.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "wire.h"
+
+#if defined(__GNUC__)
+#define HOT __attribute__((flatten))
+#else
+#define HOT
+#endif
+
+enum { SRC_RESOURCE = 0, SRC_NAME = 1, SRC_KIND = 2, SRC_STATUS = 3, SRC_ATTR = 4 };
+
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+    uint64_t hash;
+} slice;
+
+typedef struct {
+    int type;
+    Py_ssize_t index;
+} source;
+
+typedef struct {
+    source *sources;
+    Py_ssize_t nsources;
+    Py_ssize_t value_attr;
+    double *bounds;
+    Py_ssize_t nbounds;
+    int candidates;
+    int needs_attrs;
+} rule_spec;
+
+typedef struct {
+    const uint8_t *pattern;
+    size_t len;
+} key_pattern;
+
+typedef struct {
+    int32_t rule;
+    uint64_t hash;
+    size_t key_off;    /* into the int key arena; rule->nsources ints */
+    int64_t rows;
+    double sum;
+    int64_t hist_off;  /* into hist arena (int64), -1 for counters */
+    int64_t cand_off;  /* into cand arena (int32), -1 without candidates */
+    int32_t next_in_rule;
+} group;
+
+typedef struct {
+    const uint8_t *p;
+    size_t len;
+    int32_t *rules;
+    Py_ssize_t nrules;
+    int needs_attrs;
+} name_entry;
+
+/* Open-addressing set of byte strings (per call): string -> dense id. */
+typedef struct {
+    slice *items;
+    size_t n, cap;
+    int32_t *table;
+    size_t table_cap;
+} interner;
+
+typedef struct {
+    /* immutable inputs */
+    key_pattern *attr_keys;
+    Py_ssize_t nattr;
+    key_pattern *res_keys;
+    Py_ssize_t nres;
+    rule_spec *rules;
+    Py_ssize_t nrules;
+    PyObject *name_rules, *resolve;
+    const uint8_t *base;
+    /* groups: open addressing table of group indexes */
+    group *groups;
+    size_t ngroups, groups_cap;
+    int32_t *table;
+    size_t table_cap;
+    int32_t *rule_first, *rule_last;
+    int32_t *ikeys;
+    size_t ikeys_len, ikeys_cap;
+    int64_t *hist;
+    size_t hist_len, hist_cap;
+    int32_t *cands;
+    size_t cands_len, cands_cap;
+    /* spans table */
+    uint8_t *spans;
+    size_t nspans, spans_cap;
+    /* per-call interning: span names (with their rules) and attribute values */
+    interner names;
+    name_entry *name_info;
+    size_t name_info_cap;
+    interner values;
+    /* scratch */
+    int32_t *scratch;
+    size_t scratch_cap;
+    int32_t *attr_ids; /* per span: value id of each wanted attribute, -1 absent */
+    int32_t *res_ids;  /* per resource */
+} scanner;
+
+#define SPAN_RECORD 48
+
+static inline uint64_t mix64(uint64_t h) {
+    h ^= h >> 31;
+    h *= 0x7FB5D329728EA185ULL;
+    h ^= h >> 27;
+    h *= 0x81DADEF4BC2DD44DULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n, uint64_t seed) {
+    uint64_t h = seed ^ (n * 0x9E3779B97F4A7C15ULL);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0x94D049BB133111EBULL;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    for (size_t i = 0; i < n; i++) w |= (uint64_t)p[i] << (8 * i);
+    return mix64(h ^ w);
+}
+
+/* Makes room for `more` items of `size` bytes in a growable array; 0 on failure (exception set). */
+static int grow(void **arr, size_t *cap, size_t used, size_t more, size_t size) {
+    if (used + more <= *cap) return 1;
+    size_t want = *cap ? *cap : 64;
+    while (want < used + more) {
+        if (want > ((size_t)PY_SSIZE_T_MAX / 2) / size) { PyErr_NoMemory(); return 0; }
+        want *= 2;
+    }
+    void *p = PyMem_Realloc(*arr, want * size);
+    if (!p) { PyErr_NoMemory(); return 0; }
+    *arr = p;
+    *cap = want;
+    return 1;
+}
+
+/* Doubles an open-addressing table of int32 ids (hash of id i from hashes[i]). 0 on failure. */
+static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, size_t stride, size_t hash_at) {
+    size_t new_cap = *cap * 2;
+    int32_t *t = PyMem_Malloc(new_cap * sizeof(int32_t));
+    if (!t) { PyErr_NoMemory(); return 0; }
+    memset(t, 0xFF, new_cap * sizeof(int32_t));
+    for (size_t j = 0; j < n; j++) {
+        uint64_t h;
+        memcpy(&h, (const uint8_t *)items + j * stride + hash_at, 8);
+        size_t q = (size_t)h & (new_cap - 1);
+        while (t[q] >= 0) q = (q + 1) & (new_cap - 1);
+        t[q] = (int32_t)j;
+    }
+    PyMem_Free(*table);
+    *table = t;
+    *cap = new_cap;
+    return 1;
+}
+
+/* Id of a byte string; *is_new tells whether it was added. -1 on a Python error. */
+static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
+    uint64_t h = hash_bytes(p, len, 7);
+    size_t mask = in->table_cap - 1, slot = (size_t)h & mask;
+    int32_t id;
+    *is_new = 0;
+    while ((id = in->table[slot]) >= 0) {
+        const slice *e = &in->items[id];
+        if (e->hash == h && e->len == len && memcmp(e->p, p, len) == 0) return id;
+        slot = (slot + 1) & mask;
+    }
+    if (in->n >= INT32_MAX / 2) { PyErr_SetString(PyExc_OverflowError, "too many distinct values"); return -1; }
+    if (!grow((void **)&in->items, &in->cap, in->n, 1, sizeof(slice))) return -1;
+    id = (int32_t)in->n++;
+    in->items[id].p = p;
+    in->items[id].len = len;
+    in->items[id].hash = h;
+    in->table[slot] = id;
+    *is_new = 1;
+    if (in->n * 2 > in->table_cap && !rehash(&in->table, &in->table_cap, in->n, in->items, sizeof(slice),
+                                             offsetof(slice, hash)))
+        return -1;
+    return id;
+}
+
+static int interner_init(interner *in, size_t cap) {
+    in->table_cap = cap;
+    in->table = PyMem_Malloc(cap * sizeof(int32_t));
+    if (!in->table) { PyErr_NoMemory(); return 0; }
+    memset(in->table, 0xFF, cap * sizeof(int32_t));
+    return 1;
+}
+
+static int find_key(const key_pattern *keys, Py_ssize_t n, const uint8_t *p, size_t len) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (keys[i].len == len && memcmp(keys[i].pattern, p, len) == 0) return (int)i;
+    return -1;
+}
+
+/* Reads a KeyValue: key, and value (an empty AnyValue when the field is missing: what the parsed message
+ * shows). 1 ok, 0 malformed/unsupported. */
+static inline int read_kv(const uint8_t *p, size_t len, const uint8_t **key, size_t *key_len,
+                          const uint8_t **value, size_t *value_len) {
+    /* fast path: exactly one key field then one value field, each with a one-byte length */
+    if (len >= 4 && p[0] == 0x0A && p[1] < 0x80 && (size_t)p[1] + 4 <= len && p[2 + p[1]] == 0x12 &&
+        p[3 + p[1]] < 0x80 && (size_t)p[1] + 4 + p[3 + p[1]] == len) {
+        *key = p + 2;
+        *key_len = p[1];
+        *value = p + 4 + p[1];
+        *value_len = p[3 + p[1]];
+        return 1;
+    }
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r, seen_value = 0;
+    *key = p;
+    *key_len = 0;
+    *value = p;
+    *value_len = 0;
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number == 1) {
+            if (f.wtype != 2) return 0;
+            *key = f.data;
+            *key_len = f.len;
+        } else if (f.number == 2) {
+            if (f.wtype != 2 || seen_value) return 0; /* a repeated message field would be merged: not here */
+            seen_value = 1;
+            *value = f.data;
+            *value_len = f.len;
+        }
+    }
+    return r == 0;
+}
+
+/* Numeric weight of an AnyValue (like any_number): 1 number in *out, 0 no number, -1 string (ask Python),
+ * -2 malformed. */
+static int any_number(const uint8_t *p, size_t len, double *out) {
+    wire_cur c = wire_span(p, len);
+    wire_field f = {0};
+    int r, kind = 0;
+    uint64_t value = 0;
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number < 1 || f.number > 7) continue;
+        int expect = (f.number == 2 || f.number == 3) ? 0 : (f.number == 4 ? 1 : 2);
+        if (f.wtype != expect) return -2;
+        kind = (int)f.number;
+        if (kind == 3 || kind == 4) value = f.value;
+    }
+    if (r < 0) return -2;
+    if (kind == 3) { *out = (double)(int64_t)value; return 1; }
+    if (kind == 4) { memcpy(out, &value, 8); return 1; }
+    if (kind == 1) return -1;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *name;
+    size_t name_len;
+    int32_t kind, code;
+    uint64_t start, end;
+    const uint8_t *tid, *sid;
+    size_t tid_len, sid_len;
+} span_fields;
+
+/* Adds one span to one rule's group. Returns 1, or 0 on a Python error, or -1 to give up (unsupported). */
+static inline int add_row(scanner *s, int32_t ri, const span_fields *sp, int32_t name_id, double seconds,
+                          size_t span_index) {
+    rule_spec *rule = &s->rules[ri];
+    double weight = 1.0;
+    if (rule->value_attr >= 0) {
+        int32_t vid = s->attr_ids[rule->value_attr];
+        if (vid < 0) return 1; /* no weight: the span adds nothing */
+        const slice *v = &s->values.items[vid];
+        int k = any_number(v->p, v->len, &weight);
+        if (k < 0) return -1;
+        if (k == 0 || !(weight >= 0 && weight < 1e300)) return 1;
+    }
+    size_t n = (size_t)rule->nsources;
+    int32_t *key = s->scratch;
+    uint64_t h = (uint64_t)ri * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+    for (size_t i = 0; i < n; i++) {
+        const source *src = &rule->sources[i];
+        int32_t v;
+        switch (src->type) {
+        case SRC_RESOURCE: v = s->res_ids[src->index]; break;
+        case SRC_ATTR: v = s->attr_ids[src->index]; break;
+        case SRC_NAME: v = name_id; break;
+        case SRC_KIND: v = sp->kind; break;
+        default: v = sp->code;
+        }
+        key[i] = v;
+        h = (h ^ (uint32_t)v) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 28;
+    }
+    h = mix64(h);
+    size_t mask = s->table_cap - 1, slot = (size_t)h & mask;
+    int32_t gi;
+    while ((gi = s->table[slot]) >= 0) {
+        group *g = &s->groups[gi];
+        if (g->hash == h && g->rule == ri && memcmp(s->ikeys + g->key_off, key, n * sizeof(int32_t)) == 0) break;
+        slot = (slot + 1) & mask;
+    }
+    group *g;
+    size_t width = (size_t)rule->nbounds + 1;
+    if (gi < 0) {
+        if (!grow((void **)&s->groups, &s->groups_cap, s->ngroups, 1, sizeof(group))) return 0;
+        if (!grow((void **)&s->ikeys, &s->ikeys_cap, s->ikeys_len, n + 1, sizeof(int32_t))) return 0;
+        gi = (int32_t)s->ngroups++;
+        g = &s->groups[gi];
+        g->rule = ri;
+        g->hash = h;
+        g->key_off = s->ikeys_len;
+        memcpy(s->ikeys + s->ikeys_len, key, n * sizeof(int32_t));
+        s->ikeys_len += n;
+        g->rows = 0;
+        g->sum = 0.0;
+        g->hist_off = g->cand_off = -1;
+        g->next_in_rule = -1;
+        if (rule->bounds) {
+            if (!grow((void **)&s->hist, &s->hist_cap, s->hist_len, width, sizeof(int64_t))) return 0;
+            g->hist_off = (int64_t)s->hist_len;
+            memset(s->hist + s->hist_len, 0, width * sizeof(int64_t));
+            s->hist_len += width;
+            if (rule->candidates) {
+                if (!grow((void **)&s->cands, &s->cands_cap, s->cands_len, width, sizeof(int32_t))) return 0;
+                g->cand_off = (int64_t)s->cands_len;
+                for (size_t b = 0; b < width; b++) s->cands[s->cands_len + b] = -1;
+                s->cands_len += width;
+            }
+        }
+        if (s->rule_last[ri] >= 0) s->groups[s->rule_last[ri]].next_in_rule = gi;
+        else s->rule_first[ri] = gi;
+        s->rule_last[ri] = gi;
+        s->table[slot] = gi;
+        if (s->ngroups * 2 > s->table_cap &&
+            !rehash(&s->table, &s->table_cap, s->ngroups, s->groups, sizeof(group), offsetof(group, hash)))
+            return 0;
+    } else {
+        g = &s->groups[gi];
+    }
+    g->rows++;
+    if (rule->bounds) {
+        /* le is inclusive: the first bound >= seconds (numpy searchsorted side="left") */
+        Py_ssize_t lo = 0, hi = rule->nbounds;
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if (rule->bounds[mid] < seconds) lo = mid + 1; else hi = mid;
+        }
+        s->hist[g->hist_off + lo]++;
+        g->sum += seconds;
+        if (g->cand_off >= 0 && s->cands[g->cand_off + lo] < 0) s->cands[g->cand_off + lo] = (int32_t)span_index;
+    } else {
+        g->sum += weight;
+    }
+    return 1;
+}
+
+/* Id of a span name in the per-call name table (its rules resolved through name_rules / resolve on first
+ * sight). -1 on a Python error, -2 to give up. */
+static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
+    int is_new;
+    int32_t id = intern(&s->names, p, len, &is_new);
+    if (id < 0 || !is_new) return id;
+    if (!grow((void **)&s->name_info, &s->name_info_cap, (size_t)id, 1, sizeof(name_entry))) return -1;
+    name_entry *e = &s->name_info[id];
+    e->p = p;
+    e->len = len;
+    e->nrules = 0;
+    e->rules = NULL;
+    e->needs_attrs = 0;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
+    if (!key) return -1;
+    PyObject *rules = PyDict_GetItemWithError(s->name_rules, key);
+    if (rules) {
+        Py_INCREF(rules);
+    } else if (PyErr_Occurred()) {
+        Py_DECREF(key);
+        return -1;
+    } else {
+        rules = PyObject_CallOneArg(s->resolve, key);
+    }
+    Py_DECREF(key);
+    if (!rules) return -1;
+    if (rules == Py_None) { Py_DECREF(rules); return -2; }
+    if (!PyTuple_Check(rules)) {
+        Py_DECREF(rules);
+        PyErr_SetString(PyExc_TypeError, "resolve must return a tuple of rule indexes or None");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(rules);
+    e->rules = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    if (!e->rules) { Py_DECREF(rules); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PyTuple_GET_ITEM(rules, i));
+        if (v == -1 && PyErr_Occurred()) { Py_DECREF(rules); return -1; }
+        if (v < 0 || v >= s->nrules) {
+            Py_DECREF(rules);
+            PyErr_SetString(PyExc_ValueError, "rule index out of range");
+            return -1;
+        }
+        e->rules[i] = (int32_t)v;
+        e->needs_attrs |= s->rules[v].needs_attrs;
+    }
+    e->nrules = n;
+    Py_DECREF(rules);
+    return id;
+}
+
+/* A wanted attribute (KeyValue bytes) into ids[]: the last one wins, as in the Python path. 1 ok, 0 Python
+ * error, -1 give up. */
+static inline int take_kv(scanner *s, const key_pattern *keys, Py_ssize_t nkeys, int32_t *ids, const uint8_t *p,
+                          size_t len) {
+    const uint8_t *key, *value;
+    size_t key_len, value_len;
+    if (!read_kv(p, len, &key, &key_len, &value, &value_len)) return -1;
+    int k = find_key(keys, nkeys, key, key_len);
+    if (k < 0) return 1;
+    int is_new;
+    int32_t id = intern(&s->values, value, value_len, &is_new);
+    if (id < 0) return 0;
+    ids[k] = id;
+    return 1;
+}
+
+/* One span. 1 ok, 0 Python error, -1 give up. */
+static HOT int scan_span(scanner *s, const uint8_t *p, size_t len) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r, ok;
+    span_fields sp;
+    memset(&sp, 0, sizeof(sp));
+    sp.name = p;
+    sp.tid = sp.sid = p;
+    int32_t name_id = -1;   /* resolved as soon as the name is known (it usually precedes the attributes) */
+    int name_seen = 0, attrs_deferred = 0, attrs_seen = 0;
+    for (Py_ssize_t k = 0; k < s->nattr; k++) s->attr_ids[k] = -1;
+    while ((r = wire_next(&c, &f)) == 1) {
+        switch (f.number) {
+        case 1: if (f.wtype != 2) return -1; sp.tid = f.data; sp.tid_len = f.len; break;
+        case 2: if (f.wtype != 2) return -1; sp.sid = f.data; sp.sid_len = f.len; break;
+        case 5:
+            if (f.wtype != 2) return -1;
+            if (name_seen) attrs_deferred |= attrs_seen; /* a second name: read the attributes again below */
+            sp.name = f.data;
+            sp.name_len = f.len;
+            name_seen = 1;
+            name_id = -1;
+            break;
+        case 6: if (f.wtype != 0) return -1; sp.kind = (int32_t)(uint32_t)f.value; break;
+        case 7: if (f.wtype != 1) return -1; sp.start = f.value; break;
+        case 8: if (f.wtype != 1) return -1; sp.end = f.value; break;
+        case 9:
+            if (f.wtype != 2) return -1;
+            attrs_seen = 1;
+            if (!name_seen) { attrs_deferred = 1; break; }
+            if (name_id < 0) {
+                name_id = name_id_for(s, sp.name, sp.name_len);
+                if (name_id == -1) return 0;
+                if (name_id == -2) return -1;
+            }
+            if (!s->name_info[name_id].needs_attrs) break;
+            if ((ok = take_kv(s, s->attr_keys, s->nattr, s->attr_ids, f.data, f.len)) != 1) return ok;
+            break;
+        case 15: {
+            if (f.wtype != 2) return -1;
+            /* repeated occurrences merge: the last code on the wire wins, as in the parsed message */
+            wire_cur sc = wire_span(f.data, f.len);
+            wire_field sf;
+            int sr;
+            while ((sr = wire_next(&sc, &sf)) == 1)
+                if (sf.number == 3) {
+                    if (sf.wtype != 0) return -1;
+                    sp.code = (int32_t)(uint32_t)sf.value;
+                }
+            if (sr < 0) return -1;
+            break;
+        }
+        default: break;
+        }
+    }
+    if (r < 0) return -1;
+    if (name_id < 0) {
+        name_id = name_id_for(s, sp.name, sp.name_len);
+        if (name_id == -1) return 0;
+        if (name_id == -2) return -1;
+    }
+    const name_entry *e = &s->name_info[name_id];
+    if (attrs_deferred && e->needs_attrs) { /* attributes before the name on the wire: a second walk */
+        for (Py_ssize_t k = 0; k < s->nattr; k++) s->attr_ids[k] = -1;
+        c = wire_span(p, len);
+        while ((r = wire_next(&c, &f)) == 1)
+            if (f.number == 9 && (ok = take_kv(s, s->attr_keys, s->nattr, s->attr_ids, f.data, f.len)) != 1)
+                return ok;
+        if (r < 0) return -1;
+    }
+    uint64_t dur = sp.end >= sp.start ? sp.end - sp.start : 0;
+    double dur_f = (double)dur;
+    double seconds = dur_f * 1e-9;
+    size_t index = s->nspans;
+    if (index >= INT32_MAX) return -1;
+    if (!grow((void **)&s->spans, &s->spans_cap, s->nspans * SPAN_RECORD, SPAN_RECORD, 1)) return 0;
+    int64_t rec[4] = {(int64_t)(sp.tid - s->base), (int64_t)sp.tid_len, (int64_t)(sp.sid - s->base),
+                      (int64_t)sp.sid_len};
+    uint8_t *out = s->spans + s->nspans * SPAN_RECORD;
+    memcpy(out, rec, 32);
+    memcpy(out + 32, &sp.end, 8);
+    memcpy(out + 40, &dur_f, 8);
+    s->nspans++;
+    for (Py_ssize_t i = 0; i < e->nrules; i++)
+        if ((ok = add_row(s, e->rules[i], &sp, name_id, seconds, index)) != 1) return ok;
+    return 1;
+}
+
+/* One ResourceSpans. 1 ok, 0 Python error, -1 give up. */
+static int scan_resource_spans(scanner *s, const uint8_t *p, size_t len) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r, ok;
+    for (Py_ssize_t k = 0; k < s->nres; k++) s->res_ids[k] = -1;
+    /* the resource first (it may come after the spans on the wire); repeated ones merge: last value wins */
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2) return -1;
+        wire_cur rc = wire_span(f.data, f.len);
+        wire_field rf;
+        int rr;
+        while ((rr = wire_next(&rc, &rf)) == 1) {
+            if (rf.number != 1) continue;
+            if (rf.wtype != 2) return -1;
+            if ((ok = take_kv(s, s->res_keys, s->nres, s->res_ids, rf.data, rf.len)) != 1) return ok;
+        }
+        if (rr < 0) return -1;
+    }
+    if (r < 0) return -1;
+    c = wire_span(p, len);
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number != 2) continue;
+        if (f.wtype != 2) return -1;
+        wire_cur sc = wire_span(f.data, f.len);
+        wire_field sf;
+        int sr;
+        while ((sr = wire_next(&sc, &sf)) == 1) {
+            if (sf.number != 2) continue;
+            if (sf.wtype != 2) return -1;
+            if ((ok = scan_span(s, sf.data, sf.len)) != 1) return ok;
+        }
+        if (sr < 0) return -1;
+    }
+    return r < 0 ? -1 : 1;
+}
+
+static int read_patterns(PyObject *tuple, key_pattern **out, Py_ssize_t *n) {
+    if (!PyTuple_Check(tuple)) {
+        PyErr_SetString(PyExc_TypeError, "expected a tuple of bytes");
+        return 0;
+    }
+    *n = PyTuple_GET_SIZE(tuple);
+    *out = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof(key_pattern));
+    if (!*out) { PyErr_NoMemory(); return 0; }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        PyObject *b = PyTuple_GET_ITEM(tuple, i);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "expected a tuple of bytes");
+            return 0;
+        }
+        (*out)[i].pattern = (const uint8_t *)PyBytes_AS_STRING(b);
+        (*out)[i].len = (size_t)PyBytes_GET_SIZE(b);
+    }
+    return 1;
+}
+
+static int read_rules(scanner *s, PyObject *tuple) {
+    if (!PyTuple_Check(tuple)) {
+        PyErr_SetString(PyExc_TypeError, "rules must be a tuple");
+        return 0;
+    }
+    s->nrules = PyTuple_GET_SIZE(tuple);
+    s->rules = PyMem_Calloc((size_t)(s->nrules ? s->nrules : 1), sizeof(rule_spec));
+    if (!s->rules) { PyErr_NoMemory(); return 0; }
+    for (Py_ssize_t i = 0; i < s->nrules; i++) {
+        PyObject *spec = PyTuple_GET_ITEM(tuple, i), *sources, *bounds;
+        Py_ssize_t value_attr;
+        int candidates;
+        rule_spec *rule = &s->rules[i];
+        if (!PyArg_ParseTuple(spec, "O!nOp", &PyTuple_Type, &sources, &value_attr, &bounds, &candidates)) return 0;
+        rule->value_attr = value_attr;
+        rule->candidates = candidates;
+        if (value_attr >= s->nattr || value_attr < -1) {
+            PyErr_SetString(PyExc_ValueError, "value_attr out of range");
+            return 0;
+        }
+        rule->needs_attrs = value_attr >= 0;
+        rule->nsources = PyTuple_GET_SIZE(sources);
+        rule->sources = PyMem_Calloc((size_t)(rule->nsources ? rule->nsources : 1), sizeof(source));
+        if (!rule->sources) { PyErr_NoMemory(); return 0; }
+        for (Py_ssize_t j = 0; j < rule->nsources; j++) {
+            int type;
+            Py_ssize_t index;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(sources, j), "in", &type, &index)) return 0;
+            Py_ssize_t limit = type == SRC_RESOURCE ? s->nres : (type == SRC_ATTR ? s->nattr : 1);
+            if (type < 0 || type > SRC_ATTR || index < 0 || index >= limit) {
+                PyErr_SetString(PyExc_ValueError, "label source out of range");
+                return 0;
+            }
+            rule->sources[j].type = type;
+            rule->sources[j].index = index;
+            rule->needs_attrs |= type == SRC_ATTR;
+        }
+        if (bounds != Py_None) {
+            if (!PyTuple_Check(bounds)) {
+                PyErr_SetString(PyExc_TypeError, "bounds must be a tuple of floats or None");
+                return 0;
+            }
+            rule->nbounds = PyTuple_GET_SIZE(bounds);
+            rule->bounds = PyMem_Malloc((size_t)(rule->nbounds + 1) * sizeof(double));
+            if (!rule->bounds) { PyErr_NoMemory(); return 0; }
+            for (Py_ssize_t j = 0; j < rule->nbounds; j++) {
+                rule->bounds[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, j));
+                if (rule->bounds[j] == -1.0 && PyErr_Occurred()) return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+static void free_interner(interner *in) {
+    PyMem_Free(in->items);
+    PyMem_Free(in->table);
+}
+
+static void free_scanner(scanner *s) {
+    PyMem_Free(s->attr_keys);
+    PyMem_Free(s->res_keys);
+    if (s->rules)
+        for (Py_ssize_t i = 0; i < s->nrules; i++) {
+            PyMem_Free(s->rules[i].sources);
+            PyMem_Free(s->rules[i].bounds);
+        }
+    PyMem_Free(s->rules);
+    PyMem_Free(s->groups);
+    PyMem_Free(s->table);
+    PyMem_Free(s->rule_first);
+    PyMem_Free(s->rule_last);
+    PyMem_Free(s->ikeys);
+    PyMem_Free(s->hist);
+    PyMem_Free(s->cands);
+    PyMem_Free(s->spans);
+    for (size_t i = 0; i < s->names.n && i < s->name_info_cap; i++) PyMem_Free(s->name_info[i].rules);
+    PyMem_Free(s->name_info);
+    free_interner(&s->names);
+    free_interner(&s->values);
+    PyMem_Free(s->scratch);
+    PyMem_Free(s->attr_ids);
+    PyMem_Free(s->res_ids);
+}
+
+/* The group's key bytes (see the top of this file), from its interned ids. */
+static PyObject *group_key(const scanner *s, const rule_spec *rule, const group *g) {
+    const int32_t *ids = s->ikeys + g->key_off;
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < rule->nsources; i++) {
+        int type = rule->sources[i].type;
+        if (type == SRC_RESOURCE || type == SRC_ATTR) {
+            total += ids[i] < 0 ? 1 : 1 + wire_varint_size(s->values.items[ids[i]].len) + s->values.items[ids[i]].len;
+        } else if (type == SRC_NAME) {
+            total += wire_varint_size(s->names.items[ids[i]].len) + s->names.items[ids[i]].len;
+        } else {
+            total += 4;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out) return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < rule->nsources; i++) {
+        int type = rule->sources[i].type;
+        const slice *v = NULL;
+        if (type == SRC_RESOURCE || type == SRC_ATTR) {
+            if (ids[i] < 0) { *o++ = 0; continue; }
+            *o++ = 1;
+            v = &s->values.items[ids[i]];
+        } else if (type == SRC_NAME) {
+            v = &s->names.items[ids[i]];
+        }
+        if (v) {
+            o += wire_put_varint(o, v->len);
+            memcpy(o, v->p, v->len);
+            o += v->len;
+        } else {
+            uint32_t u = (uint32_t)ids[i];
+            for (int b = 0; b < 4; b++) *o++ = (uint8_t)(u >> (8 * b));
+        }
+    }
+    return out;
+}
+
+/* A writable C-contiguous buffer of float64 ('d'), int64 ('q') or uint8 ('B') items (the aggregation's numpy
+ * arrays), or an empty view for None. */
+static int get_target(PyObject *obj, Py_buffer *view, char kind) {
+    memset(view, 0, sizeof(*view));
+    if (obj == Py_None) return 1;
+    if (PyObject_GetBuffer(obj, view, PyBUF_CONTIG | PyBUF_FORMAT) < 0) return 0;
+    const char *fmt = view->format ? view->format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    int ok = fmt[0] != '\0' && fmt[1] == '\0' && (kind == 'B' ? view->itemsize == 1 && fmt[0] == 'B' :
+                                  view->itemsize == 8 && (kind == 'd' ? fmt[0] == 'd' : (fmt[0] == 'q' || fmt[0] == 'l')));
+    if (!ok) {
+        PyBuffer_Release(view);
+        memset(view, 0, sizeof(*view));
+        PyErr_SetString(PyExc_TypeError, "targets must be float64 / int64 / uint8 arrays");
+        return 0;
+    }
+    return 1;
+}
+
+/* Applies a group whose key is in the rule's cache straight into the target arrays. Returns the series slot
+ * (counters and histograms), -2 for an applied position split, or -1 when Python must handle the group (not
+ * cached yet, or a slot beyond the arrays, which Python grows). */
+static Py_ssize_t apply_cached(const rule_spec *rule, const group *g, const int64_t *hist, PyObject *cached,
+                               Py_buffer *values, Py_buffer *counts, Py_buffer *sums) {
+    size_t width = (size_t)rule->nbounds + 1;
+    if (PyLong_CheckExact(cached)) {
+        Py_ssize_t slot = PyLong_AsSsize_t(cached);
+        if (slot < 0) { PyErr_Clear(); return -1; }
+        if (rule->bounds) {
+            if (!counts->buf || !sums->buf || (size_t)slot >= (size_t)sums->len / 8 ||
+                ((size_t)slot + 1) * width > (size_t)counts->len / 8)
+                return -1;
+            int64_t *c = (int64_t *)counts->buf + (size_t)slot * width;
+            for (size_t b = 0; b < width; b++) c[b] += hist[b];
+            ((double *)sums->buf)[slot] += g->sum;
+        } else {
+            if (!values->buf || (size_t)slot >= (size_t)values->len / 8) return -1;
+            ((double *)values->buf)[slot] += g->sum;
+        }
+        return slot;
+    }
+    if (!PyTuple_CheckExact(cached) || rule->bounds || !values->buf) return -1;
+    /* position split: ((slot, weight), ...) - every slot checked before anything is added */
+    Py_ssize_t n = PyTuple_GET_SIZE(cached);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(cached, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(pair, 0))
+            || !PyFloat_CheckExact(PyTuple_GET_ITEM(pair, 1)))
+            return -1;
+        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+        if (slot < 0) { PyErr_Clear(); return -1; }
+        if ((size_t)slot >= (size_t)values->len / 8) return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(cached, i);
+        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+        ((double *)values->buf)[slot] += PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(pair, 1)) * (double)g->rows;
+    }
+    return -2;
+}
+
+/* (slots, misses, rows, sums, hist, cands) for one rule: groups found in `cache` are added to the target
+ * arrays here; `misses` lists (group index, key) of the others, which Python adds (their slots are -1). */
+static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
+    rule_spec *rule = &s->rules[ri];
+    PyObject *cache, *values_obj, *counts_obj, *sums_obj, *full_obj;
+    if (!PyArg_ParseTuple(target, "O!OOOO", &PyDict_Type, &cache, &values_obj, &counts_obj, &sums_obj, &full_obj))
+        return NULL;
+    size_t n = 0, width = (size_t)rule->nbounds + 1, ncands = 0;
+    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule) {
+        n++;
+        if (s->groups[gi].cand_off >= 0)
+            for (size_t b = 0; b < width; b++) ncands += s->cands[s->groups[gi].cand_off + b] >= 0;
+    }
+    Py_buffer values, counts, sums, full;
+    memset(&values, 0, sizeof(values));
+    memset(&counts, 0, sizeof(counts));
+    memset(&sums, 0, sizeof(sums));
+    memset(&full, 0, sizeof(full));
+    PyObject *slots = NULL, *misses = NULL, *rows = NULL, *sums_out = NULL, *hist = NULL, *cands = NULL;
+    PyObject *skipped = NULL;
+    PyObject *result = NULL;
+    if (!get_target(values_obj, &values, 'd') || !get_target(counts_obj, &counts, 'q') ||
+        !get_target(sums_obj, &sums, 'd') || !get_target(full_obj, &full, 'B'))
+        goto out;
+    slots = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    misses = PyList_New(0);
+    rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    sums_out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    hist = rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * width * 8)) : Py_NewRef(Py_None);
+    cands = rule->candidates && rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(ncands * 24))
+                                             : Py_NewRef(Py_None);
+    skipped = rule->candidates && rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(ncands * 24))
+                                               : Py_NewRef(Py_None);
+    if (!slots || !misses || !rows || !sums_out || !hist || !cands || !skipped) goto out;
+    size_t i = 0, ci = 0, si_out = 0;
+    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule, i++) {
+        group *g = &s->groups[gi];
+        PyObject *k = group_key(s, rule, g);
+        if (!k) goto out;
+        const int64_t *gh = rule->bounds ? s->hist + g->hist_off : NULL;
+        PyObject *cached = PyDict_GetItemWithError(cache, k);
+        int64_t slot = -1;
+        if (cached) slot = apply_cached(rule, g, gh, cached, &values, &counts, &sums);
+        else if (PyErr_Occurred()) { Py_DECREF(k); goto out; }
+        if (slot == -1) {
+            PyObject *miss = Py_BuildValue("(nO)", (Py_ssize_t)i, k);
+            if (!miss || PyList_Append(misses, miss) < 0) { Py_XDECREF(miss); Py_DECREF(k); goto out; }
+            Py_DECREF(miss);
+        }
+        Py_DECREF(k);
+        memcpy(PyBytes_AS_STRING(slots) + i * 8, &slot, 8);
+        memcpy(PyBytes_AS_STRING(rows) + i * 8, &g->rows, 8);
+        memcpy(PyBytes_AS_STRING(sums_out) + i * 8, &g->sum, 8);
+        if (gh) memcpy(PyBytes_AS_STRING(hist) + i * width * 8, gh, width * 8);
+        if (g->cand_off >= 0 && cands != Py_None)
+            for (size_t b = 0; b < width; b++) {
+                int32_t si = s->cands[g->cand_off + b];
+                if (si < 0) continue;
+                int64_t triple[3] = {(int64_t)i, (int64_t)b, (int64_t)si};
+                /* set apart where the reservoir already holds per_bucket candidates (it refuses them unless
+                 * an eviction frees room while this request's candidates are added) */
+                if (slot >= 0 && full.buf && ((size_t)slot + 1) * width <= (size_t)full.len &&
+                    ((const uint8_t *)full.buf)[(size_t)slot * width + b]) {
+                    memcpy(PyBytes_AS_STRING(skipped) + si_out * 24, triple, 24);
+                    si_out++;
+                    continue;
+                }
+                memcpy(PyBytes_AS_STRING(cands) + ci * 24, triple, 24);
+                ci++;
+            }
+    }
+    if (cands != Py_None && ci < ncands && _PyBytes_Resize(&cands, (Py_ssize_t)(ci * 24)) < 0) goto out;
+    if (skipped != Py_None && si_out < ncands && _PyBytes_Resize(&skipped, (Py_ssize_t)(si_out * 24)) < 0) goto out;
+    result = PyTuple_Pack(7, slots, misses, rows, sums_out, hist, cands, skipped);
+out:
+    if (values.obj) PyBuffer_Release(&values);
+    if (counts.obj) PyBuffer_Release(&counts);
+    if (sums.obj) PyBuffer_Release(&sums);
+    if (full.obj) PyBuffer_Release(&full);
+    Py_XDECREF(slots);
+    Py_XDECREF(misses);
+    Py_XDECREF(rows);
+    Py_XDECREF(sums_out);
+    Py_XDECREF(hist);
+    Py_XDECREF(cands);
+    Py_XDECREF(skipped);
+    return result;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve, *targets;
+    if (!PyArg_ParseTuple(args, "y*OOOO!OO!", &buf, &attr_obj, &res_obj, &rules_obj, &PyDict_Type, &name_rules,
+                          &resolve, &PyTuple_Type, &targets))
+        return NULL;
+    scanner s;
+    memset(&s, 0, sizeof(s));
+    PyObject *result = NULL, *outs = NULL;
+    int status = 0; /* 1 ok, 0 Python error, -1 give up */
+    s.name_rules = name_rules;
+    s.resolve = resolve;
+    s.base = buf.buf;
+    if (!read_patterns(attr_obj, &s.attr_keys, &s.nattr) || !read_patterns(res_obj, &s.res_keys, &s.nres) ||
+        !read_rules(&s, rules_obj))
+        goto out;
+    size_t max_sources = 1;
+    for (Py_ssize_t i = 0; i < s.nrules; i++)
+        if ((size_t)s.rules[i].nsources > max_sources) max_sources = (size_t)s.rules[i].nsources;
+    s.scratch = PyMem_Malloc(max_sources * sizeof(int32_t));
+    s.attr_ids = PyMem_Malloc(((size_t)s.nattr + 1) * sizeof(int32_t));
+    s.res_ids = PyMem_Malloc(((size_t)s.nres + 1) * sizeof(int32_t));
+    s.rule_first = PyMem_Malloc(((size_t)s.nrules + 1) * sizeof(int32_t));
+    s.rule_last = PyMem_Malloc(((size_t)s.nrules + 1) * sizeof(int32_t));
+    s.table_cap = 256;
+    s.table = PyMem_Malloc(s.table_cap * sizeof(int32_t));
+    if (!s.scratch || !s.attr_ids || !s.res_ids || !s.rule_first || !s.rule_last || !s.table) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (!interner_init(&s.names, 64) || !interner_init(&s.values, 256)) goto out;
+    memset(s.rule_first, 0xFF, ((size_t)s.nrules + 1) * sizeof(int32_t));
+    memset(s.rule_last, 0xFF, ((size_t)s.nrules + 1) * sizeof(int32_t));
+    memset(s.table, 0xFF, s.table_cap * sizeof(int32_t));
+
+    wire_cur c = wire_span(buf.buf, (size_t)buf.len);
+    wire_field f;
+    int r;
+    status = 1;
+    while (status == 1 && (r = wire_next(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2) { status = -1; break; }
+        status = scan_resource_spans(&s, f.data, f.len);
+    }
+    if (status == 1 && r < 0) status = -1;
+    if (status == 0) goto out;
+    if (status < 0) { result = Py_NewRef(Py_None); goto out; }
+    if (PyTuple_GET_SIZE(targets) != s.nrules) {
+        PyErr_SetString(PyExc_ValueError, "one target per rule");
+        goto out;
+    }
+    if (!(outs = PyList_New(s.nrules))) goto out;
+    for (Py_ssize_t i = 0; i < s.nrules; i++) {
+        PyObject *o = rule_output(&s, i, PyTuple_GET_ITEM(targets, i));
+        if (!o) goto out;
+        PyList_SET_ITEM(outs, i, o);
+    }
+    PyObject *spans = PyBytes_FromStringAndSize((const char *)s.spans, (Py_ssize_t)(s.nspans * SPAN_RECORD));
+    if (!spans) goto out;
+    result = Py_BuildValue("(NO)", spans, outs);
+out:
+    Py_XDECREF(outs);
+    free_scanner(&s);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, "Group a traces request's spans per derivation rule by their label sources."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__spanscan(void) { return PyModule_Create(&module); }

@@ -1,0 +1,301 @@
+"""The native span-metrics intake (`processor/native/_spanscan.c` + `processor/spanmetrics/native.py`) against
+the pure-Python intake (`Deriver.consume`, the reference): the same requests give the same series (in the same
+slot order), counts, bucket counts, overflow folds, exemplar candidates and exemplars, on the recommender
+benchmark workload and on random OTLP requests."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from prometheus_client import CollectorRegistry
+from spanmetrics_helpers import DEFAULT_RULES, build, scrape
+
+from bench.workload import generate
+from processor.native import load
+from processor.otlp_values import varint
+from processor.spanmetrics import derive as derive_module
+from processor.spanmetrics.workload import make_recos, requests_for
+from processor.stages.base import StageContext
+
+NATIVE = load("spanscan")
+needs_native = pytest.mark.skipif(NATIVE is None, reason="native scanner not built")
+
+# Rules that use every label source and rule kind, with small limits so overflow and top-K happen.
+EXTRA_RULES = """
+rules:
+  - name: t_calls_total
+    kind: counter
+    spans_regex: "^(reco\\\\.|x)"
+    series_limit: 6
+    labels:
+      service: {resource: service.name, default: none}
+      region: {resource: cloud.region}
+      name: {span: name}
+      kind: {span: kind}
+      code: {span: status_code}
+      placement: {attribute: reco.placement, default: unknown}
+      pos: {attribute: reco.position, buckets: [1, 3, 10], default: "0"}
+  - name: t_revenue_total
+    kind: counter
+    spans: [reco.conversion, reco.generate, x]
+    value_attribute: reco.revenue
+    labels:
+      placement: {attribute: reco.placement}
+  - name: t_impressions_total
+    kind: position_split
+    spans: [reco.generate, x]
+    count_attribute: reco.num_results
+    position_buckets: [1, 3]
+    series_limit: 5
+    labels:
+      variant: {attribute: experiment.variant}
+  - name: t_seconds
+    kind: histogram
+    spans_regex: "."
+    buckets: [0.001, 0.5, 2.0]
+    top_k: 3
+    labels:
+      name: {span: name}
+      flag: {attribute: reco.cache_hit}
+"""
+
+
+def make_stage(native: bool, rules: Path, clock: list[float], series_limit: int = 2000) -> tuple[Any, Any]:
+    ctx = StageContext(registry=CollectorRegistry(), clock=lambda: clock[0])
+    stage, ctx = build("spanmetrics", {"rules": str(rules), "series_limit": series_limit,
+                                       "exemplars": {"per_bucket": 2, "max_traces": 50}}, ctx=ctx)
+    if not native:
+        stage.deriver.native = None
+    return stage, ctx
+
+
+def state(stage: Any, ctx: Any) -> dict[str, Any]:
+    """Everything the derived metrics hold, in comparable form (float sums apart: their addition order
+    differs between per-span and per-group sums)."""
+    deriver = stage.deriver
+    exact: list[Any] = []
+    sums: list[float] = []
+    for metric in deriver.snapshot():
+        for p in metric.points:
+            exact.append((metric.name, sorted(p.labels.items()), p.buckets,
+                          sorted((b, e.trace_id, e.span_id, e.value, e.time_unix_nano) for b, e in p.exemplars.items())))
+            sums.append(p.value)
+    aggs = ([deriver.red] if deriver.red else []) + [s.agg for s in deriver.sinks]
+    series = [(a.name, list(a.series.keys), sorted(map(repr, a.series.limiter.admitted))) for a in aggs]
+    reservoir = deriver.reservoir
+    pending = [(tid, added, [(c.agg.name, c.slot, c.bucket, c.exemplar) for c in cands])
+               for tid, (added, cands) in reservoir.pending.items()] if reservoir else []
+    self_metrics = {k: v for k, v in scrape(ctx.registry).samples.items()
+                    if k[0].startswith("recohop_cardinality") and not k[0].endswith("_created")}
+    return {"exact": exact, "sums": sums, "series": series, "pending": pending, "self": self_metrics}
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["series"] == b["series"]
+    assert a["exact"] == b["exact"]
+    assert a["pending"] == b["pending"]
+    assert a["self"] == b["self"]
+    assert len(a["sums"]) == len(b["sums"])
+    for x, y in zip(a["sums"], b["sums"], strict=True):
+        assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-9, abs=1e-12)
+
+
+def feed(stage: Any, ctx: Any, requests: list[bytes], clock: list[float], decide: bool) -> None:
+    for i, raw in enumerate(requests):
+        clock[0] = float(i)
+        assert stage.on_trace_bytes(raw) == [raw]
+        if decide and i % 2:  # decide some traces now and then, so candidates get freed and attached
+            for tid, _ in list(stage.deriver.reservoir.pending.items())[::3]:
+                ctx.decisions.publish(tid, sum(tid) % 2 == 0, "test")
+    stage.flush(float(len(requests)) + 500)  # expires what waits beyond max_wait
+
+
+@pytest.fixture(scope="module")
+def extra_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    text = DEFAULT_RULES.read_text() + "\n" + "\n".join(EXTRA_RULES.strip().splitlines()[1:]) + "\n"
+    path.write_text(text)
+    return path
+
+
+def run(requests: list[bytes], native: bool, rules: Path, decide: bool = True, series_limit: int = 2000
+        ) -> dict[str, Any]:
+    clock = [0.0]
+    stage, ctx = make_stage(native, rules, clock, series_limit)
+    feed(stage, ctx, requests, clock, decide)
+    return state(stage, ctx)
+
+
+def test_native_intake_is_built_and_used() -> None:
+    if NATIVE is None and os.environ.get("RECOHOP_NATIVE") == "0":
+        pytest.skip("native scanners disabled by RECOHOP_NATIVE=0")
+    assert NATIVE is not None, "processor.native._spanscan is not built (pip install -e .)"
+    assert derive_module._native is NATIVE
+    stage, _ = build("spanmetrics", {"rules": str(DEFAULT_RULES)})
+    raw = requests_for(make_recos(20))[0].SerializeToString()
+    assert stage.deriver.native is not None and stage.deriver.consume_bytes(raw) is True
+
+
+@needs_native
+def test_same_results_on_the_benchmark_workload(extra_rules: Path) -> None:
+    requests = generate(requests=12, spans_per_request=400, seed=5, special_rate=0.2, click_rate=0.2).requests
+    native = run(requests, True, extra_rules)
+    python = run(requests, False, extra_rules)
+    assert_same(native, python)
+    assert any(e for _, _, _, e in native["exact"]), "kept traces must have produced exemplars"
+    assert native["self"][("recohop_cardinality_folded_total", frozenset({("metric", "t_calls_total")}))] > 0
+
+
+@needs_native
+def test_same_results_on_the_recommender_workload_with_tight_limits() -> None:
+    requests = [r.SerializeToString() for r in requests_for(make_recos(600, seed=3), batch=40)]
+    assert_same(run(requests, True, DEFAULT_RULES, series_limit=7), run(requests, False, DEFAULT_RULES, series_limit=7))
+
+
+# ---------------------------------------------------------------- random requests
+
+KEYS = ["reco.placement", "reco.position", "reco.revenue", "reco.num_results", "experiment.variant",
+        "reco.cache_hit", "reco.model_version", "reco.strategy", "reco.cold_start", "reco.fallback", "other", ""]
+NAMES = ["reco.generate", "reco.conversion", "reco.click", "reco.fetch_embeddings", "x", "", "é\u00a0"]
+TRACE_IDS = [b"\x01" * 16, b"\x02" * 16, bytes(16), b"", b"\x03" * 8, b"\x04" * 16, b"\x05" * 17]
+
+
+def any_values(depth: int = 1) -> st.SearchStrategy[AnyValue]:
+    scalars = st.one_of(
+        st.builds(lambda v: AnyValue(string_value=v), st.sampled_from(["home", "cart", "", "A", "true", "x" * 200])),
+        st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
+        st.builds(lambda v: AnyValue(int_value=v), st.one_of(st.integers(-3, 15), st.integers(-(2**63), 2**63 - 1))),
+        st.builds(lambda v: AnyValue(double_value=v), st.one_of(st.floats(), st.sampled_from([0.0, 2.5, 1e300]))),
+        st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=4)),
+        st.just(AnyValue()),
+    )
+    if depth == 0:
+        return scalars
+    inner = any_values(depth - 1)
+    return st.one_of(
+        scalars,
+        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(inner, max_size=2)),
+        st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])),
+                  st.lists(st.tuples(st.sampled_from(KEYS), inner), max_size=2)),
+    )
+
+
+VALUES = any_values()
+SCALARS = any_values(0)
+
+
+def key_values(draw: Any, n: int) -> list[KeyValue]:
+    out = []
+    for _ in range(n):
+        kv = KeyValue(key=draw(st.sampled_from(KEYS)))
+        if draw(st.integers(0, 5)):  # sometimes no value at all (an empty AnyValue when parsed)
+            kv.value.CopyFrom(draw(VALUES))
+        out.append(kv)
+    return out
+
+
+@st.composite
+def spans(draw: Any) -> Span:
+    span = Span(trace_id=draw(st.sampled_from(TRACE_IDS)), span_id=draw(st.binary(max_size=9)),
+                name=draw(st.sampled_from(NAMES)), kind=draw(st.integers(0, 7)),
+                start_time_unix_nano=draw(st.sampled_from([0, 1, 10**9, 2**64 - 1])),
+                end_time_unix_nano=draw(st.sampled_from([0, 2, 3 * 10**6, 10**9 + 7 * 10**8, 2**64 - 1])))
+    span.attributes.extend(key_values(draw, draw(st.integers(0, 6))))
+    for _ in range(draw(st.integers(0, 2))):
+        event = span.events.add(name=draw(st.sampled_from(["exception", "log"])))
+        event.attributes.extend(key_values(draw, draw(st.integers(0, 2))))
+    if draw(st.booleans()):
+        link = span.links.add(trace_id=draw(st.sampled_from(TRACE_IDS)), span_id=b"\x07" * 8)
+        link.attributes.extend(key_values(draw, 1))
+    if draw(st.booleans()):
+        span.status.CopyFrom(Status(code=draw(st.integers(0, 4)), message="m"))
+    return span
+
+
+@st.composite
+def requests(draw: Any) -> bytes:
+    request = ExportTraceServiceRequest()
+    for _ in range(draw(st.integers(1, 2))):
+        rs = request.resource_spans.add()
+        for _ in range(draw(st.integers(0, 3))):
+            kv = rs.resource.attributes.add(key=draw(st.sampled_from(["service.name", "cloud.region", "other"])))
+            kv.value.CopyFrom(draw(SCALARS))
+        for _ in range(draw(st.integers(0, 2))):
+            ss = rs.scope_spans.add()
+            ss.scope.name = draw(st.sampled_from(["", "lib"]))
+            ss.spans.extend(draw(st.lists(spans(), max_size=6)))
+    return request.SerializeToString()
+
+
+@needs_native
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(batch=st.lists(requests(), min_size=1, max_size=4))
+def test_same_results_on_random_requests(batch: list[bytes], extra_rules: Path) -> None:
+    assert_same(run(batch, True, extra_rules), run(batch, False, extra_rules))
+
+
+def test_string_weights_and_field_order_fall_back_or_match(extra_rules: Path) -> None:
+    """Shapes the scanner leaves to Python (a string-valued weight) or reads differently from an SDK's order
+    (attributes before the name, a repeated name and status) still give the reference result."""
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "svc"
+    span = rs.scope_spans.add().spans.add(trace_id=b"\x01" * 16, name="reco.conversion", end_time_unix_nano=5)
+    span.attributes.add(key="reco.revenue").value.string_value = "12.5"
+    span.attributes.add(key="reco.placement").value.string_value = "home"
+    string_weight = request.SerializeToString()
+    # attributes first, then the name twice (the last wins), then the status twice (merged: last code wins)
+    attrs = b"".join(b"\x4a" + bytes([len(kv)]) + kv for kv in (
+        KeyValue(key="reco.placement", value=AnyValue(string_value="cart")).SerializeToString(),
+        KeyValue(key="reco.revenue", value=AnyValue(double_value=3.0)).SerializeToString()))
+    body = (b"\x0a\x10" + b"\x02" * 16 + attrs + b"\x2a\x01x" + b"\x2a\x0freco.conversion"
+            + b"\x7a\x02\x18\x02" + b"\x7a\x02\x18\x01" + b"\x41" + (7).to_bytes(8, "little"))
+    spans_field = b"\x12" + varint(len(body)) + body
+    scope_field = b"\x12" + varint(len(spans_field)) + spans_field
+    raw = b"\x0a" + varint(len(scope_field)) + scope_field
+    odd = ExportTraceServiceRequest.FromString(raw)
+    parsed = odd.resource_spans[0].scope_spans[0].spans[0]
+    assert parsed.name == "reco.conversion" and parsed.status.code == 1
+    batch = [string_weight, odd.SerializeToString(), raw]
+    native, python = run(batch, True, extra_rules), run(batch, False, extra_rules)
+    assert_same(native, python)
+    revenue = [v for (name, labels, _, _), v in zip(native["exact"], native["sums"], strict=True)
+               if name == "reco_revenue_total"]
+    assert sorted(revenue) == [6.0, 12.5]
+    if NATIVE is not None:
+        stage, _ = build("spanmetrics", {"rules": str(extra_rules)})
+        assert stage.deriver.consume_bytes(string_weight) is False  # left to the Python path
+        assert stage.deriver.consume_bytes(batch[2]) is True
+
+
+VALID = requests_for(make_recos(2))[0].SerializeToString()
+
+
+@needs_native
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300), cut=st.integers(0, len(VALID)))
+def test_garbage_and_truncation_never_crash_and_match_when_valid(raw: bytes, cut: int, extra_rules: Path) -> None:
+    """Bytes that protobuf accepts give the reference result; any other bytes are scanned safely (the receiver
+    never hands those to a stage: it validates every request first)."""
+    for data in (raw, VALID[:cut], VALID[:cut] + raw):
+        try:
+            ExportTraceServiceRequest.FromString(data)
+        except DecodeError:
+            stage, _ = build("spanmetrics", {"rules": str(extra_rules)})
+            try:
+                assert stage.deriver.consume_bytes(data) in (True, False)
+            except DecodeError:
+                pass  # what parsing these bytes raises too
+            continue
+        assert_same(run([data], True, extra_rules), run([data], False, extra_rules))
