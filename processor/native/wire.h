@@ -48,9 +48,15 @@ static inline int wire_varint(wire_cur *c, uint64_t *out) {
 }
 
 static inline uint64_t wire_le64(const uint8_t *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8); /* protobuf's fixed64 is little-endian, like the machine: one load */
+    return v;
+#else
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
     return v;
+#endif
 }
 
 /* The next field: 1 = read, 0 = end of message, -1 = malformed. */
