@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from otlp_strategies import any_values
 from prometheus_client import CollectorRegistry
 
 from bench.workload import generate
@@ -69,27 +70,7 @@ def test_same_counts_and_identity_on_the_benchmark_workload(monkeypatch: pytest.
         assert run_stage(raw, tight, True, monkeypatch) == run_stage(raw, tight, False, monkeypatch)
 
 
-def any_values(depth: int = 2) -> st.SearchStrategy[AnyValue]:
-    leaves = st.one_of(
-        st.builds(lambda v: AnyValue(string_value=v), st.text(max_size=12)),
-        st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=12)),
-        st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
-        st.builds(lambda v: AnyValue(int_value=v), st.integers(-(2**63), 2**63 - 1)),
-        st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=False)),
-        st.just(AnyValue()),
-    )
-    if depth == 0:
-        return leaves
-    inner = any_values(depth - 1)
-    return st.one_of(
-        leaves,
-        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(inner, max_size=3)),
-        st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=kvs)),
-                  st.lists(st.builds(KeyValue, key=st.sampled_from(["a", "b", ""]), value=inner), max_size=3)),
-    )
-
-
-KEY_VALUES = st.builds(KeyValue, key=st.sampled_from(["k", "user.email", "é", ""]), value=any_values())
+KEY_VALUES = st.builds(KeyValue, key=st.sampled_from(["k", "user.email", "é", ""]), value=any_values(2))
 ATTRIBUTES = {n: st.lists(KEY_VALUES, max_size=n) for n in (3, 4, 5)}  # built once: hypothesis caches them
 
 

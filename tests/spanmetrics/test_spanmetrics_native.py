@@ -15,8 +15,10 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from otlp_strategies import ALL_INTS
+from otlp_strategies import any_values as otlp_any_values
 from prometheus_client import CollectorRegistry
 from spanmetrics_helpers import DEFAULT_RULES, build, scrape
 
@@ -171,23 +173,10 @@ TRACE_IDS = [b"\x01" * 16, b"\x02" * 16, bytes(16), b"", b"\x03" * 8, b"\x04" * 
 
 
 def any_values(depth: int = 1) -> st.SearchStrategy[AnyValue]:
-    scalars = st.one_of(
-        st.builds(lambda v: AnyValue(string_value=v), st.sampled_from(["home", "cart", "", "A", "true", "x" * 200])),
-        st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
-        st.builds(lambda v: AnyValue(int_value=v), st.one_of(st.integers(-3, 15), st.integers(-(2**63), 2**63 - 1))),
-        st.builds(lambda v: AnyValue(double_value=v), st.one_of(st.floats(), st.sampled_from([0.0, 2.5, 1e300]))),
-        st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=4)),
-        st.just(AnyValue()),
-    )
-    if depth == 0:
-        return scalars
-    inner = any_values(depth - 1)
-    return st.one_of(
-        scalars,
-        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(inner, max_size=2)),
-        st.builds(lambda kvs: AnyValue(kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])),
-                  st.lists(st.tuples(st.sampled_from(KEYS), inner), max_size=2)),
-    )
+    return otlp_any_values(
+        depth, strings=st.sampled_from(["home", "cart", "", "A", "true", "x" * 200]),
+        ints=st.one_of(st.integers(-3, 15), ALL_INTS), floats=st.one_of(st.floats(), st.sampled_from([0.0, 2.5, 1e300])),
+        keys=st.sampled_from(KEYS), binary_size=4, list_size=2)
 
 
 VALUES = any_values()
