@@ -141,7 +141,8 @@ def start_sink(workdir: Path) -> Proc:
     return Proc("sink", proc, f"127.0.0.1:{port}", log_path)
 
 
-def start_hop(workdir: Path, name: str, config: Path | None, forward: str) -> Proc:
+def start_hop(workdir: Path, name: str, config: Path | None, forward: str,
+              env: dict[str, str] | None = None) -> Proc:
     """`recohop serve` (built-in default when `config` is None) forwarding to `forward`."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "hop.ready"
@@ -158,7 +159,8 @@ def start_hop(workdir: Path, name: str, config: Path | None, forward: str) -> Pr
     else:
         args = [sys.executable, "-m", "processor", *serve_args]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_env(hop=True), cwd=workdir)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**_env(hop=True), **(env or {})},
+                                cwd=workdir)
     endpoint, _, metrics_port = _wait_ready(ready, proc, log_path).partition(" ")
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
     return Proc(name, proc, endpoint, log_path, metrics_url)

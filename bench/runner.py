@@ -26,7 +26,7 @@ from bench.loadgen import ClientPlan, Clients
 from bench.sink import read_stats
 from bench.workload import Workload
 
-STAGE_KINDS = ("redaction", "spanmetrics", "tail_sampling", "cardinality")
+STAGE_KINDS = ("limits", "redaction", "spanmetrics", "tail_sampling", "cardinality")
 STAGES_DIR = procs.REPO_ROOT / "processor" / "stages"
 PASSTHROUGH_CONFIG = "# recohop pass-through: receive, parse, forward the original bytes\npipeline: []\n"
 
@@ -176,6 +176,7 @@ class HopRow:
     name: str
     config: Path | None  # None: the built-in default
     skip: str | None = None
+    env: dict[str, str] | None = None  # extra environment for the hop process
 
 
 def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
@@ -193,6 +194,8 @@ def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
             rows.append(HopRow(f"stage_{kind}", path, reason))
     if s.builtin_default:
         rows.append(HopRow("builtin_default", None))
+        # The same pipeline on its pure-Python paths: what the native scanners (processor/native) bring.
+        rows.append(HopRow("builtin_default_python", None, env={"RECOHOP_NATIVE": "0"}))
     rows.extend(HopRow(name, path) for name, path in s.hop_configs)
     return rows
 
@@ -212,7 +215,7 @@ def run_all(workload: Workload, workload_file: Path, s: Settings,
                 rows.append(_skipped(hop.name, "hop", hop.skip))
                 continue
             log(f"hop row {hop.name}")
-            rows.append(_hop_row(hop.name, "hop", hop.config, sink, workload_file, workload, s, notes))
+            rows.append(_hop_row(hop.name, "hop", hop.config, sink, workload_file, workload, s, notes, hop.env))
             time.sleep(0.3)
         if s.rotel:
             log("(c) rotel pass-through")
@@ -237,9 +240,9 @@ def _skipped(name: str, kind: str, reason: str) -> dict[str, Any]:
 
 
 def _hop_row(name: str, kind: str, config: Path | None, sink: procs.Proc, workload_file: Path,
-             workload: Workload, s: Settings, notes: list[str]) -> dict[str, Any]:
+             workload: Workload, s: Settings, notes: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     try:
-        hop = procs.start_hop(s.workdir / name, name, config, sink.endpoint)
+        hop = procs.start_hop(s.workdir / name, name, config, sink.endpoint, env)
     except RuntimeError as exc:
         first = next((ln for ln in reversed(str(exc).splitlines()) if ln.strip()), str(exc))
         notes.append(f"{name}: hop did not start ({first.strip()[:200]}), row skipped")
@@ -295,6 +298,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     if "builtin_default" in by:
         out["builtin_default/parse_only"] = ratio("builtin_default", "parse_only")
         out["builtin_default/rotel"] = ratio("builtin_default", "rotel_passthrough")
+        out["builtin_default/builtin_default_python"] = ratio("builtin_default", "builtin_default_python")
     return out
 
 

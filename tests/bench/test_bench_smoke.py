@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.runner import STAGE_KINDS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_KINDS = ("redaction", "spanmetrics", "tail_sampling", "cardinality")
 
 
 def _rotel_installed() -> bool:
@@ -35,7 +36,8 @@ def test_smoke_writes_every_row(tmp_path: Path) -> None:
 
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["rows"]}
-    expected = {"parse_only", "client_ceiling", "recohop_passthrough", "builtin_default", "extra_stage"}
+    expected = {"parse_only", "client_ceiling", "recohop_passthrough", "builtin_default", "builtin_default_python",
+                "extra_stage"}
     expected |= {f"stage_{k}" for k in STAGE_KINDS if (REPO_ROOT / "processor" / "stages" / f"{k}.py").exists()}
     if _rotel_installed():
         expected.add("rotel_passthrough")
