@@ -74,6 +74,15 @@ class DecisionBus:
         for listener in self._listeners:
             listener(trace_id, kept, policy)
 
+    def has_listeners(self) -> bool:
+        return bool(self._listeners)
+
+    def publish_batch(self, trace_ids: list[bytes], kept: list[bool], policies: list[str]) -> None:
+        """A batch of decisions (what `publish` does per decision; nothing is built when nobody listens)."""
+        for listener in self._listeners:
+            for args in zip(trace_ids, kept, policies, strict=True):
+                listener(*args)
+
 
 @dataclass
 class Rejections:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
@@ -25,6 +26,8 @@ from processor.sampling.cache import DecisionCache
 from processor.sampling.decide import EARLY_REASONS, Readiness
 from processor.sampling.emit import Outbox
 from processor.sampling.loglimit import UntracedLogLimits, read_limits
+from processor.sampling.native_store import Facts, Layout, NativeBuffer, NativeCache
+from processor.sampling.native_store import available as native_store_available
 from processor.sampling.policies.policyset import Decision, PolicySet
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE, load_policy_file
 from processor.sampling.wal import LOGS, TRACES, Decided, WalSettings, WriteAheadLog, read_wal_settings
@@ -70,6 +73,13 @@ class LatencyHistogram:
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """`observe` for a batch (searchsorted 'left' is bisect_left)."""
+        found = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        for i in np.flatnonzero(found).tolist():
+            self.counts[i] += int(found[i])
+        self.sum += float(values.sum())
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         cumulative, buckets = 0, []
@@ -129,10 +139,20 @@ class TailSampling(Stage):
         self.ctx = ctx
         self.clock = ctx.clock
         self.bus = ctx.decisions
-        self.buffer = TraceBuffer(policies.needs, settings.max_spans_per_trace)
         self.ready = Readiness(settings.decision_wait, settings.root_grace, settings.max_traces,
                                settings.max_bytes)
-        self.cache: DecisionCache[Decision] = DecisionCache(settings.decision_cache_size)
+        # The native trace store when built (RECOHOP_NATIVE=0 or a policy set beyond its bit budget: Python).
+        self.native: NativeBuffer | None = None
+        layout = Layout(policies) if native_store_available() else None
+        if layout is not None and layout.fits():
+            self.native = NativeBuffer(policies, layout, settings.max_spans_per_trace,
+                                       settings.decision_cache_size)
+            self.buffer: Any = self.native
+            self.cache: Any = NativeCache(self.native)
+            self._kept = self.native.decider.kept_array()
+        else:
+            self.buffer = TraceBuffer(policies.needs, settings.max_spans_per_trace)
+            self.cache = DecisionCache[Decision](settings.decision_cache_size)
         self.out = Outbox()
         self.metrics = SamplingMetrics(ctx.registry)
         self.log_limits: UntracedLogLimits | None = None
@@ -154,6 +174,20 @@ class TailSampling(Stage):
         if self.wal is not None:
             self.wal.append_traces(raw)
         now = self.clock()
+        if self.native is not None:
+            late = Late()
+            full = self.native.add_span_bytes(raw, now, late)
+            if full is None:  # bytes upb accepted but the store does not read (e.g. unknown field kinds)
+                full = self._canonical_intake(raw, now, late)
+            if late.invalid_spans:
+                self.ctx.reject(late.invalid_spans, "spans without a valid 16-byte trace id")
+            self._late(late)
+            if full:
+                self._decide_native(self.native.store.select_ids(full), ("max_spans",), now)
+            self._relieve(now)
+            self._gauges()
+            self._wal_decisions()
+            return self.out.take_trace_bytes()
         roots: list[TraceEntry] = []
         full: list[TraceEntry] = []
         late = Late()
@@ -217,6 +251,13 @@ class TailSampling(Stage):
 
     def _relieve(self, now: float) -> None:
         """Over budget: decide traces now with the data they have (never drop them undecided)."""
+        if self.native is not None:
+            store = self.native.store
+            traces, nbytes, _ = store.stats()
+            if nbytes > self.settings.max_bytes or traces > self.settings.max_traces:
+                self._decide_native(store.select_relieve(self.settings.max_bytes, self.settings.max_traces),
+                                    ("max_bytes", "max_traces"), now)
+            return
         reason = self.ready.over_budget(self.buffer)
         while reason is not None:
             entry = self.ready.next_to_relieve(self.buffer)
@@ -268,7 +309,85 @@ class TailSampling(Stage):
                 metrics.early[reason] = metrics.early.get(reason, 0) + 1
             publish(trace_id, decision.kept, decision.policy)
 
+    def _decide_native(self, batch: tuple[bytes, bytes, bytes], reasons: tuple[str, ...], now: float) -> None:
+        """`_decide_all` for a batch selected by the native store: policies evaluated over arrays, only kept
+        traces' bytes come back to Python, then the store caches the decisions and frees the entries."""
+        native = self.native
+        assert native is not None
+        raw, durs, why = batch
+        store = native.store
+        if not raw:
+            store.finish(b"")
+            return
+        facts = Facts(raw, durs, native.layout, store.batch_chunks, native.groups)
+        decider = native.decider
+        try:
+            slots = decider.decide(facts, now)
+        except Exception as exc:  # never wedge the buffer: keep the batch (as the per-trace path does)
+            self.ctx.log.error("tail sampling could not evaluate a batch (%s); keeping it", type(exc).__name__)
+            slots = np.full(facts.n, decider.on_error, dtype=np.int32)
+        if len(self._kept) < len(decider.decisions):
+            self._kept = decider.kept_array()
+        kept = self._kept[slots]
+        decisions = decider.decisions
+        recs = facts.recs
+        nspans, nlogs = recs["nspans"], recs["nlogs"]
+        by_id = native.groups.by_id
+        add_trace = self.out.add_trace
+        for row in np.flatnonzero(kept).tolist():
+            add_trace(native.entry(row, facts.tid(row), int(nspans[row]), int(nlogs[row])),
+                      decisions[slots[row]], by_id)
+        if nlogs.any():
+            kept_logs = int(nlogs[kept].sum())
+            dropped_logs = int(nlogs.sum()) - kept_logs
+            if kept_logs:
+                self.metrics.log_outcomes["kept"].inc(kept_logs)
+            if dropped_logs:
+                self.metrics.log_outcomes["dropped"].inc(dropped_logs)
+        native.groups_gone(store.finish((slots * 2 + kept).astype(np.int32).tobytes()))
+        tally = self.metrics.tally
+        counts = np.bincount(slots, minlength=len(decisions))
+        for slot in np.flatnonzero(counts).tolist():
+            tally[decisions[slot]] = tally.get(decisions[slot], 0) + int(counts[slot])
+        self.metrics.latency.observe_many(now - recs["first"])
+        if len(reasons) == 1:
+            counted = {reasons[0]: facts.n}
+        else:
+            found = np.bincount(np.frombuffer(why, dtype=np.uint8), minlength=len(reasons))
+            counted = {reasons[i]: int(found[i]) for i in np.flatnonzero(found).tolist()}
+        for reason, count in counted.items():
+            if reason in EARLY_REASONS:
+                self.metrics.early[reason] = self.metrics.early.get(reason, 0) + count
+        if self.bus.has_listeners() or self._wal_decided is not None:
+            ids = [facts.tid(row) for row in range(facts.n)]
+            kept_list = kept.tolist()
+            names = [decisions[slot].policy for slot in slots.tolist()]
+            self.bus.publish_batch(ids, kept_list, names)
+            if self._wal_decided is not None:
+                self._wal_decided.extend(zip(ids, kept_list, names, strict=True))
+
+    def _canonical_intake(self, raw: bytes, now: float, late: Late) -> list[bytes]:
+        """A request the store did not read: its canonical encoding without unknown fields (what the Python
+        buffer keeps of it too); refused as partial success if even that is not readable."""
+        assert self.native is not None
+        request = TracesRequest.FromString(raw)
+        request.DiscardUnknownFields()
+        full = self.native.add_span_bytes(request.SerializeToString(), now, late)
+        if full is None:
+            late.invalid_spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            return []
+        return full
+
     def flush(self, now: float) -> Emitted | None:
+        if self.native is not None:
+            self._decide_native(self.native.store.select_due(now, self.settings.root_grace,
+                                                             self.settings.decision_wait),
+                                ("root_grace", "decision_wait"), now)
+            self._gauges()
+            self._wal_decisions()
+            if self.wal is not None:
+                self.wal.tick(now)
+            return self._take()
         self._decide_all(self.ready.due(self.buffer, now), now)
         self._gauges()
         self._wal_decisions()
@@ -278,8 +397,11 @@ class TailSampling(Stage):
 
     def shutdown(self) -> Emitted | None:
         now = self.clock()
-        for entry in list(self.buffer.traces.values()):
-            self._decide(entry, now, "shutdown")
+        if self.native is not None:
+            self._decide_native(self.native.store.select_all(), ("shutdown",), now)
+        else:
+            for entry in list(self.buffer.traces.values()):
+                self._decide(entry, now, "shutdown")
         self.ready.forget()
         self._gauges()
         if self.wal is not None:  # everything is decided and handed on: a restart must not send it again
@@ -288,6 +410,8 @@ class TailSampling(Stage):
         return self._take()
 
     def buffer_spans(self) -> int:
+        if self.native is not None:
+            return self.native.nspans()
         return sum(e.nspans for e in self.buffer.traces.values())
 
     def _take(self) -> Emitted | None:
@@ -337,6 +461,11 @@ class TailSampling(Stage):
         """The still-buffered spans and logs as request entries (one ResourceSpans/ResourceLogs per trace and
         group), for compaction of the write-ahead log."""
         groups = self.buffer.groups.by_id
+        if self.native is not None:
+            for kind, gid, chunk in self.native.store.snapshot():
+                group = groups[gid]
+                yield (LOGS if kind else TRACES), field(1, group.resource_field + field(2, group.scope_field + chunk))
+            return
         for entry in self.buffer.traces.values():
             for kind, chunks in ((TRACES, entry.chunks), (LOGS, entry.log_chunks or {})):
                 for gid, chunk in chunks.items():
@@ -345,6 +474,11 @@ class TailSampling(Stage):
 
     def _gauges(self) -> None:
         self.metrics.publish()
+        if self.native is not None:
+            traces, nbytes, _ = self.native.store.stats()
+            self.metrics.buffer_traces.set(traces)
+            self.metrics.buffer_bytes.set(nbytes)
+            return
         self.metrics.buffer_traces.set(len(self.buffer.traces))
         self.metrics.buffer_bytes.set(self.buffer.nbytes)
 

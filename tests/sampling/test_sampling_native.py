@@ -19,6 +19,7 @@ from processor.native import load
 from processor.sampling import buffer as buffer_module
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.workload import all_spans, make_traces, to_requests
+from processor.stages import tail_sampling as stage_module
 
 NATIVE = load("sampling")
 
@@ -34,6 +35,7 @@ def run(requests: list[bytes], native: bool, monkeypatch: pytest.MonkeyPatch) ->
     """Decisions, spans sent on (serialized, counted) and the buffer's facts per trace before deciding."""
     with monkeypatch.context() as patch:
         patch.setattr(buffer_module, "_native", NATIVE if native else None)
+        patch.setattr(stage_module, "native_store_available", lambda: False)  # this compares TraceBuffer intakes
         h = Harness()
         for raw in requests:
             h.send(ExportTraceServiceRequest.FromString(raw))

@@ -1,0 +1,1074 @@
+/* The tail-sampling trace store: buffered traces live in C, Python acts once per batch of decisions.
+ *
+ * Why: with the intake already native, what the sampler still paid was Python work per trace (an entry object,
+ * dict inserts, fact merging, one decide call, cache and metrics updates): ~5 us per ~10-span trace. Here a
+ * request is taken in one call (spans appended to their trace's framed chunk per (resource, scope) group, the
+ * facts policies read merged per trace), readiness (root_grace / decision_wait / budgets) is tracked in C,
+ * and a batch of due traces is handed to Python as packed records (numpy views them) so policies evaluate as
+ * array operations. Python then reads the chunks of kept traces only and `finish`es the batch: decisions go
+ * into a bounded two-generation cache (late spans follow it here) and the entries are freed.
+ *
+ * Store(names, keys, max_spans, cache_size)
+ *   names: tuple of bytes (span names whose max duration is tracked, one int64 column each, -1 = none seen)
+ *   keys:  tuple of (bytes key, gates | None): a gated key sets one "hit" bit per gate (a serialized KeyValue)
+ *          matched exactly by a span attribute; an ungated key sets one "present" bit when any span has it.
+ *          Bits are numbered in key order then gate order (at most 64 of each).
+ * Decision codes are Python ints >= 0 whose low bit means "kept" (late spans of kept traces are returned).
+ * All reads of request bytes are bounds-checked (wire.h); a request this code does not understand is
+ * refused whole (intake returns None before touching any state) and the Python buffer path takes it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "wire.h"
+
+typedef struct chunk {
+    struct chunk *next;
+    int32_t gid;
+    uint32_t len, cap;
+    uint8_t *data;
+} chunk_t;
+
+typedef struct entry {
+    uint8_t tid[16];
+    struct entry *hnext;          /* hash chain */
+    struct entry *prev, *next;    /* all entries, first-seen order */
+    struct entry *rprev, *rnext;  /* entries with a root, first-root order */
+    chunk_t *chunks, *logs;
+    double first, root_seen;      /* root_seen < 0: no root yet */
+    int64_t nbytes;
+    uint64_t start, end, hits, present;
+    int32_t nspans, nlogs, max_severity;
+    int32_t root_gid;
+    uint32_t root_at, root_len;
+    uint8_t error, exception, has_res, selected, in_roots, root_pending, full_pending;
+    uint32_t mark;                /* the scope pass that last listed this entry (see end_scope_pass) */
+    int64_t durs[];
+} entry_t;
+
+/* The packed record handed to numpy (natural alignment; see processor/sampling/native_store.py RECORD). */
+typedef struct {
+    uint8_t tid[16];
+    double first;
+    int64_t nbytes;
+    uint64_t start, end, hits, present;
+    int32_t nspans, nlogs, max_severity;
+    uint8_t error, exception, has_res, pad;
+} record_t;
+
+typedef struct {
+    uint8_t tid[16];
+    int32_t code; /* -1: empty slot */
+} cache_slot;
+
+typedef struct {
+    cache_slot *slots;
+    size_t cap, count;
+} cache_gen;
+
+typedef struct {
+    const uint8_t *pattern;
+    Py_ssize_t len;
+    PyObject *gates; /* tuple of bytes or NULL */
+    int bit;         /* first hit bit (gated) or the present bit (ungated) */
+} key_t_;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *names_obj, *keys_obj;
+    const uint8_t **names;
+    Py_ssize_t *name_lens;
+    Py_ssize_t nnames;
+    key_t_ *keys;
+    Py_ssize_t nkeys;
+    entry_t **table;
+    size_t tcap, count;
+    entry_t *head, *tail, *rhead, *rtail;
+    int64_t nbytes, nspans;
+    int32_t max_spans;
+    size_t half;
+    cache_gen young, old;
+    int32_t *refs;
+    size_t nrefs;
+    entry_t **batch;
+    Py_ssize_t nbatch, batch_cap;
+    uint32_t serial; /* one per scope pass of an intake */
+} Store;
+
+static uint64_t tid_hash(const uint8_t *tid) {
+    uint64_t a, b;
+    memcpy(&a, tid, 8);
+    memcpy(&b, tid + 8, 8);
+    return (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL;
+}
+
+/* -- decision cache ---------------------------------------------------------------------------------------- */
+
+static int cache_alloc(cache_gen *g, size_t half) {
+    size_t cap = 16;
+    while (cap < half * 2) cap <<= 1;
+    g->slots = PyMem_Malloc(cap * sizeof(cache_slot));
+    if (!g->slots) return 0;
+    g->cap = cap;
+    g->count = 0;
+    for (size_t i = 0; i < cap; i++) g->slots[i].code = -1;
+    return 1;
+}
+
+static cache_slot *cache_find(cache_gen *g, const uint8_t *tid) {
+    size_t mask = g->cap - 1, i = (size_t)tid_hash(tid) & mask;
+    while (g->slots[i].code >= 0) {
+        if (memcmp(g->slots[i].tid, tid, 16) == 0) return &g->slots[i];
+        i = (i + 1) & mask;
+    }
+    return &g->slots[i];
+}
+
+static int32_t cache_get(Store *s, const uint8_t *tid) {
+    cache_slot *slot = cache_find(&s->young, tid);
+    if (slot->code >= 0) return slot->code;
+    slot = cache_find(&s->old, tid);
+    return slot->code;
+}
+
+static void cache_put(Store *s, const uint8_t *tid, int32_t code) {
+    if (s->young.count >= s->half) {
+        cache_gen t = s->old;
+        s->old = s->young;
+        s->young = t;
+        for (size_t i = 0; i < s->young.cap; i++) s->young.slots[i].code = -1;
+        s->young.count = 0;
+    }
+    cache_slot *slot = cache_find(&s->young, tid);
+    if (slot->code < 0) {
+        memcpy(slot->tid, tid, 16);
+        s->young.count++;
+    }
+    slot->code = code;
+}
+
+/* -- entries ------------------------------------------------------------------------------------------------ */
+
+static entry_t *find_entry(Store *s, const uint8_t *tid) {
+    entry_t *e = s->table[tid_hash(tid) & (s->tcap - 1)];
+    while (e && memcmp(e->tid, tid, 16) != 0) e = e->hnext;
+    return e;
+}
+
+static int grow_table(Store *s) {
+    size_t cap = s->tcap * 2;
+    entry_t **table = PyMem_Calloc(cap, sizeof(entry_t *));
+    if (!table) return 0;
+    for (size_t i = 0; i < s->tcap; i++) {
+        entry_t *e = s->table[i];
+        while (e) {
+            entry_t *n = e->hnext;
+            size_t b = tid_hash(e->tid) & (cap - 1);
+            e->hnext = table[b];
+            table[b] = e;
+            e = n;
+        }
+    }
+    PyMem_Free(s->table);
+    s->table = table;
+    s->tcap = cap;
+    return 1;
+}
+
+static entry_t *new_entry(Store *s, const uint8_t *tid, double now) {
+    if (s->count >= s->tcap && !grow_table(s)) return NULL;
+    entry_t *e = PyMem_Calloc(1, sizeof(entry_t) + sizeof(int64_t) * (size_t)s->nnames);
+    if (!e) return NULL;
+    memcpy(e->tid, tid, 16);
+    e->first = now;
+    e->root_seen = -1.0;
+    e->root_gid = -1;
+    e->start = UINT64_MAX;
+    for (Py_ssize_t i = 0; i < s->nnames; i++) e->durs[i] = -1;
+    size_t b = tid_hash(tid) & (s->tcap - 1);
+    e->hnext = s->table[b];
+    s->table[b] = e;
+    e->prev = s->tail;
+    if (s->tail) s->tail->next = e; else s->head = e;
+    s->tail = e;
+    s->count++;
+    return e;
+}
+
+/* Roots that arrived in one scope pass join the first-root list, and traces that reached max_spans_per_trace
+ * join `full`, in the order their traces first appear in that scope (what the Python buffer does, which takes a
+ * scope's spans trace by trace), so both decide traces that came in the same request in the same order.
+ * Returns 0, or -1 on a Python error. */
+static int end_scope_pass(Store *s, entry_t **order, size_t *norder, double now, PyObject *full) {
+    int rc = 0;
+    for (size_t k = 0; k < *norder; k++) {
+        entry_t *e = order[k];
+        if (e->full_pending) {
+            e->full_pending = 0;
+            PyObject *t = PyBytes_FromStringAndSize((const char *)e->tid, 16);
+            if (!t || PyList_Append(full, t) < 0) rc = -1;
+            Py_XDECREF(t);
+        }
+        if (!e->root_pending) continue;
+        e->root_pending = 0;
+        if (e->in_roots) continue;
+        e->in_roots = 1;
+        e->root_seen = now;
+        e->rprev = s->rtail;
+        e->rnext = NULL;
+        if (s->rtail) s->rtail->rnext = e; else s->rhead = e;
+        s->rtail = e;
+    }
+    *norder = 0;
+    return rc;
+}
+
+static int ref_gid(Store *s, int32_t gid, int delta) {
+    if ((size_t)gid >= s->nrefs) {
+        size_t n = s->nrefs ? s->nrefs : 64;
+        while (n <= (size_t)gid) n *= 2;
+        int32_t *refs = PyMem_Realloc(s->refs, n * sizeof(int32_t));
+        if (!refs) return -1;
+        memset(refs + s->nrefs, 0, (n - s->nrefs) * sizeof(int32_t));
+        s->refs = refs;
+        s->nrefs = n;
+    }
+    s->refs[gid] += delta;
+    return s->refs[gid];
+}
+
+/* The chunk of group gid in list *head, created (and the group referenced) on demand. */
+static chunk_t *chunk_for(Store *s, chunk_t **head, int32_t gid) {
+    chunk_t *c = *head, *last = NULL;
+    for (; c; last = c, c = c->next)
+        if (c->gid == gid) return c;
+    if (ref_gid(s, gid, 1) < 0) return NULL;
+    c = PyMem_Calloc(1, sizeof(chunk_t));
+    if (!c) { s->refs[gid]--; return NULL; }
+    c->gid = gid;
+    if (last) last->next = c; else *head = c;
+    return c;
+}
+
+/* Appends a field-2 framed child; returns the offset of its framing or -1 (no memory). */
+static int64_t chunk_append(chunk_t *c, const uint8_t *data, size_t len) {
+    size_t need = (size_t)c->len + 1 + wire_varint_size(len) + len;
+    if (need > UINT32_MAX) return -1;
+    if (need > c->cap) {
+        size_t cap = c->cap + c->cap / 2;
+        if (cap < need) cap = need;
+        if (cap < 256) cap = 256;
+        if (cap > UINT32_MAX) cap = UINT32_MAX;
+        uint8_t *d = PyMem_Realloc(c->data, cap);
+        if (!d) return -1;
+        c->data = d;
+        c->cap = (uint32_t)cap;
+    }
+    int64_t at = c->len;
+    uint8_t *o = c->data + c->len;
+    *o++ = 0x12;
+    o += wire_put_varint(o, len);
+    memcpy(o, data, len);
+    c->len = (uint32_t)need;
+    return at;
+}
+
+static void free_chunks(Store *s, chunk_t *c, PyObject *released) {
+    while (c) {
+        chunk_t *n = c->next;
+        if (ref_gid(s, c->gid, -1) == 0 && released) {
+            PyObject *g = PyLong_FromLong(c->gid);
+            if (!g || PyList_Append(released, g) < 0) PyErr_Clear();
+            Py_XDECREF(g);
+        }
+        PyMem_Free(c->data);
+        PyMem_Free(c);
+        c = n;
+    }
+}
+
+static void unlink_entry(Store *s, entry_t *e) {
+    entry_t **p = &s->table[tid_hash(e->tid) & (s->tcap - 1)];
+    while (*p != e) p = &(*p)->hnext;
+    *p = e->hnext;
+    if (e->prev) e->prev->next = e->next; else s->head = e->next;
+    if (e->next) e->next->prev = e->prev; else s->tail = e->prev;
+    if (e->in_roots) {
+        if (e->rprev) e->rprev->rnext = e->rnext; else s->rhead = e->rnext;
+        if (e->rnext) e->rnext->rprev = e->rprev; else s->rtail = e->rprev;
+    }
+    s->count--;
+    s->nbytes -= e->nbytes;
+    s->nspans -= e->nspans;
+}
+
+static void destroy_entry(Store *s, entry_t *e, PyObject *released) {
+    free_chunks(s, e->chunks, released);
+    free_chunks(s, e->logs, released);
+    PyMem_Free(e);
+}
+
+/* -- span reading ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *data, *tid;
+    size_t len;
+    uint64_t start, end, hits, present;
+    int32_t scope, name_index;
+    uint8_t root, error, exception, valid;
+} span_t;
+
+static int read_span(Store *s, span_t *sp) {
+    wire_cur c = wire_span(sp->data, sp->len);
+    wire_field f;
+    int r;
+    size_t tid_len = 0;
+    sp->root = 1;
+    sp->name_index = -1;
+    while ((r = wire_next(&c, &f)) == 1) {
+        switch (f.number) {
+        case 1:
+            if (f.wtype != 2) return 0;
+            sp->tid = f.data; tid_len = f.len;
+            break;
+        case 4:
+            if (f.wtype != 2) return 0;
+            sp->root = f.len == 0;
+            break;
+        case 5:
+            if (f.wtype != 2) return 0;
+            sp->name_index = -1;
+            for (Py_ssize_t i = 0; i < s->nnames; i++)
+                if ((size_t)s->name_lens[i] == f.len && memcmp(s->names[i], f.data, f.len) == 0) {
+                    sp->name_index = (int32_t)i;
+                    break;
+                }
+            break;
+        case 7:
+            if (f.wtype != 1) return 0;
+            sp->start = f.value;
+            break;
+        case 8:
+            if (f.wtype != 1) return 0;
+            sp->end = f.value;
+            break;
+        case 9: {
+            if (f.wtype != 2) return 0;
+            if (!s->nkeys) break;
+            wire_cur kc = wire_span(f.data, f.len);
+            wire_field kf;
+            const uint8_t *key = NULL;
+            size_t key_len = 0;
+            int kr;
+            while ((kr = wire_next(&kc, &kf)) == 1)
+                if (kf.number == 1 && kf.wtype == 2) { key = kf.data; key_len = kf.len; }
+            if (kr < 0) return 0;
+            if (!key) break;
+            for (Py_ssize_t k = 0; k < s->nkeys; k++) {
+                key_t_ *kk = &s->keys[k];
+                if ((size_t)kk->len != key_len || memcmp(kk->pattern, key, key_len) != 0) continue;
+                if (!kk->gates) {
+                    sp->present |= 1ULL << kk->bit;
+                } else {
+                    for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(kk->gates); g++) {
+                        PyObject *gate = PyTuple_GET_ITEM(kk->gates, g);
+                        if ((size_t)PyBytes_GET_SIZE(gate) == f.len &&
+                            memcmp(PyBytes_AS_STRING(gate), f.data, f.len) == 0)
+                            sp->hits |= 1ULL << (kk->bit + g);
+                    }
+                }
+                break;
+            }
+            break;
+        }
+        case 11: {
+            if (f.wtype != 2) return 0;
+            wire_cur ec = wire_span(f.data, f.len);
+            wire_field ef;
+            int er;
+            while ((er = wire_next(&ec, &ef)) == 1)
+                if (ef.number == 2 && ef.wtype == 2 && ef.len == 9 && memcmp(ef.data, "exception", 9) == 0)
+                    sp->exception = 1;
+            if (er < 0) return 0;
+            break;
+        }
+        case 15: {
+            if (f.wtype != 2) return 0;
+            wire_cur sc = wire_span(f.data, f.len);
+            wire_field sf;
+            int sr;
+            sp->error = 0;
+            while ((sr = wire_next(&sc, &sf)) == 1)
+                if (sf.number == 3 && sf.wtype == 0) sp->error = sf.value == 2;
+            if (sr < 0) return 0;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    if (r < 0) return 0;
+    sp->valid = 0;
+    if (tid_len == 16)
+        for (int i = 0; i < 16; i++)
+            if (sp->tid[i]) { sp->valid = 1; break; }
+    return 1;
+}
+
+/* Fields 1 and 3 of a ResourceSpans/ScopeSpans, re-framed, as one bytes object (None: malformed). */
+static PyObject *framed_header(const uint8_t *p, size_t len) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r;
+    size_t total = 0;
+    while ((r = wire_next(&c, &f)) == 1)
+        if ((f.number == 1 || f.number == 3) && f.wtype == 2) total += 1 + wire_varint_size(f.len) + f.len;
+    if (r < 0) Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out) return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    c = wire_span(p, len);
+    while (wire_next(&c, &f) == 1)
+        if ((f.number == 1 || f.number == 3) && f.wtype == 2) {
+            *o++ = (uint8_t)((f.number << 3) | 2);
+            o += wire_put_varint(o, f.len);
+            memcpy(o, f.data, f.len);
+            o += f.len;
+        }
+    return out;
+}
+
+typedef struct {
+    const uint8_t *res, *scope;
+    size_t res_len, scope_len;
+} scope_ref;
+
+/* -- Store methods ------------------------------------------------------------------------------------------ */
+
+static void Store_dealloc(Store *s) {
+    entry_t *e = s->head;
+    while (e) {
+        entry_t *n = e->next;
+        destroy_entry(s, e, NULL);
+        e = n;
+    }
+    PyMem_Free(s->table);
+    PyMem_Free(s->young.slots);
+    PyMem_Free(s->old.slots);
+    PyMem_Free(s->refs);
+    PyMem_Free(s->batch);
+    PyMem_Free(s->names);
+    PyMem_Free(s->name_lens);
+    PyMem_Free(s->keys);
+    Py_XDECREF(s->names_obj);
+    Py_XDECREF(s->keys_obj);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int Store_init(Store *s, PyObject *args, PyObject *kw) {
+    PyObject *names, *keys;
+    int max_spans;
+    Py_ssize_t cache_size;
+    if (!PyArg_ParseTuple(args, "O!O!in", &PyTuple_Type, &names, &PyTuple_Type, &keys, &max_spans, &cache_size))
+        return -1;
+    if (s->table) {
+        PyErr_SetString(PyExc_RuntimeError, "Store is initialised once");
+        return -1;
+    }
+    Py_INCREF(names);
+    s->names_obj = names;
+    Py_INCREF(keys);
+    s->keys_obj = keys;
+    s->nnames = PyTuple_GET_SIZE(names);
+    s->names = PyMem_Calloc((size_t)s->nnames + 1, sizeof(uint8_t *));
+    s->name_lens = PyMem_Calloc((size_t)s->nnames + 1, sizeof(Py_ssize_t));
+    s->nkeys = PyTuple_GET_SIZE(keys);
+    s->keys = PyMem_Calloc((size_t)s->nkeys + 1, sizeof(key_t_));
+    if (!s->names || !s->name_lens || !s->keys) { PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < s->nnames; i++) {
+        PyObject *n = PyTuple_GET_ITEM(names, i);
+        if (!PyBytes_Check(n)) { PyErr_SetString(PyExc_TypeError, "names: a tuple of bytes"); return -1; }
+        s->names[i] = (const uint8_t *)PyBytes_AS_STRING(n);
+        s->name_lens[i] = PyBytes_GET_SIZE(n);
+    }
+    int hit_bit = 0, present_bit = 0;
+    for (Py_ssize_t i = 0; i < s->nkeys; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(keys, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_SetString(PyExc_TypeError, "keys: a tuple of (bytes, gates | None)");
+            return -1;
+        }
+        PyObject *gates = PyTuple_GET_ITEM(pair, 1);
+        s->keys[i].pattern = (const uint8_t *)PyBytes_AS_STRING(PyTuple_GET_ITEM(pair, 0));
+        s->keys[i].len = PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0));
+        if (gates == Py_None) {
+            s->keys[i].bit = present_bit++;
+        } else {
+            if (!PyTuple_Check(gates)) { PyErr_SetString(PyExc_TypeError, "gates: a tuple of bytes"); return -1; }
+            for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(gates); g++)
+                if (!PyBytes_Check(PyTuple_GET_ITEM(gates, g))) {
+                    PyErr_SetString(PyExc_TypeError, "gates: a tuple of bytes");
+                    return -1;
+                }
+            s->keys[i].gates = gates;
+            s->keys[i].bit = hit_bit;
+            hit_bit += (int)PyTuple_GET_SIZE(gates);
+        }
+    }
+    if (hit_bit > 64 || present_bit > 64) {
+        PyErr_SetString(PyExc_ValueError, "at most 64 attribute gates and 64 read-all keys");
+        return -1;
+    }
+    if (max_spans < 1 || cache_size < 2) { PyErr_SetString(PyExc_ValueError, "bad limits"); return -1; }
+    s->max_spans = max_spans;
+    s->half = (size_t)(cache_size / 2);
+    s->tcap = 1024;
+    s->table = PyMem_Calloc(s->tcap, sizeof(entry_t *));
+    if (!s->table || !cache_alloc(&s->young, s->half) || !cache_alloc(&s->old, s->half)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+#define READY(s)                                                                    \
+    if (!(s)->table) {                                                              \
+        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");       \
+        return NULL;                                                                \
+    }
+
+static PyObject *late_item(int32_t gid, const uint8_t *data, size_t len, int root, int32_t code) {
+    return Py_BuildValue("(iy#Ni)", (int)gid, (const char *)data, (Py_ssize_t)len, PyBool_FromLong(root),
+                         (int)code);
+}
+
+/* intake(raw, now, intern) -> (full_ids, late, late_dropped, invalid, unused_gids, added) or None.
+ * intern(resource_field, scope_field) -> gid * 2 + has_resource_attrs, called once per ScopeSpans. */
+static PyObject *Store_intake(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer buf;
+    double now;
+    PyObject *intern;
+    if (!PyArg_ParseTuple(args, "y*dO", &buf, &now, &intern)) return NULL;
+    span_t *spans = NULL;
+    scope_ref *scopes = NULL;
+    int32_t *gids = NULL;
+    entry_t **order = NULL;
+    PyObject *result = NULL, *full = NULL, *late = NULL, *unused = NULL;
+    Py_ssize_t nspans = 0, nscopes = 0, span_cap = 0, scope_cap = 0, invalid = 0, dropped = 0, added = 0;
+    int malformed = 0;
+
+    /* pass 1: validate the whole request and read every span's facts (no state changes) */
+    wire_cur c = wire_span(buf.buf, (size_t)buf.len);
+    wire_field f;
+    int r;
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2) { malformed = 1; break; }
+        wire_cur rc = wire_span(f.data, f.len);
+        wire_field rf;
+        int rr;
+        while ((rr = wire_next(&rc, &rf)) == 1) {
+            if (rf.number != 2) continue;
+            if (rf.wtype != 2) { rr = -1; break; }
+            if (nscopes == scope_cap) {
+                scope_cap = scope_cap ? scope_cap * 2 : 8;
+                scope_ref *n = PyMem_Realloc(scopes, sizeof(scope_ref) * (size_t)scope_cap);
+                if (!n) { PyErr_NoMemory(); goto out; }
+                scopes = n;
+            }
+            scopes[nscopes] = (scope_ref){f.data, rf.data, f.len, rf.len};
+            wire_cur sc = wire_span(rf.data, rf.len);
+            wire_field sf;
+            int sr;
+            while ((sr = wire_next(&sc, &sf)) == 1) {
+                if (sf.number != 2) continue;
+                if (sf.wtype != 2) { sr = -1; break; }
+                if (nspans == span_cap) {
+                    span_cap = span_cap ? span_cap * 2 : 256;
+                    span_t *n = PyMem_Realloc(spans, sizeof(span_t) * (size_t)span_cap);
+                    if (!n) { PyErr_NoMemory(); goto out; }
+                    spans = n;
+                }
+                span_t *sp = &spans[nspans];
+                memset(sp, 0, sizeof(*sp));
+                sp->data = sf.data;
+                sp->len = sf.len;
+                sp->scope = (int32_t)nscopes;
+                if (!read_span(s, sp)) { sr = -1; break; }
+                nspans++;
+            }
+            if (sr < 0) { rr = -1; break; }
+            nscopes++;
+        }
+        if (rr < 0) { malformed = 1; break; }
+    }
+    if (r < 0) malformed = 1;
+    if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+
+    /* group ids: headers interned by Python once per scope (validated here, before any state changes) */
+    gids = PyMem_Malloc(sizeof(int32_t) * (size_t)(nscopes + 1));
+    if (!gids) { PyErr_NoMemory(); goto out; }
+    PyObject **headers = PyMem_Calloc((size_t)nscopes * 2 + 1, sizeof(PyObject *));
+    if (!headers) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
+        headers[2 * i] = framed_header(scopes[i].res, scopes[i].res_len);
+        headers[2 * i + 1] = framed_header(scopes[i].scope, scopes[i].scope_len);
+        if (!headers[2 * i] || !headers[2 * i + 1]) malformed = -1;
+        else if (headers[2 * i] == Py_None || headers[2 * i + 1] == Py_None) malformed = 1;
+    }
+    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
+        PyObject *g = PyObject_CallFunctionObjArgs(intern, headers[2 * i], headers[2 * i + 1], NULL);
+        long v = g ? PyLong_AsLong(g) : -1;
+        Py_XDECREF(g);
+        if (v < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "intern must return a gid * 2 + flag >= 0");
+            malformed = -1;
+        } else {
+            gids[i] = (int32_t)v;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nscopes * 2; i++) Py_XDECREF(headers[i]);
+    PyMem_Free(headers);
+    if (malformed < 0) goto out;
+    if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+    for (Py_ssize_t i = 0; i < nscopes; i++)
+        if (ref_gid(s, gids[i] >> 1, 0) < 0) { PyErr_NoMemory(); goto out; }
+
+    if (!(full = PyList_New(0)) || !(late = PyList_New(0)) || !(unused = PyList_New(0))) goto out;
+
+    /* pass 2: buffer */
+    entry_t *last = NULL;
+    const uint8_t *last_tid = NULL;
+    order = PyMem_Malloc(sizeof(entry_t *) * (size_t)(nspans + 1));
+    if (!order) { PyErr_NoMemory(); goto out; }
+    size_t norder = 0;
+    int32_t cur_scope = -1;
+    for (Py_ssize_t i = 0; i < nspans; i++) {
+        span_t *sp = &spans[i];
+        if (sp->scope != cur_scope) {
+            if (end_scope_pass(s, order, &norder, now, full) < 0) goto out;
+            cur_scope = sp->scope;
+            s->serial++;
+        }
+        if (!sp->valid) { invalid++; continue; }
+        int32_t gid = gids[sp->scope] >> 1;
+        entry_t *e;
+        if (last && last_tid && memcmp(last_tid, sp->tid, 16) == 0) {
+            e = last;
+        } else {
+            e = find_entry(s, sp->tid);
+            if (!e) {
+                int32_t code = cache_get(s, sp->tid);
+                if (code >= 0) {
+                    if (code & 1) {
+                        PyObject *item = late_item(gid, sp->data, sp->len, sp->root, code);
+                        if (!item || PyList_Append(late, item) < 0) { Py_XDECREF(item); goto out; }
+                        Py_DECREF(item);
+                    } else {
+                        dropped++;
+                    }
+                    last = NULL;
+                    continue;
+                }
+                e = new_entry(s, sp->tid, now);
+                if (!e) { PyErr_NoMemory(); goto out; }
+            }
+            last = e;
+            last_tid = sp->tid;
+        }
+        if (e->mark != s->serial) {
+            e->mark = s->serial;
+            order[norder++] = e;
+        }
+        chunk_t *ch = chunk_for(s, &e->chunks, gid);
+        if (!ch) { PyErr_NoMemory(); goto out; }
+        if (gids[sp->scope] & 1) e->has_res = 1;
+        int64_t at = chunk_append(ch, sp->data, sp->len);
+        if (at < 0) { PyErr_NoMemory(); goto out; }
+        if (sp->root) {
+            e->root_gid = gid;
+            e->root_at = (uint32_t)at;
+            e->root_len = (uint32_t)sp->len;
+            if (!e->in_roots) e->root_pending = 1;
+        }
+        e->nspans++;
+        e->nbytes += (int64_t)sp->len;
+        s->nbytes += (int64_t)sp->len;
+        s->nspans++;
+        added++;
+        e->error |= sp->error;
+        e->exception |= sp->exception;
+        if (sp->start < e->start) e->start = sp->start;
+        if (sp->end > e->end) e->end = sp->end;
+        if (sp->name_index >= 0 && sp->end >= sp->start) {
+            uint64_t diff = sp->end - sp->start; /* past int64 it stays "longer than any threshold" */
+            int64_t took = diff > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)diff;
+            if (took > e->durs[sp->name_index]) e->durs[sp->name_index] = took;
+        }
+        e->hits |= sp->hits;
+        e->present |= sp->present;
+        if (e->nspans == s->max_spans) e->full_pending = 1;
+    }
+    if (end_scope_pass(s, order, &norder, now, full) < 0) goto out;
+    for (Py_ssize_t i = 0; i < nscopes; i++) {
+        int32_t gid = gids[i] >> 1;
+        if (s->refs[gid] == 0) {
+            s->refs[gid] = -1; /* reported once */
+            PyObject *g = PyLong_FromLong(gid);
+            if (!g || PyList_Append(unused, g) < 0) { Py_XDECREF(g); goto out; }
+            Py_DECREF(g);
+        }
+    }
+    for (Py_ssize_t i = 0; i < nscopes; i++)
+        if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
+    result = Py_BuildValue("(OOnnOn)", full, late, dropped, invalid, unused, added);
+out:
+    Py_XDECREF(full);
+    Py_XDECREF(late);
+    Py_XDECREF(unused);
+    PyMem_Free(spans);
+    PyMem_Free(scopes);
+    PyMem_Free(gids);
+    PyMem_Free(order);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* add_log(tid, gid, data, severity, now) -> -1 (buffered) or the cached decision code (late). */
+static PyObject *Store_add_log(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer tid, data;
+    int gid, severity;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*iy*id", &tid, &gid, &data, &severity, &now)) return NULL;
+    PyObject *result = NULL;
+    if (tid.len != 16 || gid < 0) { PyErr_SetString(PyExc_ValueError, "a 16-byte trace id and a gid"); goto out; }
+    entry_t *e = find_entry(s, tid.buf);
+    if (!e) {
+        int32_t code = cache_get(s, tid.buf);
+        if (code >= 0) { result = PyLong_FromLong(code); goto out; }
+        if (!(e = new_entry(s, tid.buf, now))) { PyErr_NoMemory(); goto out; }
+    }
+    chunk_t *ch = chunk_for(s, &e->logs, gid);
+    if (!ch || chunk_append(ch, data.buf, (size_t)data.len) < 0) { PyErr_NoMemory(); goto out; }
+    e->nbytes += data.len;
+    s->nbytes += data.len;
+    e->nlogs++;
+    if (severity > e->max_severity) e->max_severity = severity;
+    result = PyLong_FromLong(-1);
+out:
+    PyBuffer_Release(&tid);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyObject *Store_mark_resource(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer tid;
+    if (!PyArg_ParseTuple(args, "y*", &tid)) return NULL;
+    entry_t *e = tid.len == 16 ? find_entry(s, tid.buf) : NULL;
+    if (e) e->has_res = 1;
+    PyBuffer_Release(&tid);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_cache_put(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer tid;
+    int code;
+    if (!PyArg_ParseTuple(args, "y*i", &tid, &code)) return NULL;
+    if (tid.len != 16 || code < 0) {
+        PyBuffer_Release(&tid);
+        PyErr_SetString(PyExc_ValueError, "a 16-byte trace id and a code >= 0");
+        return NULL;
+    }
+    cache_put(s, tid.buf, code);
+    PyBuffer_Release(&tid);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_cache_get(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer tid;
+    if (!PyArg_ParseTuple(args, "y*", &tid)) return NULL;
+    long code = tid.len == 16 ? cache_get(s, tid.buf) : -1;
+    PyBuffer_Release(&tid);
+    return PyLong_FromLong(code);
+}
+
+static int batch_add(Store *s, entry_t *e) {
+    if (e->selected) return 1;
+    if (s->nbatch == s->batch_cap) {
+        Py_ssize_t cap = s->batch_cap ? s->batch_cap * 2 : 256;
+        entry_t **b = PyMem_Realloc(s->batch, sizeof(entry_t *) * (size_t)cap);
+        if (!b) return 0;
+        s->batch = b;
+        s->batch_cap = cap;
+    }
+    e->selected = 1;
+    s->batch[s->nbatch++] = e;
+    return 1;
+}
+
+/* The current batch as (records bytes, durations bytes, reasons bytes). */
+static PyObject *batch_result(Store *s, const uint8_t *reasons) {
+    Py_ssize_t n = s->nbatch;
+    PyObject *recs = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(record_t));
+    PyObject *durs = PyBytes_FromStringAndSize(NULL, n * s->nnames * (Py_ssize_t)sizeof(int64_t));
+    PyObject *why = reasons ? PyBytes_FromStringAndSize((const char *)reasons, n) : PyBytes_FromStringAndSize(NULL, 0);
+    if (!recs || !durs || !why) { Py_XDECREF(recs); Py_XDECREF(durs); Py_XDECREF(why); return NULL; }
+    record_t *out = (record_t *)PyBytes_AS_STRING(recs);
+    int64_t *d = (int64_t *)PyBytes_AS_STRING(durs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        entry_t *e = s->batch[i];
+        record_t *o = &out[i];
+        memset(o, 0, sizeof(*o));
+        memcpy(o->tid, e->tid, 16);
+        o->first = e->first;
+        o->nbytes = e->nbytes;
+        o->start = e->start;
+        o->end = e->end;
+        o->hits = e->hits;
+        o->present = e->present;
+        o->nspans = e->nspans;
+        o->nlogs = e->nlogs;
+        o->max_severity = e->max_severity;
+        o->error = e->error;
+        o->exception = e->exception;
+        o->has_res = e->has_res;
+        memcpy(d + i * s->nnames, e->durs, sizeof(int64_t) * (size_t)s->nnames);
+    }
+    return Py_BuildValue("(NNN)", recs, durs, why);
+}
+
+static int batch_open(Store *s) {
+    if (s->nbatch) {
+        PyErr_SetString(PyExc_RuntimeError, "the previous batch was not finished");
+        return 0;
+    }
+    return 1;
+}
+
+/* select_due(now, root_grace, decision_wait): reasons 0 = root_grace, 1 = decision_wait. */
+static PyObject *Store_select_due(Store *s, PyObject *args) {
+    READY(s);
+    double now, grace, wait;
+    if (!PyArg_ParseTuple(args, "ddd", &now, &grace, &wait) || !batch_open(s)) return NULL;
+    uint8_t *reasons = NULL;
+    Py_ssize_t cap = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        entry_t *e = pass == 0 ? s->rhead : s->head;
+        for (; e; e = pass == 0 ? e->rnext : e->next) {
+            if (pass == 0 ? e->root_seen + grace > now : e->first > now - wait) break;
+            if (e->selected) continue;
+            if (!batch_add(s, e)) goto nomem;
+            if (s->nbatch > cap) {
+                cap = s->batch_cap;
+                uint8_t *r = PyMem_Realloc(reasons, (size_t)cap);
+                if (!r) goto nomem;
+                reasons = r;
+            }
+            reasons[s->nbatch - 1] = (uint8_t)pass;
+        }
+    }
+    PyObject *res = batch_result(s, reasons);
+    PyMem_Free(reasons);
+    return res;
+nomem:
+    PyMem_Free(reasons);
+    PyErr_NoMemory();
+    return NULL;
+}
+
+/* select_relieve(max_bytes, max_traces): traces to decide early so the buffer fits again (first rooted
+ * traces, then the oldest); reasons 0 = max_bytes, 1 = max_traces. */
+static PyObject *Store_select_relieve(Store *s, PyObject *args) {
+    READY(s);
+    long long max_bytes;
+    Py_ssize_t max_traces;
+    if (!PyArg_ParseTuple(args, "Ln", &max_bytes, &max_traces) || !batch_open(s)) return NULL;
+    int64_t bytes = s->nbytes;
+    Py_ssize_t traces = (Py_ssize_t)s->count;
+    uint8_t *reasons = NULL;
+    entry_t *re = s->rhead, *oe = s->head;
+    while (bytes > max_bytes || traces > max_traces) {
+        uint8_t why = bytes > max_bytes ? 0 : 1;
+        while (re && re->selected) re = re->rnext;
+        entry_t *e = re;
+        if (!e) {
+            while (oe && oe->selected) oe = oe->next;
+            e = oe;
+        }
+        if (!e) break;
+        if (!batch_add(s, e)) goto nomem;
+        uint8_t *r = PyMem_Realloc(reasons, (size_t)s->nbatch);
+        if (!r) goto nomem;
+        reasons = r;
+        reasons[s->nbatch - 1] = why;
+        bytes -= e->nbytes;
+        traces--;
+    }
+    PyObject *res = batch_result(s, reasons);
+    PyMem_Free(reasons);
+    return res;
+nomem:
+    PyMem_Free(reasons);
+    PyErr_NoMemory();
+    return NULL;
+}
+
+/* select_ids(ids): the listed buffered traces (unknown or repeated ids are skipped). */
+static PyObject *Store_select_ids(Store *s, PyObject *args) {
+    READY(s);
+    PyObject *ids;
+    if (!PyArg_ParseTuple(args, "O!", &PyList_Type, &ids) || !batch_open(s)) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ids); i++) {
+        PyObject *t = PyList_GET_ITEM(ids, i);
+        if (!PyBytes_Check(t) || PyBytes_GET_SIZE(t) != 16) continue;
+        entry_t *e = find_entry(s, (const uint8_t *)PyBytes_AS_STRING(t));
+        if (e && !batch_add(s, e)) return PyErr_NoMemory();
+    }
+    return batch_result(s, NULL);
+}
+
+static PyObject *Store_select_all(Store *s, PyObject *noargs) {
+    READY(s);
+    if (!batch_open(s)) return NULL;
+    for (entry_t *e = s->head; e; e = e->next)
+        if (!batch_add(s, e)) return PyErr_NoMemory();
+    return batch_result(s, NULL);
+}
+
+static PyObject *chunk_list(chunk_t *c) {
+    PyObject *out = PyList_New(0);
+    for (; out && c; c = c->next) {
+        PyObject *item = Py_BuildValue("(iy#)", (int)c->gid, (const char *)c->data, (Py_ssize_t)c->len);
+        if (!item || PyList_Append(out, item) < 0) { Py_XDECREF(item); Py_CLEAR(out); break; }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+/* batch_chunks(i) -> (chunks [(gid, bytes)], log_chunks [(gid, bytes)], root (gid, at, len) | None) */
+static PyObject *Store_batch_chunks(Store *s, PyObject *args) {
+    READY(s);
+    Py_ssize_t i;
+    if (!PyArg_ParseTuple(args, "n", &i)) return NULL;
+    if (i < 0 || i >= s->nbatch) { PyErr_SetString(PyExc_IndexError, "batch index"); return NULL; }
+    entry_t *e = s->batch[i];
+    PyObject *root;
+    if (e->root_gid >= 0) root = Py_BuildValue("(iII)", (int)e->root_gid, e->root_at, e->root_len);
+    else { Py_INCREF(Py_None); root = Py_None; }
+    if (!root) return NULL;
+    return Py_BuildValue("(NNN)", chunk_list(e->chunks), chunk_list(e->logs), root);
+}
+
+/* finish(codes: bytes of int32, one per batch entry) -> released gids: decisions cached, entries freed. */
+static PyObject *Store_finish(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer codes;
+    if (!PyArg_ParseTuple(args, "y*", &codes)) return NULL;
+    if (codes.len != s->nbatch * (Py_ssize_t)sizeof(int32_t)) {
+        PyBuffer_Release(&codes);
+        PyErr_SetString(PyExc_ValueError, "one int32 code per batch entry");
+        return NULL;
+    }
+    PyObject *released = PyList_New(0);
+    if (!released) { PyBuffer_Release(&codes); return NULL; }
+    const int32_t *code = codes.buf;
+    for (Py_ssize_t i = 0; i < s->nbatch; i++) {
+        entry_t *e = s->batch[i];
+        if (code[i] >= 0) cache_put(s, e->tid, code[i]);
+        unlink_entry(s, e);
+        destroy_entry(s, e, released);
+    }
+    s->nbatch = 0;
+    PyBuffer_Release(&codes);
+    return released;
+}
+
+/* snapshot() -> [(kind 0 spans | 1 logs, gid, bytes)] of every buffered trace, first-seen order. */
+static PyObject *Store_snapshot(Store *s, PyObject *noargs) {
+    READY(s);
+    PyObject *out = PyList_New(0);
+    for (entry_t *e = s->head; out && e; e = e->next)
+        for (int kind = 0; kind < 2; kind++)
+            for (chunk_t *c = kind ? e->logs : e->chunks; c; c = c->next) {
+                PyObject *item = Py_BuildValue("(iiy#)", kind, (int)c->gid, (const char *)c->data,
+                                               (Py_ssize_t)c->len);
+                if (!item || PyList_Append(out, item) < 0) { Py_XDECREF(item); Py_CLEAR(out); return NULL; }
+                Py_DECREF(item);
+            }
+    return out;
+}
+
+static PyObject *Store_ids(Store *s, PyObject *noargs) {
+    READY(s);
+    PyObject *out = PyList_New(0);
+    for (entry_t *e = s->head; out && e; e = e->next) {
+        PyObject *t = PyBytes_FromStringAndSize((const char *)e->tid, 16);
+        if (!t || PyList_Append(out, t) < 0) { Py_XDECREF(t); Py_CLEAR(out); }
+        else Py_DECREF(t);
+    }
+    return out;
+}
+
+static PyObject *Store_refcount(Store *s, PyObject *args) {
+    READY(s);
+    int gid;
+    if (!PyArg_ParseTuple(args, "i", &gid)) return NULL;
+    return PyLong_FromLong(gid >= 0 && (size_t)gid < s->nrefs ? s->refs[gid] : 0);
+}
+
+static PyObject *Store_stats(Store *s, PyObject *noargs) {
+    READY(s);
+    return Py_BuildValue("(nLL)", (Py_ssize_t)s->count, (long long)s->nbytes, (long long)s->nspans);
+}
+
+static PyMethodDef Store_methods[] = {
+    {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
+    {"add_log", (PyCFunction)Store_add_log, METH_VARARGS, "Buffer one log record with its trace."},
+    {"mark_resource", (PyCFunction)Store_mark_resource, METH_VARARGS, "Flag a trace as having resource attrs."},
+    {"cache_put", (PyCFunction)Store_cache_put, METH_VARARGS, "Record a decision code."},
+    {"cache_get", (PyCFunction)Store_cache_get, METH_VARARGS, "A cached decision code or -1."},
+    {"select_due", (PyCFunction)Store_select_due, METH_VARARGS, "Batch the traces whose time has come."},
+    {"select_relieve", (PyCFunction)Store_select_relieve, METH_VARARGS, "Batch traces to decide early."},
+    {"select_ids", (PyCFunction)Store_select_ids, METH_VARARGS, "Batch the listed traces."},
+    {"select_all", (PyCFunction)Store_select_all, METH_NOARGS, "Batch every buffered trace."},
+    {"batch_chunks", (PyCFunction)Store_batch_chunks, METH_VARARGS, "The bytes of one batched trace."},
+    {"finish", (PyCFunction)Store_finish, METH_VARARGS, "Cache the batch's decisions and free it."},
+    {"snapshot", (PyCFunction)Store_snapshot, METH_NOARGS, "Every buffered chunk (write-ahead log)."},
+    {"ids", (PyCFunction)Store_ids, METH_NOARGS, "Buffered trace ids, first-seen order."},
+    {"refcount", (PyCFunction)Store_refcount, METH_VARARGS, "Buffered chunks of a group."},
+    {"stats", (PyCFunction)Store_stats, METH_NOARGS, "(traces, bytes, spans) buffered."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject StoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._tracestore.Store",
+    .tp_basicsize = sizeof(Store),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Store_init,
+    .tp_dealloc = (destructor)Store_dealloc,
+    .tp_methods = Store_methods,
+    .tp_doc = "Buffered traces of the tail-sampling stage.",
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tracestore", NULL, -1, NULL};
+
+PyMODINIT_FUNC PyInit__tracestore(void) {
+    if (PyType_Ready(&StoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&StoreType);
+    if (PyModule_AddObject(m, "Store", (PyObject *)&StoreType) < 0) {
+        Py_DECREF(&StoreType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddIntConstant(m, "RECORD_SIZE", (long)sizeof(record_t)) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}
