@@ -8,6 +8,7 @@ apply to a span name are compiled once per distinct name into a `Plan` (attribut
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -148,6 +149,20 @@ class Deriver:
         if self.reservoir is not None:
             with self.lock:
                 self.reservoir.decide(trace_id, kept, policy)
+
+    def decide_batch(self, trace_ids: Sequence[bytes], kept: Sequence[bool], policies: Sequence[str]) -> None:
+        """DecisionBus batch listener: only the few traces with waiting exemplar candidates cost more than a
+        set lookup."""
+        reservoir = self.reservoir
+        if reservoir is None:
+            return
+        with self.lock:
+            pending = reservoir.pending
+            if not pending:
+                return
+            for trace_id, keep, policy in zip(trace_ids, kept, policies, strict=True):
+                if trace_id in pending:
+                    reservoir.decide(trace_id, keep, policy)
 
     def expire(self) -> None:
         if self.reservoir is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,29 +59,39 @@ class Rejected(Exception):
 
 
 DecisionListener = Callable[[bytes, bool, str], None]
+BatchListener = Callable[[Sequence[bytes], Sequence[bool], Sequence[str]], None]
 
 
 class DecisionBus:
-    """Tail-sampling decisions, published to stages that need them (e.g. exemplars of kept traces only)."""
+    """Tail-sampling decisions, published to stages that need them (e.g. exemplars of kept traces only).
+    A batch listener gets each batch in one call (decisions come tens of thousands a second)."""
 
     def __init__(self) -> None:
         self._listeners: list[DecisionListener] = []
+        self._batch_listeners: list[BatchListener] = []
 
     def subscribe(self, listener: DecisionListener) -> None:
         self._listeners.append(listener)
 
+    def subscribe_batch(self, listener: BatchListener) -> None:
+        self._batch_listeners.append(listener)
+
     def publish(self, trace_id: bytes, kept: bool, policy: str) -> None:
         for listener in self._listeners:
             listener(trace_id, kept, policy)
+        for batch_listener in self._batch_listeners:
+            batch_listener((trace_id,), (kept,), (policy,))
 
     def has_listeners(self) -> bool:
-        return bool(self._listeners)
+        return bool(self._listeners or self._batch_listeners)
 
-    def publish_batch(self, trace_ids: list[bytes], kept: list[bool], policies: list[str]) -> None:
+    def publish_batch(self, trace_ids: Sequence[bytes], kept: Sequence[bool], policies: Sequence[str]) -> None:
         """A batch of decisions (what `publish` does per decision; nothing is built when nobody listens)."""
         for listener in self._listeners:
             for args in zip(trace_ids, kept, policies, strict=True):
                 listener(*args)
+        for batch_listener in self._batch_listeners:
+            batch_listener(trace_ids, kept, policies)
 
 
 @dataclass

@@ -155,6 +155,6 @@ def build(node: Node, ctx: StageContext) -> Stage:
     if stage.flush_interval <= 0:
         raise node.error("flush_interval", "a duration > 0")
     if reservoir is not None:
-        ctx.decisions.subscribe(deriver.decide)
+        ctx.decisions.subscribe_batch(deriver.decide_batch)
     ctx.registry.register(DerivedCollector(deriver))
     return stage
