@@ -37,7 +37,7 @@ typedef struct entry {
     chunk_t *chunks, *logs;
     double first, root_seen;      /* root_seen < 0: no root yet */
     int64_t nbytes;
-    uint64_t start, end, hits, present;
+    uint64_t start, end, hits, present, classes;
     int32_t nspans, nlogs, max_severity;
     int32_t root_gid;
     uint32_t root_at, root_len;
@@ -51,7 +51,7 @@ typedef struct {
     uint8_t tid[16];
     double first;
     int64_t nbytes;
-    uint64_t start, end, hits, present;
+    uint64_t start, end, hits, present, classes;
     int32_t nspans, nlogs, max_severity;
     uint8_t error, exception, has_res, pad;
 } record_t;
@@ -73,9 +73,23 @@ typedef struct {
     int bit;         /* first hit bit (gated) or the present bit (ungated) */
 } key_t_;
 
+/* One remembered classifier answer: values of read-all keys (routes, placements) repeat, so most attributes are
+ * answered here without a Python call. Only short KeyValues are remembered, so the memo stays small. */
+#define CLASS_MEMO 4096
+#define CLASS_MEMO_MAX_LEN 256
+struct class_slot {
+    uint64_t hash, bits;
+    Py_ssize_t key_index;
+    uint32_t len;
+    uint8_t used;
+    uint8_t kv[CLASS_MEMO_MAX_LEN];
+};
+
 typedef struct {
     PyObject_HEAD
     PyObject *names_obj, *keys_obj;
+    PyObject *classifier; /* NULL, or classify(key index, serialized KeyValue) -> class bits (see set_classifier) */
+    struct class_slot *classes_memo; /* direct-mapped memo of classifier answers (CLASS_MEMO slots) */
     const uint8_t **names;
     Py_ssize_t *name_lens;
     Py_ssize_t nnames;
@@ -313,10 +327,44 @@ static void destroy_entry(Store *s, entry_t *e, PyObject *released) {
 typedef struct {
     const uint8_t *data, *tid;
     size_t len;
-    uint64_t start, end, hits, present;
+    uint64_t start, end, hits, present, classes;
     int32_t scope, name_index;
     uint8_t root, error, exception, valid;
 } span_t;
+
+/* The class bits of one attribute of a read-all key: which value-reading policies (regex, numeric) its value
+ * satisfies, answered by Python (memoised there by the KeyValue's bytes). A failing answer sets the top bit:
+ * "ask the policies about this trace in Python". */
+static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size_t len) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)key_index;
+    for (size_t i = 0; i < len; i++) h = (h ^ kv[i]) * 1099511628211ULL;
+    struct class_slot *slot = NULL;
+    if (len <= CLASS_MEMO_MAX_LEN) {
+        if (!s->classes_memo) s->classes_memo = PyMem_Calloc(CLASS_MEMO, sizeof(struct class_slot));
+        if (s->classes_memo) {
+            slot = &s->classes_memo[h & (CLASS_MEMO - 1)];
+            if (slot->used && slot->hash == h && slot->key_index == key_index && slot->len == len &&
+                memcmp(slot->kv, kv, len) == 0)
+                return slot->bits;
+        }
+    }
+    PyObject *r = PyObject_CallFunction(s->classifier, "ny#", key_index, (const char *)kv, (Py_ssize_t)len);
+    uint64_t bits = r ? PyLong_AsUnsignedLongLong(r) : (uint64_t)-1;
+    Py_XDECREF(r);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        return 1ULL << 63; /* not remembered: the next occurrence asks again */
+    }
+    if (slot) {
+        slot->used = 1;
+        slot->hash = h;
+        slot->bits = bits;
+        slot->key_index = key_index;
+        slot->len = (uint32_t)len;
+        memcpy(slot->kv, kv, len);
+    }
+    return bits;
+}
 
 static int read_span(Store *s, span_t *sp) {
     wire_cur c = wire_span(sp->data, sp->len);
@@ -369,6 +417,7 @@ static int read_span(Store *s, span_t *sp) {
                 if ((size_t)kk->len != key_len || memcmp(kk->pattern, key, key_len) != 0) continue;
                 if (!kk->gates) {
                     sp->present |= 1ULL << kk->bit;
+                    if (s->classifier) sp->classes |= classify(s, k, f.data, f.len);
                 } else {
                     for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(kk->gates); g++) {
                         PyObject *gate = PyTuple_GET_ITEM(kk->gates, g);
@@ -462,6 +511,8 @@ static void Store_dealloc(Store *s) {
     PyMem_Free(s->keys);
     Py_XDECREF(s->names_obj);
     Py_XDECREF(s->keys_obj);
+    Py_XDECREF(s->classifier);
+    PyMem_Free(s->classes_memo);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -708,6 +759,7 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         }
         e->hits |= sp->hits;
         e->present |= sp->present;
+        e->classes |= sp->classes;
         if (e->nspans == s->max_spans) e->full_pending = 1;
     }
     if (end_scope_pass(s, order, &norder, now, full) < 0) goto out;
@@ -831,6 +883,7 @@ static PyObject *batch_result(Store *s, const uint8_t *reasons) {
         o->end = e->end;
         o->hits = e->hits;
         o->present = e->present;
+        o->classes = e->classes;
         o->nspans = e->nspans;
         o->nlogs = e->nlogs;
         o->max_severity = e->max_severity;
@@ -1026,8 +1079,28 @@ static PyObject *Store_stats(Store *s, PyObject *noargs) {
     return Py_BuildValue("(nLL)", (Py_ssize_t)s->count, (long long)s->nbytes, (long long)s->nspans);
 }
 
+static PyObject *Store_set_classifier(Store *s, PyObject *args) {
+    PyObject *fn;
+    if (!PyArg_ParseTuple(args, "O", &fn)) return NULL;
+    if (fn != Py_None && !PyCallable_Check(fn)) {
+        PyErr_SetString(PyExc_TypeError, "classifier: a callable or None");
+        return NULL;
+    }
+    Py_XDECREF(s->classifier);
+    s->classifier = NULL;
+    PyMem_Free(s->classes_memo); /* answers of the previous classifier */
+    s->classes_memo = NULL;
+    if (fn != Py_None) {
+        Py_INCREF(fn);
+        s->classifier = fn;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Store_methods[] = {
     {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
+    {"set_classifier", (PyCFunction)Store_set_classifier, METH_VARARGS,
+     "classify(key index, KeyValue bytes) -> class bits, asked for attributes of read-all keys (None: off)."},
     {"add_log", (PyCFunction)Store_add_log, METH_VARARGS, "Buffer one log record with its trace."},
     {"mark_resource", (PyCFunction)Store_mark_resource, METH_VARARGS, "Flag a trace as having resource attrs."},
     {"cache_put", (PyCFunction)Store_cache_put, METH_VARARGS, "Record a decision code."},

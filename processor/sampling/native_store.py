@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from processor.native import load as load_native
-from processor.sampling.buffer import Groups, Late, TraceEntry
+from processor.sampling.buffer import Groups, Late, TraceEntry, any_value
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.policies.base import Policy
 from processor.sampling.policies.policyset import Decision, PolicySet
@@ -29,12 +30,14 @@ _scan = load_native("sampling")
 
 # One trace's facts as packed by `_tracestore.c` (record_t, natural alignment).
 RECORD = np.dtype({
-    "names": ["tid", "first", "nbytes", "start", "end", "hits", "present", "nspans", "nlogs", "max_severity",
-              "error", "exception", "has_res"],
-    "formats": [("u1", 16), "f8", "i8", "u8", "u8", "u8", "u8", "i4", "i4", "i4", "u1", "u1", "u1"],
-    "offsets": [0, 16, 24, 32, 40, 48, 56, 64, 68, 72, 76, 77, 78],
-    "itemsize": 80,
+    "names": ["tid", "first", "nbytes", "start", "end", "hits", "present", "classes", "nspans", "nlogs",
+              "max_severity", "error", "exception", "has_res"],
+    "formats": [("u1", 16), "f8", "i8", "u8", "u8", "u8", "u8", "u8", "i4", "i4", "i4", "u1", "u1", "u1"],
+    "offsets": [0, 16, 24, 32, 40, 48, 56, 64, 72, 76, 80, 84, 85, 86],
+    "itemsize": 88,
 })
+UNKNOWN_CLASS = 1 << 63  # a value the classifier could not answer for: ask the policies in Python
+CLASSIFIER_MEMO = 1 << 16
 _LOW56_SHIFTS = np.array([48, 40, 32, 24, 16, 8, 0], dtype=np.uint64)
 
 Batch = Callable[["Facts", np.ndarray], np.ndarray]  # (facts, row indexes) -> bool per row
@@ -70,8 +73,60 @@ class Layout:
         self.scan_keys = tuple((key.encode(), key, None if gates is None else tuple(sorted(gates)))
                                for key, gates in ((k, needs.span_key_gates.get(k)) for k in sorted(needs.span_keys)))
 
+        # Value-reading attribute policies (regex, numeric) on span attributes: one "class" bit each, set on a
+        # trace when one of its spans has a value the policy accepts (see `classifier`).
+        self.class_bit: dict[int, int] = {}
+        self.classifies = False  # set once the store takes the classifier
+        self._tests: dict[str, list[tuple[Callable[[Any], bool], int]]] = {}
+        for policy in _attribute_policies(policies.policies):
+            if policy.scope not in ("any", "span") or self.gated(policy):
+                continue
+            bit = self.class_bit[id(policy)] = len(self.class_bit)
+            for key in policy.keys:
+                self._tests.setdefault(key, []).append((policy.test, bit))
+        self._key_tests = [self._tests.get(key.decode(), []) for key, _ in self.store_keys]
+
+    def gated(self, policy: Any) -> bool:
+        """True when exact-value hit bits answer this attribute policy on span attributes."""
+        return policy.exact is not None and all(
+            (key, encoded_pair(key, value)) in self.hit_bit for key in policy.keys for value in policy.exact)
+
     def fits(self) -> bool:
         return len(self.hit_bit) <= 64 and len(self.present_bit) <= 64
+
+    def classifier(self) -> Callable[[int, bytes], int] | None:
+        """classify(key index, serialized KeyValue) -> class bits, memoised by the KeyValue's bytes: values of
+        read-all keys repeat (routes, placements), so each distinct one meets the policies' tests once."""
+        if not self.class_bit or len(self.class_bit) >= 63:
+            return None
+        key_tests = self._key_tests
+        memo: dict[tuple[int, bytes], int] = {}
+
+        def classify(index: int, kv: bytes) -> int:
+            bits = memo.get((index, kv))
+            if bits is None:
+                if len(memo) >= CLASSIFIER_MEMO:
+                    memo.clear()
+                value = any_value(KeyValue.FromString(kv).value)
+                bits = 0
+                for test, bit in key_tests[index]:
+                    try:
+                        if test(value):
+                            bits |= 1 << bit
+                    except Exception:  # noqa: BLE001 - the policy itself decides such a trace, in Python
+                        bits |= UNKNOWN_CLASS
+                memo[(index, kv)] = bits
+            return bits
+        return classify
+
+
+def _attribute_policies(policies: list[Policy]) -> Iterator[Any]:
+    """Every attribute policy, also inside drop / not / and."""
+    for policy in policies:
+        if policy.kind == "attribute":
+            yield policy
+        parts = [getattr(policy, "part", None), *getattr(policy, "parts", ())]
+        yield from _attribute_policies([part for part in parts if part is not None])
 
 
 class View:
@@ -242,11 +297,17 @@ def _attribute(p: Any, layout: Layout, now: float) -> Batch:
     res_side = p.scope in ("any", "resource")
     fast: Batch | None = None
     present = 0
+    unknown = False
     if span_side:
         bits = [layout.hit_bit.get((key, encoded_pair(key, v))) for key in p.keys for v in (p.exact or ())]
+        class_bit = layout.class_bit.get(id(p)) if layout.classifies else None
         if p.exact is not None and all(bit is not None for bit in bits):
             mask = np.uint64(sum(1 << bit for bit in bits if bit is not None))
             fast = lambda f, rows: (f.recs["hits"][rows] & mask) != 0  # noqa: E731
+        elif class_bit is not None:
+            cmask = np.uint64(1 << class_bit)
+            fast = lambda f, rows: (f.recs["classes"][rows] & cmask) != 0  # noqa: E731
+            unknown = True
         else:
             for key in p.keys:
                 bit = layout.present_bit.get(key)
@@ -256,6 +317,8 @@ def _attribute(p: Any, layout: Layout, now: float) -> Batch:
 
     def ask(f: Facts, rows: np.ndarray) -> np.ndarray:
         need = (f.recs["present"][rows] & pmask) != 0 if present else np.zeros(len(rows), dtype=bool)
+        if unknown:
+            need |= (f.recs["classes"][rows] & np.uint64(UNKNOWN_CLASS)) != 0
         if res_side:
             need |= f.has_res[rows]
         return need
@@ -333,6 +396,9 @@ class NativeBuffer:
         self.groups = Groups(policies.needs.resource_keys)
         self.store = _store.Store(tuple(name.encode() for name in layout.names), layout.store_keys, max_spans,
                                   cache_size)
+        classify = layout.classifier()
+        layout.classifies = classify is not None
+        self.store.set_classifier(classify)
         self.decider = BatchDecider(policies, layout)
 
     def _intern(self, res_field: bytes, scope_field: bytes) -> int:
