@@ -251,11 +251,20 @@ static void free_runs(run_facts *facts, Py_ssize_t n) {
     }
 }
 
+/* All 128 bits of the id reach the low bits the tables index by (splitmix64's finalizer): ids are often not
+ * uniformly random in every byte (X-Ray-style ids start with a timestamp, replayed ids with a counter), and a
+ * hash whose low bits depended on a few id bytes would chain those ids together. */
 static uint64_t tid_hash(const uint8_t *tid) {
     uint64_t a, b;
     memcpy(&a, tid, 8);
     memcpy(&b, tid + 8, 8);
-    return (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL;
+    uint64_t x = a ^ (b * 0x9E3779B97F4A7C15ULL) ^ (b >> 29);
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    x ^= x >> 31;
+    return x;
 }
 
 /* Groups one ScopeSpans' spans by trace id and builds its runs list. Returns a new list, Py_None (malformed)

@@ -9,6 +9,10 @@ from collections import deque
 
 from processor.sampling.buffer import TraceBuffer, TraceEntry
 
+# Once over a budget, traces are decided early until the buffer is back under this fraction of it: fewer,
+# larger early batches instead of a few traces on every request at the limit.
+RELIEVE_TO = 0.9
+
 # Reasons reported in `recohop_sampling_decided_early_total{reason}` (the others are on-time decisions).
 EARLY_REASONS = ("max_spans", "max_bytes", "max_traces")
 
@@ -51,11 +55,11 @@ class Readiness:
                 return entry
         return buffer.oldest()
 
-    def over_budget(self, buffer: TraceBuffer) -> str | None:
-        """Why the oldest trace must be decided now, or None when the buffer fits its budget."""
-        if buffer.nbytes > self.max_bytes:
+    def over_budget(self, buffer: TraceBuffer, fraction: float = 1.0) -> str | None:
+        """Why the oldest trace must be decided now, or None when the buffer fits `fraction` of its budget."""
+        if buffer.nbytes > int(self.max_bytes * fraction):
             return "max_bytes"
-        if len(buffer.traces) > self.max_traces:
+        if len(buffer.traces) > int(self.max_traces * fraction):
             return "max_traces"
         return None
 

@@ -23,7 +23,7 @@ from prometheus_client.core import HistogramMetricFamily
 from processor.config_node import ConfigError, Node
 from processor.sampling.buffer import Late, TraceBuffer, TraceEntry
 from processor.sampling.cache import DecisionCache
-from processor.sampling.decide import EARLY_REASONS, Readiness
+from processor.sampling.decide import EARLY_REASONS, RELIEVE_TO, Readiness
 from processor.sampling.emit import Outbox
 from processor.sampling.loglimit import UntracedLogLimits, read_limits
 from processor.sampling.native_store import Facts, Layout, NativeBuffer, NativeCache
@@ -40,7 +40,7 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.
 @dataclass
 class Settings:
     policies: Path = DEFAULT_POLICY_FILE
-    max_traces: int = 100_000
+    max_traces: int = 250_000  # the byte budget (max_bytes) is what bounds memory; this bounds the count
     max_bytes: int = 256 << 20
     decision_wait: float = 10.0
     root_grace: float = 2.0
@@ -255,7 +255,8 @@ class TailSampling(Stage):
             store = self.native.store
             traces, nbytes, _ = store.stats()
             if nbytes > self.settings.max_bytes or traces > self.settings.max_traces:
-                self._decide_native(store.select_relieve(self.settings.max_bytes, self.settings.max_traces),
+                self._decide_native(store.select_relieve(int(self.settings.max_bytes * RELIEVE_TO),
+                                                         int(self.settings.max_traces * RELIEVE_TO)),
                                     ("max_bytes", "max_traces"), now)
             return
         reason = self.ready.over_budget(self.buffer)
@@ -264,7 +265,7 @@ class TailSampling(Stage):
             if entry is None:
                 break
             self._decide(entry, now, reason)
-            reason = self.ready.over_budget(self.buffer)
+            reason = self.ready.over_budget(self.buffer, RELIEVE_TO)
 
     def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
         self._decide_all(((entry, reason),), now)
