@@ -51,7 +51,7 @@ OVERLOAD_STREAMS = 64  # calls in flight per process
 # default pipeline on its pure-Python paths (RECOHOP_NATIVE=0; same semantics, tested equal by the *_native
 # tests): what is tested is behaviour under 10x its own capacity, which does not depend on that capacity.
 TARGET_FACTOR = 10.0
-MIN_FACTOR = 6.0  # the run reports the factor it reached (10-14x seen here); a busy machine offers less
+MIN_FACTOR = 6.0  # the run reports the factor it reached (8.9x with 3,200-span requests here, 10x with 6,400)
 ERROR_REQUESTS = 8  # spread over the overload window
 ERROR_TRACES_PER_REQUEST = 6
 RECOVERY_LIMIT_SECONDS = 10.0
@@ -233,7 +233,8 @@ def test_ten_times_overload_for_a_minute(tmp_path: Path) -> None:
 
 def _soak(tmp_path: Path, sink: CaptureServer, hop: HopProcess) -> None:
     rng = random.Random(11)
-    workload = generate(requests=16, spans_per_request=800, seed=11)
+    # Large requests: a refusal costs the hop per request, the offer counts spans, so 10x is reachable.
+    workload = generate(requests=16, spans_per_request=3200, seed=11)
     workload_file = tmp_path / "workload.bin"
     write_workload(workload_file, workload.requests)
     largest_request = max(len(r) for r in workload.requests)
