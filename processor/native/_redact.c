@@ -1020,7 +1020,9 @@ static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
     return 1;
 }
 
-static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+/* ScopeSpans and ResourceSpans have the same shape: field 1 (scope / resource) and repeated field 2 (spans /
+ * scope spans), each walked by its own walker. */
+static int walk_pair(Scanner *sc, const uint8_t *p, size_t n, walker first, walker second) {
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r;
@@ -1029,27 +1031,19 @@ static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *chang
         int k = 1;
         if (f.number == 1 || f.number == 2) {
             if (f.wtype != 2) return 0;
-            k = container(sc, &f, f.number == 1 ? walk_scope : walk_span, &unused);
+            k = container(sc, &f, f.number == 1 ? first : second, &unused);
         }
         if (k <= 0) return k;
     }
     return r == 0 ? 1 : 0;
 }
 
+static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    return walk_pair(sc, p, n, walk_scope, walk_span);
+}
+
 static int walk_resource_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
-    wire_cur c = wire_span(p, n);
-    wire_field f;
-    int r;
-    long unused = 0;
-    while ((r = next_field(&c, &f)) == 1) {
-        int k = 1;
-        if (f.number == 1 || f.number == 2) {
-            if (f.wtype != 2) return 0;
-            k = container(sc, &f, f.number == 1 ? walk_resource : walk_scope_spans, &unused);
-        }
-        if (k <= 0) return k;
-    }
-    return r == 0 ? 1 : 0;
+    return walk_pair(sc, p, n, walk_resource, walk_scope_spans);
 }
 
 static int walk_request(Scanner *sc, const uint8_t *p, size_t n) {

@@ -202,24 +202,16 @@ static int read_span(const uint8_t *p, size_t len, const wanted_set *names, cons
         case 11: {
             if (f.wtype != 2) return 0;
             if (s->exception) break;
-            wire_cur ec = wire_span(f.data, f.len);
-            wire_field ef;
-            int er;
-            while ((er = wire_next(&ec, &ef)) == 1)
-                if (ef.number == 2 && ef.wtype == 2 && ef.len == 9 && memcmp(ef.data, "exception", 9) == 0)
-                    s->exception = 1;
-            if (er < 0) return 0;
+            int hit = event_is_exception(f.data, f.len);
+            if (hit < 0) return 0;
+            s->exception |= (uint8_t)hit;
             break;
         }
         case 15: {
             if (f.wtype != 2) return 0;
-            wire_cur sc = wire_span(f.data, f.len);
-            wire_field sf;
-            int sr;
-            s->error = 0;
-            while ((sr = wire_next(&sc, &sf)) == 1)
-                if (sf.number == 3 && sf.wtype == 0) s->error = sf.value == 2;
-            if (sr < 0) return 0;
+            int error = status_is_error(f.data, f.len);
+            if (error < 0) return 0;
+            s->error = (uint8_t)error;
             break;
         }
         default:
@@ -227,10 +219,7 @@ static int read_span(const uint8_t *p, size_t len, const wanted_set *names, cons
         }
     }
     if (r < 0) return 0;
-    s->valid = 0;
-    if (tid_len == 16)
-        for (int i = 0; i < 16; i++)
-            if (s->tid[i]) { s->valid = 1; break; }
+    s->valid = (uint8_t)valid_trace_id(s->tid, tid_len);
     return 1;
 }
 

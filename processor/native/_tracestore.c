@@ -426,24 +426,16 @@ static int read_span(Store *s, span_t *sp) {
         }
         case 11: {
             if (f.wtype != 2) return 0;
-            wire_cur ec = wire_span(f.data, f.len);
-            wire_field ef;
-            int er;
-            while ((er = wire_next(&ec, &ef)) == 1)
-                if (ef.number == 2 && ef.wtype == 2 && ef.len == 9 && memcmp(ef.data, "exception", 9) == 0)
-                    sp->exception = 1;
-            if (er < 0) return 0;
+            int hit = event_is_exception(f.data, f.len);
+            if (hit < 0) return 0;
+            sp->exception |= (uint8_t)hit;
             break;
         }
         case 15: {
             if (f.wtype != 2) return 0;
-            wire_cur sc = wire_span(f.data, f.len);
-            wire_field sf;
-            int sr;
-            sp->error = 0;
-            while ((sr = wire_next(&sc, &sf)) == 1)
-                if (sf.number == 3 && sf.wtype == 0) sp->error = sf.value == 2;
-            if (sr < 0) return 0;
+            int error = status_is_error(f.data, f.len);
+            if (error < 0) return 0;
+            sp->error = (uint8_t)error;
             break;
         }
         default:
@@ -451,14 +443,9 @@ static int read_span(Store *s, span_t *sp) {
         }
     }
     if (r < 0) return 0;
-    sp->valid = 0;
-    if (tid_len == 16)
-        for (int i = 0; i < 16; i++)
-            if (sp->tid[i]) { sp->valid = 1; break; }
+    sp->valid = (uint8_t)valid_trace_id(sp->tid, tid_len);
     return 1;
 }
-
-/* Fields 1 and 3 of a ResourceSpans/ScopeSpans, re-framed, as one bytes object (None: malformed). */
 
 typedef struct {
     const uint8_t *res, *scope;

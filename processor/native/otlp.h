@@ -46,4 +46,32 @@ static PyObject *framed_header(const uint8_t *p, size_t len) {
     return out;
 }
 
+/* Span.events entry (field 11): 1 when the event is named "exception", 0 when not, -1 when malformed. */
+static int event_is_exception(const uint8_t *p, size_t len) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r, hit = 0;
+    while ((r = wire_next(&c, &f)) == 1)
+        if (f.number == 2 && f.wtype == 2) hit = f.len == 9 && memcmp(f.data, "exception", 9) == 0;
+    return r < 0 ? -1 : hit;
+}
+
+/* Span.status (field 15): 1 when its code is ERROR, 0 when not, -1 when malformed. */
+static int status_is_error(const uint8_t *p, size_t len) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r, error = 0;
+    while ((r = wire_next(&c, &f)) == 1)
+        if (f.number == 3 && f.wtype == 0) error = f.value == 2;
+    return r < 0 ? -1 : error;
+}
+
+/* A trace id the sampler can group by: 16 bytes, not all zero. */
+static int valid_trace_id(const uint8_t *tid, size_t len) {
+    if (len != 16) return 0;
+    for (int i = 0; i < 16; i++)
+        if (tid[i]) return 1;
+    return 0;
+}
+
 #endif

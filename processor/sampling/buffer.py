@@ -11,7 +11,7 @@ Only `TraceBuffer` mutates this state; the stage calls it under the pipeline loc
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -107,6 +107,23 @@ class Groups:
             self.by_key[(res_field, scope_field)] = group
             self.by_id[group.gid] = group
         return group
+
+    def traced_log_records(self, request: Any, passed: list[tuple[Group, bytes, int]],
+                           touched: list[Group]) -> Iterator[tuple[Group, bytes, bytes, int]]:
+        """(group, trace id, serialized record, severity) of each log record that carries a trace id; records
+        without one go to `passed`, and every group met to `touched` (both buffers take logs this way)."""
+        for rl in request.resource_logs:
+            resource = rl.resource
+            for sl in rl.scope_logs:
+                group = self.intern(resource, rl.schema_url, sl.scope, sl.schema_url)
+                touched.append(group)
+                for record in sl.log_records:
+                    trace_id = record.trace_id
+                    data = record.SerializeToString()
+                    if len(trace_id) != 16 or not any(trace_id):
+                        passed.append((group, data, record.severity_number))
+                    else:
+                        yield group, trace_id, data, record.severity_number
 
     def release(self, gids: Iterable[int]) -> None:
         for gid in gids:
@@ -438,44 +455,32 @@ class TraceBuffer:
         touched: list[Group] = []
         added = 0
         added_bytes = 0
-        for rl in request.resource_logs:
-            resource = rl.resource
-            for sl in rl.scope_logs:
-                group = self.groups.intern(resource, rl.schema_url, sl.scope, sl.schema_url)
-                touched.append(group)
-                gid = group.gid
-                for record in sl.log_records:
-                    trace_id = record.trace_id
-                    data = record.SerializeToString()
-                    if len(trace_id) != 16 or not any(trace_id):
-                        passed.append((group, data, record.severity_number))
-                        continue
-                    entry = traces.get(trace_id)
-                    if entry is None:
-                        decision = cache_get(trace_id)
-                        if decision is not None:
-                            if decision.kept:
-                                late.logs.append((group, data))
-                            else:
-                                late.dropped_logs += 1
-                            continue
-                        entry = traces[trace_id] = TraceEntry(trace_id, now)
-                    chunks = entry.log_chunks
-                    if chunks is None:
-                        chunks = entry.log_chunks = {}
-                    chunk = chunks.get(gid)
-                    if chunk is None:
-                        chunk = self._chunk(entry, chunks, group)
-                    n = len(data)
-                    chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
-                    chunk += data
-                    entry.nbytes += n
-                    entry.nlogs += 1
-                    added_bytes += n
-                    added += 1
-                    severity = record.severity_number
-                    if severity > entry.max_severity:
-                        entry.max_severity = severity
+        for group, trace_id, data, severity in self.groups.traced_log_records(request, passed, touched):
+            entry = traces.get(trace_id)
+            if entry is None:
+                decision = cache_get(trace_id)
+                if decision is not None:
+                    if decision.kept:
+                        late.logs.append((group, data))
+                    else:
+                        late.dropped_logs += 1
+                    continue
+                entry = traces[trace_id] = TraceEntry(trace_id, now)
+            chunks = entry.log_chunks
+            if chunks is None:
+                chunks = entry.log_chunks = {}
+            chunk = chunks.get(group.gid)
+            if chunk is None:
+                chunk = self._chunk(entry, chunks, group)
+            n = len(data)
+            chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
+            chunk += data
+            entry.nbytes += n
+            entry.nlogs += 1
+            added_bytes += n
+            added += 1
+            if severity > entry.max_severity:
+                entry.max_severity = severity
         self.groups.forget_unused(touched)
         self.nbytes += added_bytes
         return added

@@ -445,28 +445,18 @@ class NativeBuffer:
                  passed: list[tuple[Any, bytes, int]]) -> int:
         """`TraceBuffer.add_logs` on the store (logs are rare next to spans: one call per record)."""
         add = self.store.add_log
-        touched = []
+        touched: list[Any] = []
         added = 0
-        for rl in request.resource_logs:
-            resource = rl.resource
-            for sl in rl.scope_logs:
-                group = self.groups.intern(resource, rl.schema_url, sl.scope, sl.schema_url)
-                touched.append(group)
-                for record in sl.log_records:
-                    trace_id = record.trace_id
-                    data = record.SerializeToString()
-                    if len(trace_id) != 16 or not any(trace_id):
-                        passed.append((group, data, record.severity_number))
-                        continue
-                    code = add(trace_id, group.gid, data, record.severity_number, now)
-                    if code < 0:
-                        added += 1
-                        if group.res_attrs:
-                            self.store.mark_resource(trace_id)
-                    elif code & 1:
-                        late.logs.append((group, data))
-                    else:
-                        late.dropped_logs += 1
+        for group, trace_id, data, severity in self.groups.traced_log_records(request, passed, touched):
+            code = add(trace_id, group.gid, data, severity, now)
+            if code < 0:
+                added += 1
+                if group.res_attrs:
+                    self.store.mark_resource(trace_id)
+            elif code & 1:
+                late.logs.append((group, data))
+            else:
+                late.dropped_logs += 1
         self.groups_gone([g.gid for g in touched if self.store.refcount(g.gid) <= 0])
         return added
 
