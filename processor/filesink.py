@@ -1,5 +1,5 @@
-"""Local sink for kept data when no next hop is configured: OTLP JSON lines, one export request per line,
-rotated by size. Files are created 0600 (they hold telemetry; redaction has already run)."""
+"""Local sink for kept data when no next hop is configured: OTLP/JSON lines (hex ids, integer enums; see
+`processor/otlpjson.py`), one export request per line, rotated by size. Files are created 0600 (they hold telemetry; redaction has already run)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 import threading
 from pathlib import Path
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from processor import otlpjson
 from processor.signals import REQUEST_TYPES
 
 
@@ -30,7 +30,7 @@ class FileSink:
         self.write_message(REQUEST_TYPES[signal].FromString(payload))
 
     def write_message(self, request: Message) -> None:
-        line = json_format.MessageToJson(request, indent=None) + "\n"
+        line = otlpjson.dumps(request) + "\n"
         with self._lock:
             self._append(line)
 

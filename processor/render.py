@@ -122,6 +122,8 @@ PARAMETERS: dict[str, Param] = {
     "backend_host": Param("otel-backend", _HOST, "host (or Service) of the backend collector after recohop"),
     "backend_otlp_port": Param("4317", _port, "OTLP gRPC port the backend collector listens on"),
     "listen_host": Param("0.0.0.0", _HOST, "address the agent/gateway/backend collectors bind their receivers to"),
+    "health_check_port": Param("13133", _port, "port of each collector's health_check extension (GET / is 200 when up)"),
+    "collector_metrics_port": Param("8888", _port, "port of each collector's own Prometheus metrics"),
     # agent
     "agent_grpc_port": Param("4317", _port, "OTLP gRPC port the agent listens on for apps"),
     "agent_http_port": Param("4318", _port, "OTLP HTTP port the agent listens on for apps"),
@@ -139,6 +141,10 @@ PARAMETERS: dict[str, Param] = {
     "export_compression": _choice("gzip", ("none", "gzip"), "compression of recohop's OTLP export"),
     "memory_limit_mib": Param("1024", _positive_int,
                               "recohop's memory budget (MiB): the pod limit; buffer and queue sizes derive from it"),
+    "data_dir": Param("/var/lib/recohop", _PATH,
+                      "recohop's data directory: the tail-sampling write-ahead log and the export disk queue"),
+    "data_volume_size": Param("2Gi", _pattern(r"\d+(Mi|Gi)", "a volume size such as 2Gi"),
+                              "size of each recohop pod's data volume (WAL 512MiB + disk queue 1GiB + slack)"),
     "decision_wait": Param("10s", _DURATION, "how long recohop buffers a trace before the sampling decision"),
     "log_level": _choice("info", ("debug", "info", "warning", "error"), "recohop log level"),
     # kubernetes
@@ -155,6 +161,10 @@ PARAMETERS: dict[str, Param] = {
     "remote_write_url": Param("http://prometheus:9090/api/v1/write", _URL, "Prometheus remote-write URL"),
     "logs_backend_url": Param("http://loki:3100/otlp", _URL, "OTLP/HTTP base URL for logs (Loki 3 native OTLP)"),
     "scrape_interval": Param("15s", _DURATION, "Prometheus scrape interval for recohop's /metrics"),
+    "backend_exporter": _choice("remote", ("remote", "file"),
+                                "where the backend collector sends: Tempo/remote write/Loki, or local OTLP JSON files"),
+    "backend_file_dir": Param("/var/lib/otelcol/recohop-backend", _PATH,
+                              "file backend only: directory of traces.jsonl, metrics.jsonl, logs.jsonl"),
 }
 
 # Values derived from parameters (never set directly): name -> (the parameters it derives from, explanation).
@@ -166,6 +176,9 @@ DERIVED: dict[str, tuple[tuple[str, ...], str]] = {
     "agent_spike_limit_mib": (("agent_memory_limit_mib",), "20% of agent_memory_limit_mib"),
     "gateway_spike_limit_mib": (("gateway_memory_limit_mib",), "20% of gateway_memory_limit_mib"),
     "recohop_hosts_list": (("recohop_hosts",), "recohop_hosts as a YAML list"),
+    "backend_traces_exporter": (("backend_exporter",), "the backend's traces exporter for backend_exporter"),
+    "backend_metrics_exporter": (("backend_exporter",), "the backend's metrics exporter for backend_exporter"),
+    "backend_logs_exporter": (("backend_exporter",), "the backend's logs exporter for backend_exporter"),
     "termination_grace_seconds": (("decision_wait",),
                                   "decision_wait + 20s, so a stopping pod decides and flushes its buffered traces"),
 }
@@ -195,7 +208,7 @@ PROFILES: dict[str, Profile] = {
                        companions=True),
     "backend": Profile("otelcol after recohop (Tempo/Jaeger, Prometheus remote write) and a Prometheus scrape config",
                        (("backend/otelcol-backend.yaml", "otelcol-backend.yaml"),
-                        ("backend/prometheus.yml", "prometheus.yml"))),
+                        ("backend/prometheus.yml", "prometheus.yml")), fragments=("backend_exporter",)),
     "kubernetes": Profile("recohop StatefulSet, headless Service, ConfigMap and pseudonym-key Secret",
                           (("kubernetes/service.yaml", "service.yaml"),
                            ("kubernetes/configmap.yaml", "configmap.yaml"),
@@ -285,7 +298,17 @@ def _derive(values: dict[str, str]) -> dict[str, str]:
         "gateway_spike_limit_mib": str(max(1, int(values["gateway_memory_limit_mib"]) // 5)),
         "recohop_hosts_list": "\n".join(f"          - {h}" for h in hosts),
         "termination_grace_seconds": str(int(wait_s) + 20),
+        **BACKEND_EXPORTERS[values["backend_exporter"]],
     }
+
+
+# The backend's exporter ids per backend_exporter choice (defined in backend/_backend_exporter_<choice>.yaml).
+BACKEND_EXPORTERS: dict[str, dict[str, str]] = {
+    "remote": {"backend_traces_exporter": "otlp/traces", "backend_metrics_exporter": "prometheusremotewrite",
+               "backend_logs_exporter": "otlphttp/logs"},
+    "file": {"backend_traces_exporter": "file/traces", "backend_metrics_exporter": "file/metrics",
+             "backend_logs_exporter": "file/logs"},
+}
 
 
 def _substitute(text: str, values: dict[str, str], where: str) -> str:

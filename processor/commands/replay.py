@@ -1,6 +1,6 @@
 """`recohop replay --policies FILE CAPTURE`: dry-run a policy file on a capture and report what it would keep.
 
-A capture is the file sink's / `serve --record` OTLP JSON lines (one export request per line; traces and logs
+A capture is the file sink's / `serve --record` OTLP/JSON lines (one export request per line; traces and logs
 are used, metrics skipped), or length-delimited binary ExportTraceServiceRequest messages (varint length, then
 the message). The real tail-sampling stage runs on a frozen clock, every trace is decided at the end with all
 its data, and nothing is sent anywhere.
@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
+from processor import otlpjson
 from processor.config_node import ConfigError, Node
 from processor.stages.base import StageContext
 from processor.stages.tail_sampling import build
@@ -46,9 +46,9 @@ def read_capture(path: Path) -> Iterator[Request]:
             except (ValueError, AttributeError):
                 raise ConfigError(path, f"line {number}", "one OTLP JSON export request per line") from None
             if "resourceSpans" in keys:
-                yield json_format.Parse(line, ExportTraceServiceRequest())
+                yield otlpjson.loads(line, ExportTraceServiceRequest())
             elif "resourceLogs" in keys:
-                yield json_format.Parse(line, ExportLogsServiceRequest())
+                yield otlpjson.loads(line, ExportLogsServiceRequest())
         return
     at = 0
     while at < len(data):

@@ -58,8 +58,16 @@ def test_manifests_agree_with_the_hop_config(overrides: dict[str, str]) -> None:
     # config mounted where the command line looks for it, with the rule files next to it
     (volume,) = pod["volumes"]
     assert volume["configMap"]["name"] == m["ConfigMap"]["metadata"]["name"]
-    (mount,) = container["volumeMounts"]
-    assert container["args"] == ["serve", "--config", f"{mount['mountPath']}/recohop.yaml"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert set(mounts) == {"config", "data"}
+    assert container["args"] == ["serve", "--config", f"{mounts['config']['mountPath']}/recohop.yaml"]
+    # WAL and disk queue live on the pod's own data volume (the root filesystem is read-only)
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and container["securityContext"]["readOnlyRootFilesystem"]
+    data_dir = mounts["data"]["mountPath"]
+    (sampling,) = [s for s in hop_config_stages(hop_text) if s["type"] == "tail_sampling"]
+    assert sampling["wal"]["dir"].startswith(data_dir + "/")
+    assert str(hop.exporter.spill.dir).startswith(data_dir + "/")
     for stage in yaml.safe_load(hop_text)["pipeline"]:
         for key in ("rules", "policies"):
             if key in stage:
@@ -70,6 +78,10 @@ def test_manifests_agree_with_the_hop_config(overrides: dict[str, str]) -> None:
     assert ref["name"] == m["Secret"]["metadata"]["name"]
     assert ref["key"] in m["Secret"]["stringData"]
     assert "pseudonym" not in hop_text.split("pipeline:")[0], "no key material in the config"
+
+
+def hop_config_stages(hop_text: str) -> list[dict]:
+    return yaml.safe_load(hop_text)["pipeline"]
 
 
 @pytest.mark.parametrize("limit_mib", ["256", "1024", "8192"])

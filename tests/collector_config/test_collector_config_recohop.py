@@ -4,7 +4,6 @@ kind it uses is available in this build, passes `recohop check` as a whole."""
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from otlp_peers import CaptureServer, start_hop_process
+from otlp_peers import CaptureServer, start_hop_process, wait_until
 
 from processor import render
 from processor.cli import main
-from processor.config import load_config
+from processor.config import DEFAULTS_DIR, load_config
 from processor.pipeline import STAGE_KINDS
 
 # Evaluated at import, before the autouse fixture swaps in stand-ins for missing rule files.
@@ -55,7 +54,9 @@ def test_rendered_hop_config_fits_the_schema(tmp_path: Path, overrides: dict[str
     else:
         assert cfg.exporter.endpoint == "otel-backend:4317"
         assert cfg.exporter.compression == "gzip"
-    assert [n.data["type"] for n in cfg.stage_nodes] == ["redaction", "spanmetrics", "tail_sampling", "cardinality"]
+    # The production template runs the built-in default's stages in the default's order.
+    default_stages = [s["type"] for s in yaml.safe_load((DEFAULTS_DIR / "hop.yaml").read_text())["pipeline"]]
+    assert [n.data["type"] for n in cfg.stage_nodes] == default_stages
     for flat in render.COMPANION_FILES:
         assert (tmp_path / flat).exists(), f"{flat} must be written next to recohop.yaml"
 
@@ -90,7 +91,8 @@ def test_rendered_hop_config_serves_and_forwards_to_the_backend_endpoint(
     with the pseudonym key taken from RECOHOP_PSEUDONYM_KEY as in the pod."""
     host, port = downstream.endpoint.rsplit(":", 1)
     render.write(render.render("recohop", {"backend_host": host, "backend_otlp_port": port,
-                                           "export_compression": "none"}), tmp_path)
+                                           "export_compression": "none", "data_dir": str(tmp_path / "data")}),
+                 tmp_path)
     hop = yaml.safe_load((tmp_path / "recohop.yaml").read_text())
     missing = set(_missing_stage_kinds(tmp_path / "recohop.yaml"))
     hop["pipeline"] = [s for s in hop["pipeline"] if s["type"] not in missing
@@ -109,9 +111,7 @@ def test_rendered_hop_config_serves_and_forwards_to_the_backend_endpoint(
             root.set_status(Status(StatusCode.ERROR))
             trace_id = root.get_span_context().trace_id.to_bytes(16, "big")
         provider.shutdown()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len([s for s in downstream.spans() if s.trace_id == trace_id]) < 2:
-            time.sleep(0.1)
+        wait_until(lambda: len([s for s in downstream.spans() if s.trace_id == trace_id]) >= 2, timeout=20)
         names = sorted(s.name for s in downstream.spans() if s.trace_id == trace_id)
         assert names == ["reco.fetch_candidates", "reco.generate"], process.log()[-2000:]
     finally:
