@@ -13,6 +13,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from processor import otlpjson
 from processor.config import load_config
 from processor.hop import Hop
 from processor.localprom import LocalPrometheus, prometheus_binary, start_prometheus
@@ -68,17 +69,13 @@ class ModelQualityCollector:
 
 
 def kept_trace_ids(sink_dir: Path) -> set[str]:
-    """Hex trace ids of every span in the file sink's OTLP JSON lines (ids are base64 in OTLP JSON)."""
-    import base64
-
+    """Hex trace ids of every span in the file sink's OTLP/JSON lines."""
     ids: set[str] = set()
     for path in sorted(sink_dir.glob("export.jsonl*")):
         for line in path.read_text(encoding="utf-8").splitlines():
-            request = json.loads(line)
-            for rs in request.get("resourceSpans", []):
+            for rs in json.loads(line).get("resourceSpans", []):
                 for ss in rs.get("scopeSpans", []):
-                    for span in ss.get("spans", []):
-                        ids.add(base64.b64decode(span["traceId"]).hex())
+                    ids.update(otlpjson.id_hex(span["traceId"]) for span in ss.get("spans", []))
     return ids
 
 

@@ -43,7 +43,7 @@ def hex_ids(tree: dict[str, Any], key: str = "traceId") -> list[str]:
         if isinstance(node, dict):
             for name, value in node.items():
                 if name == key and isinstance(value, str):
-                    found.append(_as_hex(value))
+                    found.append(id_hex(value))
                 elif isinstance(value, (dict, list)):
                     visit(value)
         elif isinstance(node, list):
@@ -87,7 +87,8 @@ def _hex_to_base64(value: str) -> str:
     return value
 
 
-def _as_hex(value: str) -> str:
+def id_hex(value: str) -> str:
+    """An id as written in OTLP/JSON (hex) or by protobuf's mapping (base64), as hex."""
     if _is_hex_id(value):
         return value.lower()
     try:
