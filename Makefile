@@ -2,7 +2,7 @@
 PYTHON ?= python3
 STAMP := .make-installed
 
-.PHONY: install demo test lint bench dashboards
+.PHONY: install demo test lint bench dashboards otelcol
 
 $(STAMP): pyproject.toml setup.py $(wildcard processor/native/*.c processor/native/*.h)
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
@@ -18,9 +18,14 @@ install: $(STAMP)
 demo: install
 	$(PYTHON) -m processor demo --duration 60
 
-test: install
+# The OpenTelemetry Collector the templates and the chain tests run (collector-config/otelcol/builder.yaml),
+# built with the Go toolchain into a cache outside git; reused when present.
+otelcol:
+	bash collector-config/otelcol/build.sh
+
+test: install otelcol
 	$(PYTHON) -m ruff check .
-	RECOHOP_REQUIRE_NATIVE=1 $(PYTHON) -m pytest -q
+	RECOHOP_REQUIRE_NATIVE=1 RECOHOP_REQUIRE_OTELCOL=1 $(PYTHON) -m pytest -q
 
 bench: install
 	$(PYTHON) -m bench all --duration 20

@@ -111,7 +111,9 @@ def test_rendered_hop_config_serves_and_forwards_to_the_backend_endpoint(
             root.set_status(Status(StatusCode.ERROR))
             trace_id = root.get_span_context().trace_id.to_bytes(16, "big")
         provider.shutdown()
-        wait_until(lambda: len([s for s in downstream.spans() if s.trace_id == trace_id]) >= 2, timeout=20)
+        wait_until(lambda: len([s for s in downstream.spans() if s.trace_id == trace_id]) >= 2,
+                   "both spans of the error trace at the backend endpoint", timeout=20,
+                   seen=lambda: sorted(s.name for s in downstream.spans() if s.trace_id == trace_id))
         names = sorted(s.name for s in downstream.spans() if s.trace_id == trace_id)
         assert names == ["reco.fetch_candidates", "reco.generate"], process.log()[-2000:]
     finally:

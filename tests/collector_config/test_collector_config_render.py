@@ -103,7 +103,7 @@ def test_cli_render_all_shares_parameters_across_profiles(tmp_path: Path) -> Non
     assert {"agent/otelcol-agent.yaml", "gateway/otelcol-gateway.yaml", "recohop/recohop.yaml",
             "backend/prometheus.yml", "kubernetes/statefulset.yaml"} <= written
     gateway = yaml.safe_load((tmp_path / "gateway/otelcol-gateway.yaml").read_text())
-    assert gateway["exporters"]["loadbalancing/traces"]["resolver"]["dns"]["port"] == 6317
+    assert gateway["exporters"]["loadbalancing/traces"]["resolver"]["dns"]["port"] == "6317"  # otelcol wants a string here
     hop = yaml.safe_load((tmp_path / "recohop/recohop.yaml").read_text())
     assert hop["receiver"]["endpoint"].endswith(":6317")
 
