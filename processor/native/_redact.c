@@ -530,16 +530,26 @@ typedef struct {
     size_t keylen, vallen;
 } kv_parts;
 
-/* 1 when the KeyValue is exactly {key (field 1), value (field 2)} in that order. */
+/* 1 when the KeyValue is exactly one key (field 1) and one value (field 2), in either order: protobuf writes
+ * the key first, otelcol (pdata) the value first; both mean the same. Anything else goes the generic way. */
 static int split_kv(const uint8_t *p, size_t n, kv_parts *kp) {
     wire_cur c = wire_span(p, n);
     wire_field f;
-    if (next_field(&c, &f) != 1 || f.number != 1 || f.wtype != 2) return 0;
-    kp->key = f.data;
-    kp->keylen = f.len;
-    if (next_field(&c, &f) != 1 || f.number != 2 || f.wtype != 2) return 0;
-    kp->val = f.data;
-    kp->vallen = f.len;
+    int seen_key = 0, seen_value = 0;
+    for (int i = 0; i < 2; i++) {
+        if (next_field(&c, &f) != 1 || f.wtype != 2) return 0;
+        if (f.number == 1 && !seen_key) {
+            seen_key = 1;
+            kp->key = f.data;
+            kp->keylen = f.len;
+        } else if (f.number == 2 && !seen_value) {
+            seen_value = 1;
+            kp->val = f.data;
+            kp->vallen = f.len;
+        } else {
+            return 0;
+        }
+    }
     return next_field(&c, &f) == 0;
 }
 

@@ -91,13 +91,9 @@ static int find_wanted(const wanted_set *set, const uint8_t *p, size_t len) {
     return -1;
 }
 
-/* True when the serialized KeyValue equals one of the gates (the exact values a policy tests for). */
+/* True when the serialized KeyValue means the same as one of the gates (the exact values a policy tests for). */
 static int gate_matches(PyObject *gates, const uint8_t *kv, size_t len) {
-    for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(gates); g++) {
-        PyObject *gate = PyTuple_GET_ITEM(gates, g);
-        if ((size_t)PyBytes_GET_SIZE(gate) == len && memcmp(PyBytes_AS_STRING(gate), kv, len) == 0) return 1;
-    }
-    return 0;
+    return gate_hits(gates, kv, len) != 0;
 }
 
 /* Python value of a serialized AnyValue (str, bool, int, float; None for other kinds). NULL on error. */
@@ -140,6 +136,7 @@ static int read_span(const uint8_t *p, size_t len, const wanted_set *names, cons
                      span_facts *s, PyObject **attrs) {
     wire_cur c = wire_span(p, len);
     wire_field f;
+    uint64_t status = 0; /* merged over repeated status fields */
     int r;
     size_t tid_len = 0;
     memset(s, 0, sizeof(*s));
@@ -209,9 +206,8 @@ static int read_span(const uint8_t *p, size_t len, const wanted_set *names, cons
         }
         case 15: {
             if (f.wtype != 2) return 0;
-            int error = status_is_error(f.data, f.len);
-            if (error < 0) return 0;
-            s->error = (uint8_t)error;
+            if (status_code(f.data, f.len, &status) < 0) return 0;
+            s->error = status == 2;
             break;
         }
         default:

@@ -363,6 +363,7 @@ static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size
 static int read_span(Store *s, span_t *sp) {
     wire_cur c = wire_span(sp->data, sp->len);
     wire_field f;
+    uint64_t status = 0; /* merged over repeated status fields */
     int r;
     size_t tid_len = 0;
     sp->root = 1;
@@ -413,12 +414,7 @@ static int read_span(Store *s, span_t *sp) {
                     sp->present |= 1ULL << kk->bit;
                     if (s->classifier) sp->classes |= classify(s, k, f.data, f.len);
                 } else {
-                    for (Py_ssize_t g = 0; g < PyTuple_GET_SIZE(kk->gates); g++) {
-                        PyObject *gate = PyTuple_GET_ITEM(kk->gates, g);
-                        if ((size_t)PyBytes_GET_SIZE(gate) == f.len &&
-                            memcmp(PyBytes_AS_STRING(gate), f.data, f.len) == 0)
-                            sp->hits |= 1ULL << (kk->bit + g);
-                    }
+                    sp->hits |= gate_hits(kk->gates, f.data, f.len) << kk->bit;
                 }
                 break;
             }
@@ -433,9 +429,8 @@ static int read_span(Store *s, span_t *sp) {
         }
         case 15: {
             if (f.wtype != 2) return 0;
-            int error = status_is_error(f.data, f.len);
-            if (error < 0) return 0;
-            sp->error = (uint8_t)error;
+            if (status_code(f.data, f.len, &status) < 0) return 0;
+            sp->error = status == 2;
             break;
         }
         default:

@@ -56,14 +56,109 @@ static int event_is_exception(const uint8_t *p, size_t len) {
     return r < 0 ? -1 : hit;
 }
 
-/* Span.status (field 15): 1 when its code is ERROR, 0 when not, -1 when malformed. */
-static int status_is_error(const uint8_t *p, size_t len) {
+/* Span.status (field 15): the code it carries, merged as the parser merges a repeated message field: *code keeps
+ * its value unless this occurrence sets one (a later `code` wins). 1 ok, -1 malformed. */
+static int status_code(const uint8_t *p, size_t len, uint64_t *code) {
     wire_cur c = wire_span(p, len);
     wire_field f;
-    int r, error = 0;
+    int r;
     while ((r = wire_next(&c, &f)) == 1)
-        if (f.number == 3 && f.wtype == 0) error = f.value == 2;
-    return r < 0 ? -1 : error;
+        if (f.number == 3 && f.wtype == 0) *code = f.value;
+    return r < 0 ? -1 : 1;
+}
+
+/* The canonical encoding (what protobuf itself writes: key, then a value holding its one member) of a KeyValue
+ * whose value is a scalar (string, bool, int, double, bytes) or empty, whatever valid encoding it came in:
+ * fields in any order (otelcol writes the value before the key), a field given twice (the last wins; value
+ * occurrences merge, so the oneof member set last wins), a bool as any non-zero varint, overlong varints, and
+ * unknown or wrong-wire-type fields, which the parser skips. Its length in out, or 0 when the value is an array
+ * or kvlist, the bytes are malformed, or it does not fit in cap (then it equals no short canonical KeyValue). */
+static size_t canonical_kv(const uint8_t *p, size_t n, uint8_t *out, size_t cap) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    const uint8_t *key = NULL, *s = NULL;
+    size_t keylen = 0, slen = 0;
+    uint64_t v = 0;
+    int has_value = 0, member = 0, r;
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number == 1 && f.wtype == 2) {
+            key = f.data;
+            keylen = f.len;
+        } else if (f.number == 2 && f.wtype == 2) {
+            has_value = 1;
+            wire_cur a = wire_span(f.data, f.len);
+            wire_field af;
+            int ar;
+            while ((ar = wire_next(&a, &af)) == 1) {
+                if ((af.number == 1 || af.number == 7) && af.wtype == 2) {
+                    member = (int)af.number; s = af.data; slen = af.len;
+                } else if ((af.number == 2 || af.number == 3) && af.wtype == 0) {
+                    member = (int)af.number; v = af.value;
+                } else if (af.number == 4 && af.wtype == 1) {
+                    member = 4; v = af.value;
+                } else if ((af.number == 5 || af.number == 6) && af.wtype == 2) {
+                    member = (int)af.number;
+                }
+            }
+            if (ar < 0) return 0;
+        }
+    }
+    if (r < 0 || member == 5 || member == 6) return 0;
+    uint8_t any[16];
+    size_t anylen = 0;
+    switch (member) {
+    case 2: any[0] = 0x10; any[1] = v != 0; anylen = 2; break;
+    case 3: any[0] = 0x18; anylen = 1 + wire_put_varint(any + 1, v); break;
+    case 4: any[0] = 0x21; for (int i = 0; i < 8; i++) any[1 + i] = (uint8_t)(v >> (8 * i)); anylen = 9; break;
+    default: break;
+    }
+    size_t body = member == 1 || member == 7 ? 1 + wire_varint_size(slen) + slen : anylen;
+    size_t need = (keylen ? 1 + wire_varint_size(keylen) + keylen : 0) + (has_value ? 1 + wire_varint_size(body) + body : 0);
+    if (need > cap) return 0;
+    size_t w = 0;
+    if (keylen) {
+        out[w++] = 0x0A;
+        w += wire_put_varint(out + w, keylen);
+        memcpy(out + w, key, keylen);
+        w += keylen;
+    }
+    if (has_value) {
+        out[w++] = 0x12;
+        w += wire_put_varint(out + w, body);
+        if (member == 1 || member == 7) {
+            out[w++] = (uint8_t)((member << 3) | 2);
+            w += wire_put_varint(out + w, slen);
+            memcpy(out + w, s, slen);
+            w += slen;
+        } else {
+            memcpy(out + w, any, anylen);
+            w += anylen;
+        }
+    }
+    return w;
+}
+
+/* Bit g set when the attribute (a serialized KeyValue) means the same as gate g (a canonical KeyValue, see
+ * processor/sampling: the exact values a policy tests for). Byte-equal is the fast case; any other valid
+ * encoding is compared in its canonical form. */
+static uint64_t gate_hits(PyObject *gates, const uint8_t *kv, size_t len) {
+    uint64_t hits = 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(gates);
+    for (Py_ssize_t g = 0; g < n && g < 64; g++) {
+        PyObject *gate = PyTuple_GET_ITEM(gates, g);
+        if ((size_t)PyBytes_GET_SIZE(gate) == len && memcmp(PyBytes_AS_STRING(gate), kv, len) == 0)
+            hits |= 1ULL << g;
+    }
+    if (hits) return hits;
+    uint8_t canon[512];
+    size_t clen = canonical_kv(kv, len, canon, sizeof canon);
+    if (!clen || (clen == len && memcmp(canon, kv, len) == 0)) return 0;
+    for (Py_ssize_t g = 0; g < n && g < 64; g++) {
+        PyObject *gate = PyTuple_GET_ITEM(gates, g);
+        if ((size_t)PyBytes_GET_SIZE(gate) == clen && memcmp(PyBytes_AS_STRING(gate), canon, clen) == 0)
+            hits |= 1ULL << g;
+    }
+    return hits;
 }
 
 /* A trace id the sampler can group by: 16 bytes, not all zero. */
