@@ -15,12 +15,13 @@ import logging
 import os
 import random
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
+from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import ExporterConfig
 from processor.filesink import FileSink
 from processor.pipeline import count_items
@@ -51,6 +52,14 @@ class SendError(Exception):
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    def send(self, item: QueuedExport) -> int:
+        """Send one request; returns the items the peer rejected (partial success) or raises SendError."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class GrpcTransport:
@@ -110,10 +119,19 @@ class QueueFull(Exception):
 
 
 class Exporter:
-    def __init__(self, cfg: ExporterConfig, metrics: HopMetrics) -> None:
+    """`transport` defaults to the one `cfg` names; `clock` and `rng` (backoff jitter) are injectable so the
+    retry and shutdown timing is tested on a driven clock."""
+
+    def __init__(self, cfg: ExporterConfig, metrics: HopMetrics, *, transport: Transport | None = None,
+                 clock: Clock = SYSTEM_CLOCK, rng: random.Random | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics
-        self.transport = GrpcTransport(cfg) if cfg.endpoint else FileTransport(cfg)
+        self.transport: Transport = transport or (GrpcTransport(cfg) if cfg.endpoint else FileTransport(cfg))
+        self.clock = clock
+        self.rng = rng or random.Random()
+        # Set by stop() once the shutdown deadline is known: ends a backoff that would outlast it.
+        self._stop_requested = threading.Event()
+        self._uninterruptible = threading.Event()  # never set: a wait that only time ends
         self._queue: deque[QueuedExport] = deque()
         self._bytes = 0
         self._in_flight = 0
@@ -190,7 +208,7 @@ class Exporter:
             with self._cond:
                 while not self._queue and not self._stopping and not (self.spill and self.spill.pending):
                     self._cond.wait()
-                if self._queue:
+                if self._queue and not self._hard_stop():
                     item = self._coalesce(self._queue.popleft())
                 elif self.spill is not None and self.spill.pending and not self._hard_stop():
                     spilled = self._read_spill()
@@ -254,23 +272,29 @@ class Exporter:
         """Send with retries. True once settled (delivered, or dropped and counted); False when the shutdown
         deadline interrupted a retryable failure and a disk queue can keep the request for the next start."""
         retry = self.cfg.retry
-        started = time.monotonic()
+        started = self.clock.now()
         backoff = retry.initial_interval
         items_name = SIGNAL_ITEMS[item.signal]
         while True:
             try:
                 rejected = self.transport.send(item)
             except SendError as err:
-                elapsed = time.monotonic() - started
-                if not err.retryable or elapsed >= retry.max_elapsed_time or self._hard_stop():
-                    if err.retryable and self.spill is not None and self._hard_stop():
+                elapsed = self.clock.now() - started
+                hard_stop = self._hard_stop()
+                if not err.retryable or elapsed >= retry.max_elapsed_time or hard_stop:
+                    if err.retryable and self.spill is not None and hard_stop:
                         return False
-                    reason = err.reason if not err.retryable else "retries_exhausted"
+                    if not err.retryable:
+                        reason = err.reason
+                    elif hard_stop and elapsed < retry.max_elapsed_time:  # the shutdown deadline cut them short
+                        reason = "shutdown"
+                    else:
+                        reason = "retries_exhausted"
                     self.metrics.export_failed.labels(items_name, reason).inc(item.items)
                     log.warning("dropping %d %s after export error %s", item.items, items_name, err.reason)
                     return True
                 self.metrics.export_retries.labels(items_name).inc()
-                delay = err.retry_after if err.retry_after is not None else backoff * random.uniform(0.5, 1.5)
+                delay = err.retry_after if err.retry_after is not None else backoff * self.rng.uniform(0.5, 1.5)
                 delay = min(delay, retry.max_interval, max(0.0, retry.max_elapsed_time - elapsed))
                 backoff = min(backoff * 2, retry.max_interval)
                 self._sleep(delay)
@@ -282,29 +306,32 @@ class Exporter:
             return True
 
     def _hard_stop(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline
+        return self._deadline is not None and self.clock.now() >= self._deadline
 
     _deadline: float | None = None
 
     def _sleep(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while not self._hard_stop():
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.05))
+        """Back off for `seconds`, but not past the shutdown deadline (which stop() may set meanwhile)."""
+        end = self.clock.now() + seconds
+        if self._deadline is None and not self.clock.wait(self._stop_requested, seconds):
+            return
+        assert self._deadline is not None  # stop() sets it before it sets _stop_requested
+        left = min(end, self._deadline) - self.clock.now()
+        if left > 0:
+            self.clock.wait(self._uninterruptible, left)
 
     def queued_bytes(self) -> int:
         return self._bytes
 
     def stop(self, timeout: float) -> bool:
         """Deliver what is queued within `timeout`, then stop. Returns True when nothing was left behind."""
-        self._deadline = time.monotonic() + timeout
+        self._deadline = self.clock.now() + timeout
+        self._stop_requested.set()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         for thread in self._threads:
-            thread.join(max(0.0, self._deadline - time.monotonic()) + 0.5)
+            thread.join(max(0.0, self._deadline - self.clock.now()) + 0.5)
         with self._cond:
             left = self._unsettled + list(self._queue)
             self._queue.clear()

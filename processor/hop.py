@@ -4,11 +4,11 @@ order that loses nothing (stop accepting, flush stages, drain the queue)."""
 from __future__ import annotations
 
 import logging
-import time
 
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
+from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import HopConfig
 from processor.exporter import Exporter
 from processor.pipeline import build_pipeline
@@ -21,13 +21,16 @@ log = logging.getLogger("recohop")
 
 
 class Hop:
-    def __init__(self, cfg: HopConfig) -> None:
+    """`clock` is the one time source of the stages' timers, the exporter's retries and the stop deadline."""
+
+    def __init__(self, cfg: HopConfig, clock: Clock = SYSTEM_CLOCK) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.registry = CollectorRegistry()
         self.metrics = HopMetrics.create(self.registry)
-        self.ctx = StageContext(registry=self.registry, config_file=cfg.source,
+        self.ctx = StageContext(registry=self.registry, config_file=cfg.source, clock=clock.now,
                                 builtin_default=cfg.builtin_default)
-        self.exporter = Exporter(cfg.exporter, self.metrics)
+        self.exporter = Exporter(cfg.exporter, self.metrics, clock=clock)
         self.pipeline = build_pipeline(cfg.stage_nodes, self.ctx, sink=self.exporter.submit_emitted)
         self.admission = Admission(cfg.receiver.max_pending_requests)
         self.server, self.health, self.port = build_server(cfg.receiver, self.pipeline, self.exporter,
@@ -55,14 +58,14 @@ class Hop:
     def stop(self, timeout: float | None = None) -> bool:
         """Graceful stop; returns True when everything accepted was delivered."""
         timeout = self.cfg.shutdown_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
+        deadline = self.clock.now() + timeout
         for name in ("", *SERVICE_NAMES.values()):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace=min(2.0, timeout / 2)).wait()
         try:
             self.pipeline.shutdown()
         finally:
-            clean = self.exporter.stop(max(0.1, deadline - time.monotonic()))
+            clean = self.exporter.stop(max(0.1, deadline - self.clock.now()))
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

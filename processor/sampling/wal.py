@@ -22,7 +22,6 @@ import logging
 import mmap
 import os
 import struct
-import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +31,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from processor.clock import SYSTEM_CLOCK
 from processor.config_node import Node
 
 MAGIC = b"RHWAL01\n"
@@ -190,7 +190,7 @@ class WriteAheadLog:
     """Owned by one tail-sampling stage and called under the pipeline lock (no locking of its own)."""
 
     def __init__(self, settings: WalSettings, registry: Any, log: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = SYSTEM_CLOCK.now) -> None:
         self.settings = settings
         self.dir = settings.dir
         self.log = log or logging.getLogger("recohop")

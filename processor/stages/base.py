@@ -7,7 +7,6 @@ Stages run one at a time under the pipeline's lock, so a stage owns its state wi
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
+
+from processor.clock import SYSTEM_CLOCK
 
 TracesRequest = ExportTraceServiceRequest
 MetricsRequest = ExportMetricsServiceRequest
@@ -118,7 +119,7 @@ class StageContext:
     decisions: DecisionBus = field(default_factory=DecisionBus)
     config_file: Path = Path("<built-in default>")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("recohop"))
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = SYSTEM_CLOCK.now
     # Set by the hop when the stage config came from the zero-config default (e.g. throwaway HMAC key allowed).
     builtin_default: bool = False
     # Refusals of part of the request now being processed (reset by the pipeline for each request).
