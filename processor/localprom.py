@@ -2,8 +2,8 @@
 
 Used by the demo and by the tests that check derived metrics and dashboard queries against a real Prometheus:
 `start_prometheus(["127.0.0.1:9464"], workdir)` -> handle with `.url`, `.query(promql)`, `.scalar`,
-`.wait_for(promql, predicate)`, `.exemplars(promql)` and `.stop()` (stops its own pid). Free port, its own data
-dir, 1 s scrapes, exemplar storage on.
+`.wait_for(promql, predicate)`, `.exemplars(promql)`, `.wait_for_exemplars(promql)` and `.stop()` (stops its
+own pid). Free port, its own data dir, 1 s scrapes, exemplar storage on.
 """
 
 from __future__ import annotations
@@ -63,19 +63,32 @@ class LocalPrometheus:
             raise AssertionError(f"{promql} returned {len(result)} series")
         return float(result[0]["value"][1])
 
-    def wait_for(self, promql: str, predicate: Callable[[list[dict[str, Any]]], bool],
-                 timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll until `predicate(result)` holds (scrapes are asynchronous); returns the last result."""
+    def wait_for(self, promql: str, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0,
+                 what: str | None = None) -> list[dict[str, Any]]:
+        """Poll until `predicate(result)` holds (scrapes are asynchronous); returns that result. Raises
+        TimeoutError naming what was awaited (`what`, else the query) and the last result seen."""
         deadline = time.monotonic() + timeout
         while True:
             result = self.query(promql)
-            if predicate(result) or time.monotonic() > deadline:
+            if predicate(result):
                 return result
-            time.sleep(0.5)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout:g} s for {what or promql}; last result of {promql}: "
+                                   f"{result}\nPrometheus log:\n{self.log()[-1500:]}")
+            time.sleep(0.2)
 
     def exemplars(self, promql: str, since: float = 0.0) -> list[dict[str, Any]]:
         return self.api("/api/v1/query_exemplars", query=promql, start=since or time.time() - 3600,
                         end=time.time() + 60)
+
+    def wait_for_exemplars(self, promql: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Poll until Prometheus holds exemplars for `promql` (the scrape that carries them is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.exemplars(promql)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {timeout:g} s for exemplars of {promql}; none stored")
+            time.sleep(0.2)
+        return found
 
     def targets_up(self) -> bool:
         active = self.api("/api/v1/targets")["activeTargets"]

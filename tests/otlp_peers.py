@@ -27,14 +27,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    """Poll until `predicate()` is true (delivery through real processes is asynchronous)."""
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20.0,
+               seen: Callable[[], object] | None = None) -> None:
+    """Poll until `predicate()` is true (delivery through real processes is asynchronous).
+
+    On timeout the failure names `what` was awaited and what was seen: `seen()` when given, else the
+    predicate's last value."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
+    while True:
+        value = predicate()
+        if value:
             return
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+    try:
+        last = seen() if seen is not None else value
+    except Exception as exc:  # the failure message must not hide behind a second failure
+        last = f"<seen() raised {exc!r}>"
+    raise AssertionError(f"waited {timeout:g} s for {what}; seen: {last!r}")
 
 
 def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
@@ -98,6 +109,11 @@ class CaptureServer:
         return [span for req in self.requests("traces") for rs in req.resource_spans
                 for ss in rs.scope_spans for span in ss.spans]
 
+    def wait_for_spans(self, count: int, timeout: float = 20.0) -> None:
+        """Until exactly `count` spans have arrived."""
+        wait_until(lambda: len(self.spans()) == count, f"{count} spans at the capture server", timeout,
+                   seen=lambda: f"{len(self.spans())} spans")
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop(0).wait()
@@ -121,6 +137,35 @@ class HopProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def metric_sum(metrics_url: str, prefix: str) -> float:
+    """Sum of the /metrics samples whose line starts with `prefix` (0 when there are none)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_until_drained(hop: HopProcess, capture: CaptureServer, timeout: float = 20.0) -> None:
+    """Until the hop holds nothing more for `capture`: no trace waits for a decision, the export queue is empty
+    and every span it exported has arrived. Only then can a test say that nothing more will arrive."""
+    assert hop.metrics_url is not None
+
+    def state() -> tuple[float, float, float, int]:
+        url = hop.metrics_url
+        assert url is not None
+        return (metric_sum(url, "recohop_sampling_buffer_traces "), metric_sum(url, "recohop_queue_bytes "),
+                metric_sum(url, 'recohop_exported_items_total{signal="spans"}'), len(capture.spans()))
+
+    def drained() -> bool:
+        buffered, queued, exported, arrived = state()
+        return buffered == 0 and queued == 0 and exported == arrived
+
+    wait_until(drained, "an empty sampling buffer and export queue, and every exported span arrived", timeout,
+               seen=lambda: dict(zip(("buffered_traces", "queue_bytes", "exported_spans", "arrived_spans"),
+                                     state(), strict=True)))
 
 
 def start_hop_process(config_text: str | None, tmp_path: Path, extra_args: list[str] | None = None,

@@ -30,7 +30,7 @@ def test_outage_then_recovery_loses_nothing(downstream, start_hop) -> None:
     sent = send_spans(hop.endpoint, 400)
     assert downstream.spans() == []
     down.clear()
-    wait_until(lambda: len(downstream.spans()) == len(sent), timeout=20)
+    downstream.wait_for_spans(len(sent))
     assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent)
 
 
@@ -60,7 +60,8 @@ def test_invalid_argument_is_not_retried_and_is_counted(downstream, start_hop) -
     hop = start_hop(OUTAGE_CONFIG.format(downstream=downstream.endpoint, queue="16MiB"))
     sent = send_spans(hop.endpoint, 40)
     failed = 'recohop_export_failed_items_total{reason="invalid_argument",signal="spans"}'
-    wait_until(lambda: metric_value(hop.metrics_url, failed) == len(sent))
+    wait_until(lambda: metric_value(hop.metrics_url, failed) == len(sent), f"{len(sent)} spans counted {failed}",
+               seen=lambda: metric_value(hop.metrics_url, failed))
     assert metric_value(hop.metrics_url, "recohop_export_retries_total") == 0
 
 
@@ -78,7 +79,7 @@ def test_partial_success_from_next_hop_is_counted(downstream, start_hop) -> None
     downstream.respond_with = half_rejected
     hop = start_hop(OUTAGE_CONFIG.format(downstream=downstream.endpoint, queue="16MiB"))
     sent = send_spans(hop.endpoint, 100)
-    wait_until(lambda: len(downstream.spans()) == len(sent))
+    downstream.wait_for_spans(len(sent))
     rejected = metric_value(hop.metrics_url, "recohop_export_partial_rejected_items_total")
     exported = metric_value(hop.metrics_url, 'recohop_exported_items_total{signal="spans"}')
     assert 0 < rejected <= len(sent) // 2 + len(downstream.raw["traces"])

@@ -98,10 +98,12 @@ def test_long_outage_spills_to_disk_and_delivers_everything_in_order(downstream,
 
     time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))  # the next hop stays down ~30 s
     down.clear()
-    wait_until(lambda: len(downstream.spans()) >= len(accepted), timeout=60)
+    wait_until(lambda: len(downstream.spans()) >= len(accepted), f"{len(accepted)} accepted spans delivered",
+               timeout=60, seen=lambda: len(downstream.spans()))
     received = [span.SerializeToString() for span in downstream.spans()]
     assert received == accepted  # all of them, once each, in the order they were accepted, byte-identical
-    wait_until(lambda: metric_value(hop.metrics_url, "recohop_spill_bytes ") == 0)
+    wait_until(lambda: metric_value(hop.metrics_url, "recohop_spill_bytes ") == 0, "an empty disk queue",
+               seen=lambda: metric_value(hop.metrics_url, "recohop_spill_bytes "))
     assert metric_value(hop.metrics_url, 'recohop_spill_records_total{op="delivered"}') == written
     assert metric_value(hop.metrics_url, "recohop_export_failed_items_total") == 0
     assert list(spill_dir.glob("*.seg")) == []
@@ -124,7 +126,9 @@ def test_kill_9_during_outage_then_restart_delivers_what_was_on_disk(downstream,
 
     down.clear()
     restarted = start_hop(config)
-    wait_until(lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes ") == 0, timeout=60)
+    wait_until(lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes ") == 0,
+               "an empty disk queue after the restart", timeout=60,
+               seen=lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes "))
     received = [span.SerializeToString() for span in downstream.spans()]
     # Exactly the spilled requests: a suffix of what was accepted, in order, byte-identical; the lost prefix
     # is what the memory queue held (at most its budget plus the one request that crossed it).
@@ -150,8 +154,11 @@ def test_sigterm_during_outage_keeps_memory_on_disk_for_the_next_start(downstrea
 
     down.clear()
     restarted = start_hop(config)
-    wait_until(lambda: len(downstream.spans()) >= len(accepted), timeout=30)
-    wait_until(lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes ") == 0)
+    wait_until(lambda: len(downstream.spans()) >= len(accepted), f"{len(accepted)} accepted spans delivered",
+               timeout=30, seen=lambda: len(downstream.spans()))
+    wait_until(lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes ") == 0,
+               "an empty disk queue after the restart",
+               seen=lambda: metric_value(restarted.metrics_url, "recohop_spill_bytes "))
     received = [span.SerializeToString() for span in downstream.spans()]
     # Nothing lost and nothing twice; what memory held at shutdown follows the older spilled data.
     assert sorted(received) == sorted(accepted)

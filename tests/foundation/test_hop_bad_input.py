@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from otlp_peers import wait_until
 from sdk_clients import send_spans
 from test_hop_passthrough import PASSTHROUGH
 
@@ -31,7 +30,7 @@ def test_malformed_body_is_invalid_argument_and_server_keeps_serving(hop, downst
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed" in error.details()
     sent = send_spans(hop.endpoint, 50)
-    wait_until(lambda: len(downstream.spans()) == len(sent))
+    downstream.wait_for_spans(len(sent))
 
 
 def test_oversize_message_is_resource_exhausted(hop, downstream) -> None:
@@ -40,7 +39,7 @@ def test_oversize_message_is_resource_exhausted(hop, downstream) -> None:
     assert isinstance(error, grpc.RpcError)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     sent = send_spans(hop.endpoint, 10)
-    wait_until(lambda: len(downstream.spans()) == len(sent))
+    downstream.wait_for_spans(len(sent))
 
 
 def test_refusals_are_counted_on_metrics(hop) -> None:
@@ -93,7 +92,7 @@ def test_a_failing_stage_costs_one_request_and_logs_no_values(caplog) -> None:
         assert secret not in error.details()
         assert all(secret not in record.getMessage() for record in caplog.records)
         sent = send_spans(hop.endpoint, 5)
-        wait_until(lambda: len(sink.spans()) == len(sent))
+        sink.wait_for_spans(len(sent))
     finally:
         hop.stop(5)
         sink.stop()
@@ -112,4 +111,4 @@ def test_anyvalue_nested_1000_deep_is_invalid_argument(hop, downstream) -> None:
     error = call(hop.endpoint, "traces", request.SerializeToString())
     assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     sent = send_spans(hop.endpoint, 5)
-    wait_until(lambda: len(downstream.spans()) == len(sent))
+    downstream.wait_for_spans(len(sent))

@@ -69,7 +69,8 @@ def around(hop: HopProcess, downstream) -> Iterator[Callable[[], None]]:
     def check_after() -> None:
         after = send_spans(hop.endpoint, 5)
         wanted = {ids(TracesSpan.FromString(s)) for s in before + after}
-        wait_until(lambda: wanted <= {ids(s) for s in downstream.spans()}, timeout=30)
+        wait_until(lambda: wanted <= {ids(s) for s in downstream.spans()}, f"{len(wanted)} SDK spans downstream",
+                   timeout=30, seen=lambda: f"{len(wanted & {ids(s) for s in downstream.spans()})} of them")
 
     yield check_after
 
@@ -98,7 +99,8 @@ def test_100k_attributes_keep_the_first_128_and_count_the_rest(hop, downstream, 
     answer = call(hop.endpoint, "traces", raw)
     took = time.perf_counter() - began
     assert isinstance(answer, bytes) and not RESPONSE_TYPES["traces"].FromString(answer).HasField("partial_success")
-    wait_until(lambda: delivered(downstream, "big"))
+    wait_until(lambda: delivered(downstream, "big"), "the span 'big' downstream",
+               seen=lambda: f"{len(downstream.spans())} other spans")
     (got,) = delivered(downstream, "big")
     kept = [kv.key for kv in got.attributes if kv.key != "sampling.policy"]  # tail sampling adds that one
     assert kept == [f"attr.{i}" for i in range(128)]
@@ -120,7 +122,8 @@ def test_10mib_value_is_cut_at_a_utf8_boundary_and_counted(hop, downstream, arou
     assert 10 << 20 < len(raw) < 16 << 20  # under the receive limit this test's config raises to 16 MiB
     answer = call(hop.endpoint, "traces", raw)
     assert isinstance(answer, bytes)
-    wait_until(lambda: delivered(downstream, "big"))
+    wait_until(lambda: delivered(downstream, "big"), "the span 'big' downstream",
+               seen=lambda: f"{len(downstream.spans())} other spans")
     (got,) = delivered(downstream, "big")
     value = got.attributes[0].value.string_value
     assert len(value.encode()) == 65535 and huge.startswith(value)
@@ -150,7 +153,8 @@ def test_invalid_ids_are_refused_alone_with_reasons(hop, downstream, around) -> 
     assert "4 spans with an invalid trace id" in partial.error_message
     assert "3 spans with an invalid span id" in partial.error_message
     assert "2 spans with an invalid parent span id" in partial.error_message
-    wait_until(lambda: len(delivered(downstream, "good")) == 2)
+    wait_until(lambda: len(delivered(downstream, "good")) == 2, "2 spans 'good' downstream",
+               seen=lambda: [s.name for s in downstream.spans()])
     assert metric(hop, 'recohop_limits_refused_total{reason="invalid_trace_id",signal="spans"}') == 4
     assert metric(hop, 'recohop_limits_refused_total{reason="invalid_span_id",signal="spans"}') == 3
     assert metric(hop, 'recohop_limits_refused_total{reason="invalid_parent_span_id",signal="spans"}') == 2
@@ -179,7 +183,8 @@ def test_implausible_times_are_passed_on_unchanged_and_counted(hop, downstream, 
     sent = request.resource_spans[0].scope_spans[0].spans[0].SerializeToString()
     answer = call(hop.endpoint, "traces", request.SerializeToString())
     assert isinstance(answer, bytes) and not RESPONSE_TYPES["traces"].FromString(answer).HasField("partial_success")
-    wait_until(lambda: delivered(downstream, "odd-time"))
+    wait_until(lambda: delivered(downstream, "odd-time"), "the span 'odd-time' downstream",
+               seen=lambda: [s.name for s in downstream.spans()])
     (got,) = delivered(downstream, "odd-time")
     assert got.attributes[-1].key == "sampling.policy"  # what tail sampling adds; the rest is as sent
     del got.attributes[-1]
@@ -272,7 +277,9 @@ def test_a_trace_of_a_million_spans_is_decided_early_with_bounded_memory(downstr
     after = send_spans(hop.endpoint, 5, error=True)
     # Redaction may rewrite attributes on the way: the SDK spans are recognised by their ids.
     wanted = {ids(TracesSpan.FromString(s)) for s in buffered + after}
-    wait_until(lambda: wanted <= {ids(s) for s in downstream.spans() if s.name != "step"}, timeout=30)
+    wait_until(lambda: wanted <= {ids(s) for s in downstream.spans() if s.name != "step"},
+               f"{len(wanted)} error-trace spans downstream", timeout=30,
+               seen=lambda: f"{len(wanted & {ids(s) for s in downstream.spans()})} of them")
 
 
 def ids(span: TracesSpan) -> tuple[bytes, bytes]:

@@ -24,7 +24,9 @@ def test_traces_metrics_logs_arrive_byte_identical(downstream, start_hop, gzip: 
             send_metrics(target, gzip=gzip)
             send_logs(target, 20, gzip=gzip)
         wait_until(lambda: len(downstream.spans()) == 600 and len(resources(downstream, "logs")) == 20
-                   and resources(downstream, "metrics"))
+                   and resources(downstream, "metrics"), "600 spans, 20 log resources and metrics",
+                   seen=lambda: (len(downstream.spans()), len(resources(downstream, "logs")),
+                                 len(resources(downstream, "metrics"))))
         assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent_spans)
         # Metrics and logs carry timestamps of their own run, so compare everything but the times. The hop may
         # join queued requests into one call, so compare the resource entries, not the request boundaries.

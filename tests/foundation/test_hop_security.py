@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 from certs import make_pki
-from otlp_peers import wait_until
 
 from processor.signals import METHOD_PATHS, REQUEST_TYPES
 
@@ -36,7 +35,7 @@ exporter: {{endpoint: {downstream.endpoint}}}
             error = export(channel, metadata)
             assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert export(channel, (("authorization", "Bearer s3cret-token"),)) == b""
-    wait_until(lambda: len(downstream.spans()) == 1)
+    downstream.wait_for_spans(1)
     assert "s3cret-token" not in hop.log()
 
 
@@ -62,7 +61,7 @@ exporter: {{endpoint: {downstream.endpoint}}}
             assert isinstance(export(channel), grpc.RpcError)
     with grpc.insecure_channel(hop.endpoint) as channel:  # plaintext is refused
         assert isinstance(export(channel), grpc.RpcError)
-    wait_until(lambda: len(downstream.spans()) == 1)
+    downstream.wait_for_spans(1)
 
 
 def test_exporter_speaks_tls_with_token_to_next_hop(tmp_path, start_hop, downstream) -> None:
@@ -83,4 +82,4 @@ exporter:
 """, env={"HOP_TOKEN": "tok-123"}, name="a")
     with grpc.insecure_channel(hop_a.endpoint) as channel:
         assert export(channel) == b""
-    wait_until(lambda: len(downstream.spans()) == 1)
+    downstream.wait_for_spans(1)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
+from otlp_peers import wait_until
 from sdk_clients import send_spans
 from test_exporter_outage import OUTAGE_CONFIG
 
@@ -17,8 +17,9 @@ def test_sigterm_flushes_the_queue(downstream, start_hop) -> None:
     hop = start_hop(OUTAGE_CONFIG.format(downstream=downstream.endpoint, queue="16MiB"))
     sent = send_spans(hop.endpoint, 200)
     hop.proc.terminate()  # SIGTERM while everything is still queued
-    time.sleep(0.5)
-    down.clear()
+    wait_until(lambda: "stopping: flushing" in hop.log(), "the hop to begin its graceful stop",
+               seen=lambda: hop.log()[-500:])
+    down.clear()  # the next hop recovers only once the stop is under way
     assert hop.proc.wait(30) == 0
     assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent)
 

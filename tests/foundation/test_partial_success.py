@@ -31,4 +31,5 @@ def test_spans_with_invalid_trace_ids_are_partially_rejected(tmp_path, downstrea
     response = RESPONSE_TYPES["traces"].FromString(raw)
     assert response.partial_success.rejected_spans == 4
     assert "trace id" in response.partial_success.error_message
-    wait_until(lambda: [s.name for s in downstream.spans()] == ["good"])
+    wait_until(lambda: [s.name for s in downstream.spans()] == ["good"], "only the good span downstream",
+               seen=lambda: [s.name for s in downstream.spans()])

@@ -32,7 +32,8 @@ def test_requests_beyond_the_pending_limit_get_retry_info_and_the_hop_recovers()
     try:
         hop.pipeline.lock.acquire()  # the pipeline is busy: admitted requests wait
         waiting = [export.future(body, timeout=30) for _ in range(2)]
-        wait_until(lambda: hop.admission.pending == 2, timeout=10)
+        wait_until(lambda: hop.admission.pending == 2, "2 requests admitted and waiting", timeout=10,
+                   seen=lambda: f"{hop.admission.pending} pending")
         refusals = []
         for _ in range(5):
             try:
@@ -49,7 +50,7 @@ def test_requests_beyond_the_pending_limit_get_retry_info_and_the_hop_recovers()
         for future in waiting:
             future.result(timeout=10)
         export(body, timeout=10)  # room again
-        wait_until(lambda: len(sink.spans()) == 3, timeout=10)
+        sink.wait_for_spans(3, timeout=10)
         assert hop.admission.pending == 0
     finally:
         channel.close()

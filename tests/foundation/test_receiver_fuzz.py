@@ -7,7 +7,6 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from otlp_peers import wait_until
 
 from processor.config import parse_config
 from processor.config_node import Node
@@ -73,4 +72,4 @@ def test_still_serving_after_fuzzing(hop_and_sink) -> None:
     _hop, sink, channel = hop_and_sink
     before = len(sink.spans())
     channel.unary_unary(METHOD_PATHS["traces"])(VALID, timeout=10)
-    wait_until(lambda: len(sink.spans()) == before + 1)
+    sink.wait_for_spans(before + 1)

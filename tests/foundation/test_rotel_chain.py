@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from otlp_peers import wait_until
 from rotel_fixture import start_rotel
 from sdk_clients import send_spans
 from test_hop_passthrough import PASSTHROUGH
@@ -12,7 +11,7 @@ def test_rotel_before_recohop(tmp_path, downstream, start_hop) -> None:
     hop = start_hop(PASSTHROUGH.format(downstream=downstream.endpoint))
     with start_rotel(hop.endpoint, tmp_path / "rotel") as rotel:
         sent = send_spans(rotel.grpc_endpoint, 200)
-        wait_until(lambda: len(downstream.spans()) == len(sent), timeout=30)
+        downstream.wait_for_spans(len(sent), timeout=30)
     assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent)
 
 
@@ -20,7 +19,7 @@ def test_rotel_after_recohop(tmp_path, downstream, start_hop) -> None:
     with start_rotel(downstream.endpoint, tmp_path / "rotel") as rotel:
         hop = start_hop(PASSTHROUGH.format(downstream=rotel.grpc_endpoint))
         sent = send_spans(hop.endpoint, 200)
-        wait_until(lambda: len(downstream.spans()) == len(sent), timeout=30)
+        downstream.wait_for_spans(len(sent), timeout=30)
     assert sorted(s.SerializeToString() for s in downstream.spans()) == sorted(sent)
 
 
@@ -33,7 +32,7 @@ def test_rotel_recohop_rotel_chain_with_the_default_pipeline(tmp_path, downstrea
         hop = start_hop(None, extra_args=["--forward", rotel_out.grpc_endpoint])
         with start_rotel(hop.endpoint, tmp_path / "rotel-in") as rotel_in:
             sent = send_spans(rotel_in.grpc_endpoint, 30, error=True)
-            wait_until(lambda: len(downstream.spans()) == len(sent), timeout=30)
+            downstream.wait_for_spans(len(sent), timeout=30)
     roots = [s for s in downstream.spans() if not s.parent_span_id]
     assert len(roots) == 30
     for root in roots:

@@ -105,7 +105,8 @@ def test_no_raw_pii_leaves_the_hop(downstream, start_hop, tmp_path: Path) -> Non
     send_everything(hop.endpoint)
     # Count log records, not requests: the hop joins queued requests into one call.
     wait_until(lambda: len(downstream.spans()) == 2 * len(RAW) and log_records(downstream) >= 2 * len(RAW)
-               and downstream.raw["metrics"])
+               and downstream.raw["metrics"], f"{2 * len(RAW)} spans and log records, and metrics",
+               seen=lambda: (len(downstream.spans()), log_records(downstream), len(downstream.raw["metrics"])))
     sent = b"".join(b"".join(downstream.raw[s]) for s in ("traces", "logs", "metrics"))
     assert not leaked(sent)
     assert b"<email>" in sent and b"<card>" in sent and b"<phone>" in sent and b"<iban>" in sent
@@ -132,7 +133,7 @@ def test_file_sink_holds_no_raw_pii_and_pseudonyms_match_across_processes(downst
         with provider.get_tracer("t").start_as_current_span("reco.click") as span:
             span.set_attributes({"user.id": USERS[0], "reco.note": f"card {RAW[20]}"})
         provider.shutdown()
-    wait_until(lambda: len(downstream.spans()) == 1)
+    downstream.wait_for_spans(1)
     assert second.terminate() == 0
     data = out.read_bytes()
     assert data and not leaked(data)

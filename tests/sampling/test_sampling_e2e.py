@@ -14,7 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
-from otlp_peers import wait_until
+from otlp_peers import wait_until, wait_until_drained
 from sampling_helpers import DEFAULT_POLICIES
 
 from processor.sampling.consistent import keeps, rejection_threshold
@@ -81,8 +81,10 @@ def test_sdk_traffic_through_the_hop(downstream, start_hop) -> None:  # noqa: AN
     threshold = rejection_threshold(1)
     lucky = {tid for tid in ordinary if keeps(tid.to_bytes(16, "big"), threshold)}
     want_spans = 3 * (len(special) + len(lucky))
-    wait_until(lambda: len(downstream.spans()) >= want_spans and downstream.raw["logs"])
-    time.sleep(0.5)  # nothing more should arrive
+    wait_until(lambda: len(downstream.spans()) >= want_spans and downstream.raw["logs"],
+               f"{want_spans} spans and the error logs downstream",
+               seen=lambda: (len(downstream.spans()), len(downstream.raw["logs"])))
+    wait_until_drained(hop, downstream)  # every span was received (force_flush): nothing more can arrive
     counts = Counter(int.from_bytes(s.trace_id, "big") for s in downstream.spans())
     for tid, (kind, nspans) in special.items():
         assert counts[tid] == nspans, kind
@@ -140,7 +142,9 @@ def test_memory_pressure_through_the_hop_keeps_every_error(downstream, start_hop
                  if line.startswith('recohop_sampling_decided_early_total{reason="max_bytes"}'))
     assert float(early.split()[1]) > 1000
     error_ids = {t.trace_id: len(t.spans) for t in errors}
-    wait_until(lambda: sum(1 for s in downstream.spans() if s.trace_id in error_ids) >= sum(error_ids.values()))
+    wait_until(lambda: sum(1 for s in downstream.spans() if s.trace_id in error_ids) >= sum(error_ids.values()),
+               f"{sum(error_ids.values())} error-trace spans delivered",
+               seen=lambda: sum(1 for s in downstream.spans() if s.trace_id in error_ids))
     counts = Counter(s.trace_id for s in downstream.spans())
     assert {tid: counts[tid] for tid in error_ids} == error_ids
     assert hop.terminate() == 0

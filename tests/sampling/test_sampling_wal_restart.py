@@ -95,7 +95,8 @@ def test_kill_9_mid_stream_loses_nothing(downstream, start_hop, tmp_path: Path) 
     env = {"RECOHOP_PSEUDONYM_KEY": KEY}
     first = start_hop(config(downstream.endpoint, wal, "60s", "120s"), env=env)  # everything stays buffered
     sent, error_ids = send_traces(first.endpoint, count=400, errors=40)
-    wait_until(lambda: metric(first.metrics_url, "recohop_sampling_buffer_traces") == 400)
+    wait_until(lambda: metric(first.metrics_url, "recohop_sampling_buffer_traces") == 400, "400 traces buffered",
+               seen=lambda: metric(first.metrics_url, "recohop_sampling_buffer_traces"))
     on_disk = b"".join(path.read_bytes() for _, path in segment_files(wal))
     assert b"reco.score_candidates" in on_disk  # the spans are there ...
     assert EMAIL.encode() not in on_disk and USER_ID.encode() not in on_disk  # ... their raw PII is not
@@ -109,7 +110,8 @@ def test_kill_9_mid_stream_loses_nothing(downstream, start_hop, tmp_path: Path) 
     kept = kept_without_crash(sent)
     want = {tid.to_bytes(16, "big") for tid in error_ids}
     assert want <= kept
-    wait_until(lambda: {s.trace_id for s in downstream.spans()} >= kept)
+    wait_until(lambda: {s.trace_id for s in downstream.spans()} >= kept, f"{len(kept)} kept traces delivered",
+               seen=lambda: f"{len(kept & {s.trace_id for s in downstream.spans()})} of them")
     delivered = Counter(s.trace_id for s in {s.span_id: s for s in downstream.spans()}.values())
     assert set(delivered) == kept
     assert all(delivered[tid] == 3 for tid in kept)  # every kept trace arrives whole (errors included)

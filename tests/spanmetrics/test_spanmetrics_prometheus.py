@@ -15,6 +15,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from otlp_peers import wait_until_drained
 from spanmetrics_helpers import DEFAULT_RULES, Truth
 
 from processor.localprom import prometheus_binary, start_prometheus
@@ -120,14 +121,11 @@ pipeline:
                            '{stage="reco.generate"}))') > 0.5  # the p95 > 500 ms alert condition holds
 
         # only a few traces went on; the metrics above still counted every span
+        wait_until_drained(hop, downstream)
         kept = {s.trace_id for s in downstream.spans()}
         generate_kept = {s.trace_id for s in downstream.spans() if s.name == "reco.generate"}
         assert errors <= len(generate_kept) < len(recos) // 4
-        exemplars = []
-        deadline = time.monotonic() + 20
-        while not exemplars and time.monotonic() < deadline:
-            exemplars = prom.exemplars("traces_span_metrics_duration_seconds_bucket")
-            time.sleep(0.5)
+        exemplars = prom.wait_for_exemplars("traces_span_metrics_duration_seconds_bucket")
         ids = {bytes.fromhex(e["labels"]["trace_id"]) for series in exemplars for e in series["exemplars"]}
         assert ids, "expected exemplars of kept (error) traces"
         assert ids <= kept
