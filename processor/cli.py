@@ -34,6 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"recohop: config error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"recohop {args.command}: needs {exc.name}, which the hop itself does not: "
+              f"pip install 'recohop[{extra}]'", file=sys.stderr)
+        return 2
+
+
+# Packages only some commands need, and the extra that brings them (pyproject.toml).
+EXTRAS = {"grafanalib": "dashboards", "matplotlib": "dashboards", "opentelemetry": "recommender"}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from processor.assets import resolve_builtin
+
 
 class ConfigError(ValueError):
     """A config problem, phrased for the person who wrote the file."""
@@ -173,12 +175,19 @@ class Node:
             yield Node(item, self.file, f"{self.key_path(key)}[{i}]")
 
     def path_value(self, key: str, default: str | None = None) -> Path | None:
-        """A file path, relative paths resolved against the directory of this config file."""
+        """A file path, relative paths resolved against the directory of this config file; `builtin:<path>`
+        names a file shipped with recohop (see processor/assets.py)."""
         value = self.raw(key, default)
         if value is None:
             return None
         if not isinstance(value, str):
             raise self.error(key, "a file path", value)
+        shipped = resolve_builtin(value)
+        if shipped is not None:
+            if not shipped.is_file():
+                raise self.error(key, "a file shipped with recohop (builtin:policies/default.yaml, "
+                                      "builtin:redaction/default.yaml, builtin:derivations/default.yaml, ...)", value)
+            return shipped
         path = Path(value)
         return path if path.is_absolute() else Path(self.file).parent / path
 

@@ -1,4 +1,5 @@
-"""Render the collector-chain templates in `collector-config/templates/` from a few named parameters.
+"""Render the collector-chain templates in `collector-config/templates/` (shipped with recohop, see
+processor/assets.py) from a few named parameters.
 
 Plain text templating on purpose: a template is the complete, commented file a person would copy, with
 `${name}` placeholders (lower-case names only, so otelcol's own `${env:VAR}` passes through untouched).
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = REPO_ROOT / "collector-config" / "templates"
-COLLECTOR_CONFIG_DIR = REPO_ROOT / "collector-config"
+from processor.assets import collector_config_dir
+
+COLLECTOR_CONFIG_DIR = collector_config_dir()
+TEMPLATES_DIR = COLLECTOR_CONFIG_DIR / "templates"
 
 PLACEHOLDER = re.compile(r"\$\{([a-z][a-z0-9_]*)\}")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from processor import render
+from processor.assets import BUILTIN_PREFIX, builtin_file
 from processor.config import DEFAULT_CONFIG
 
 
@@ -30,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     params.set_defaults(func=run_params)
 
     show = sub.add_parser("show-default", help="print the built-in default hop config (`recohop serve` with no --config)")
+    show.add_argument("--out", type=Path, help="write it and the rule files it references into this directory, as a "
+                                               "self-contained set to edit and run with `recohop serve --config`")
     show.set_defaults(func=run_show_default)
 
 
@@ -54,12 +58,41 @@ def run_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_show_default(_args: argparse.Namespace) -> int:
+def run_show_default(args: argparse.Namespace) -> int:
     try:
         text = DEFAULT_CONFIG.read_text(encoding="utf-8")
     except OSError as exc:
         print(f"recohop config show-default: the built-in default {DEFAULT_CONFIG} cannot be read "
               f"({exc.strerror or exc}); this installation is incomplete", file=sys.stderr)
         return 1
-    sys.stdout.write(text)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        written = write_default_set(text, args.out)
+    except OSError as exc:
+        print(f"recohop config show-default: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
     return 0
+
+
+BUILTIN_REFERENCE = re.compile(re.escape(BUILTIN_PREFIX) + r"([A-Za-z0-9_./-]+)")
+
+
+def write_default_set(text: str, out: Path) -> list[Path]:
+    """The default config with each `builtin:<dir>/<file>` reference replaced by a copy `<dir>.yaml` beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    copies: dict[str, str] = {}
+    for name in dict.fromkeys(BUILTIN_REFERENCE.findall(text)):
+        flat = name.split("/", 1)[0] + ".yaml"
+        target = out / flat
+        target.write_text(builtin_file(name).read_text(encoding="utf-8"), encoding="utf-8")
+        written.append(target)
+        copies[name] = flat
+    config = BUILTIN_REFERENCE.sub(lambda m: copies[m.group(1)], text)
+    hop = out / "hop.yaml"
+    hop.write_text(config, encoding="utf-8")
+    return [hop, *written]

@@ -11,8 +11,12 @@ RECOHOP_REQUIRE_NATIVE=1 makes a missing build an error (CI sets it so a broken 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from types import ModuleType
+
+log = logging.getLogger("recohop.native")
+_warned: set[str] = set()
 
 
 class NativeMissing(ImportError):
@@ -28,4 +32,9 @@ def load(name: str) -> ModuleType | None:
     except ImportError as exc:
         if os.environ.get("RECOHOP_REQUIRE_NATIVE") == "1":
             raise NativeMissing(f"native module _{name} is not built ({exc}); run `pip install -e .`") from exc
+        if name not in _warned:  # loudly, once per scanner: the hop works, but several times slower
+            _warned.add(name)
+            log.warning("NATIVE SCANNER _%s IS NOT BUILT: this stage runs its pure-Python path, several times "
+                        "slower. Install a C compiler and the Python headers (Debian: apt-get install gcc "
+                        "python3-dev) and reinstall recohop.", name)
         return None

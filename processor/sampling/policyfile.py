@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from processor.assets import builtin_file
 from processor.config_node import ConfigError, Node
 from processor.sampling.policies.factory import build_policy
 from processor.sampling.policies.policyset import NO_MATCH, PolicySet
 
-DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "collector-config" / "policies" / "default.yaml"
+DEFAULT_POLICY_FILE = builtin_file("policies/default.yaml")
 
 
 def parse_policies(root: Node) -> PolicySet:

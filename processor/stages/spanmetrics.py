@@ -35,11 +35,11 @@ most `max_wait` for the decision (set it above the sampler's decision_wait).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from processor.assets import builtin_file
 from processor.cardinality.limits import DEFAULT_FORBIDDEN_KEYS, CardinalitySelfMetrics, ForbiddenKeys
 from processor.config_node import Node
 from processor.spanmetrics.derive import Deriver
@@ -49,7 +49,7 @@ from processor.spanmetrics.otlp import to_otlp
 from processor.spanmetrics.rules import load_rules, parse_buckets
 from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "collector-config" / "derivations" / "default.yaml"
+DEFAULT_RULES = builtin_file("derivations/default.yaml")
 # otelcol spanmetrics connector's default buckets (2ms ... 15s), in seconds.
 DEFAULT_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0]
 

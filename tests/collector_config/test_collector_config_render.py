@@ -158,3 +158,27 @@ def test_readme_documents_every_parameter_and_profile() -> None:
         assert f"| `{name}` |" in readme, f"collector-config/README.md lacks parameter {name}"
     for profile in render.PROFILES:
         assert f"`{profile}`" in readme
+
+
+def test_show_default_out_writes_a_self_contained_runnable_set(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`config show-default --out DIR`: the built-in config and copies of the shipped rule files it references;
+    `recohop check` passes on it from any directory, and it runs the same pipeline as the built-in default."""
+    from processor.config import load_config
+
+    out = tmp_path / "set"
+    assert main(["config", "show-default", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["derivations.yaml", "hop.yaml", "policies.yaml",
+                                                     "redaction.yaml"]
+    stages = yaml.safe_load((out / "hop.yaml").read_text())["pipeline"]
+    assert not [s for s in stages if any(str(v).startswith("builtin:") for v in s.values())]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECOHOP_PSEUDONYM_KEY", "show-default-test-key-0123456789")
+    capsys.readouterr()
+    assert main(["check", str(out / "hop.yaml")]) == 0, capsys.readouterr().err
+    written = load_config(out / "hop.yaml")
+    builtin = load_config(None)
+    assert [n.data for n in written.stage_nodes if "rules" not in n.data and "policies" not in n.data] == [
+        n.data for n in builtin.stage_nodes if "rules" not in n.data and "policies" not in n.data]
+    for name in ("policies", "redaction", "derivations"):
+        assert (out / f"{name}.yaml").read_text() == (render.COLLECTOR_CONFIG_DIR / name / "default.yaml").read_text()

@@ -55,7 +55,7 @@ def test_pseudonymising_config_without_key_is_refused() -> None:
     result = subprocess.run([sys.executable, "-m", "processor", "check", str(DEFAULT_CONFIG)], cwd=REPO,
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
-    assert "RECOHOP_PSEUDONYM_KEY" in result.stderr and "redaction.yaml" in result.stderr
+    assert "RECOHOP_PSEUDONYM_KEY" in result.stderr and "redaction/default.yaml" in result.stderr
 
 
 def test_load_config_raises_config_error(tmp_path: Path) -> None:

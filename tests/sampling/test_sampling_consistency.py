@@ -9,13 +9,13 @@ import sys
 
 from sampling_helpers import REPO, Harness
 
-from processor.sampling.workload import all_spans, make_traces, to_requests
+from bench.sampling_workload import all_spans, make_traces, to_requests
 
 SCRIPT = """
 import sys
 sys.path.insert(0, {helpers!r})
 from sampling_helpers import Harness
-from processor.sampling.workload import all_spans, make_traces, to_requests
+from bench.sampling_workload import all_spans, make_traces, to_requests
 h = Harness()
 for request in to_requests(all_spans(make_traces(seed=99, count=3000)), per_request=300):
     h.send(request)

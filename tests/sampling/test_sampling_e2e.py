@@ -121,7 +121,7 @@ def test_memory_pressure_through_the_hop_keeps_every_error(downstream, start_hop
 
     import grpc
 
-    from processor.sampling.workload import all_spans, make_trace, make_traces, to_requests
+    from bench.sampling_workload import all_spans, make_trace, make_traces, to_requests
     from processor.signals import METHOD_PATHS
 
     hop = start_hop(PRESSURE_CONFIG.format(downstream=downstream.endpoint, policies=DEFAULT_POLICIES))

@@ -15,9 +15,9 @@ from sampling_helpers import DEFAULT_POLICIES, Harness
 from test_sampling_store import ALL_KINDS, harness, policy_file, span_requests
 from wire_encodings import field_bytes, reversed_fields, varint
 
+from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.otlp_values import kv
 from processor.sampling import native_store
-from processor.sampling.workload import all_spans, make_traces, to_requests
 
 needs_store = pytest.mark.skipif(not native_store.available(), reason="native trace store not built")
 

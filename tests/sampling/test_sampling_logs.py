@@ -6,8 +6,8 @@ import random
 
 from sampling_helpers import Harness
 
+from bench.sampling_workload import log_request, make_trace, to_requests
 from processor.sampling.consistent import keeps, rejection_threshold
-from processor.sampling.workload import log_request, make_trace, to_requests
 
 INFO, ERROR = 9, 17
 

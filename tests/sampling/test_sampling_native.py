@@ -15,10 +15,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sampling_helpers import Harness
 
+from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.native import load
 from processor.sampling import buffer as buffer_module
 from processor.sampling.policies.attribute import encoded_pair
-from processor.sampling.workload import all_spans, make_traces, to_requests
 from processor.stages import tail_sampling as stage_module
 
 NATIVE = load("sampling")

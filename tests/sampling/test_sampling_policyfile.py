@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sampling_helpers import DEFAULT_POLICIES, REPO, Harness
 
+from bench.sampling_workload import make_trace, to_requests
 from processor.cli import main
 from processor.config_node import ConfigError
 from processor.sampling.policyfile import load_policy_file
-from processor.sampling.workload import make_trace, to_requests
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import json_format
 from sampling_helpers import DEFAULT_POLICIES
 
+from bench.sampling_workload import all_spans, log_request, make_trace, make_traces, to_requests
 from processor.cli import main
 from processor.sampling.wire import varint
-from processor.sampling.workload import all_spans, log_request, make_trace, make_traces, to_requests
 
 
 def capture_traces():  # noqa: ANN201 - workload traces

@@ -8,8 +8,8 @@ import random
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sampling_helpers import Harness, attributes
 
+from bench.sampling_workload import SPECIAL_KINDS, all_spans, make_trace, make_traces, to_requests
 from processor.sampling.consistent import keeps, rejection_threshold
-from processor.sampling.workload import SPECIAL_KINDS, all_spans, make_trace, make_traces, to_requests
 
 TH_1PCT = "fd70a3d70a3d71"
 

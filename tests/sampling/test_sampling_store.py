@@ -18,10 +18,10 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sampling_helpers import DEFAULT_POLICIES, Harness
 
+from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.native import load
 from processor.sampling import native_store
 from processor.sampling.native_store import NativeBuffer
-from processor.sampling.workload import all_spans, make_traces, to_requests
 from processor.stages import tail_sampling as stage_module
 
 STORE = load("tracestore")

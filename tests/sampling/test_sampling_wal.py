@@ -11,9 +11,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from sampling_helpers import Harness
 
+from bench.sampling_workload import all_spans, log_request, make_trace, make_traces, to_requests
 from processor.config_node import ConfigError
 from processor.sampling.wal import MAGIC, segment_files
-from processor.sampling.workload import all_spans, log_request, make_trace, make_traces, to_requests
 
 WAIT = {"root_grace": "2s", "decision_wait": "10s"}
 

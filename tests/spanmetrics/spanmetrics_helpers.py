@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from bench.spanmetrics_workload import Reco
 from processor.cardinality.limits import ValueBuckets
 from processor.config_node import Node
-from processor.spanmetrics.workload import Reco
 from processor.stages.base import Stage, StageContext
 
 REPO = Path(__file__).resolve().parents[2]

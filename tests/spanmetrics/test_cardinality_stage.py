@@ -12,9 +12,9 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 from spanmetrics_helpers import DEFAULT_RULES, build, scrape
 
+from bench.spanmetrics_workload import make_recos, requests_for
 from processor.config_node import ConfigError, Node
 from processor.pipeline import build_pipeline
-from processor.spanmetrics.workload import make_recos, requests_for
 from processor.stages.base import Emitted, StageContext
 
 

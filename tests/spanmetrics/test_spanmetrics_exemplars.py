@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from spanmetrics_helpers import DEFAULT_RULES, build, scrape
 
-from processor.spanmetrics.workload import make_recos, requests_for
+from bench.spanmetrics_workload import make_recos, requests_for
 
 RECOS = make_recos(400, seed=23)
 

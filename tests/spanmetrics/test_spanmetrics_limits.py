@@ -9,8 +9,8 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from spanmetrics_helpers import DEFAULT_RULES, build, scrape
 
+from bench.spanmetrics_workload import to_request
 from processor.config_node import ConfigError
-from processor.spanmetrics.workload import to_request
 
 N = 100_000
 LIMIT = 50

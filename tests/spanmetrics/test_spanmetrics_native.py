@@ -22,11 +22,11 @@ from otlp_strategies import any_values as otlp_any_values
 from prometheus_client import CollectorRegistry
 from spanmetrics_helpers import DEFAULT_RULES, build, scrape
 
+from bench.spanmetrics_workload import make_recos, requests_for
 from bench.workload import generate
 from processor.native import load
 from processor.otlp_values import varint
 from processor.spanmetrics import derive as derive_module
-from processor.spanmetrics.workload import make_recos, requests_for
 from processor.stages.base import StageContext
 
 NATIVE = load("spanscan")

@@ -18,8 +18,8 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from otlp_peers import wait_until_drained
 from spanmetrics_helpers import DEFAULT_RULES, Truth
 
+from bench.spanmetrics_workload import CHILDREN, SERVICE, Reco, make_recos
 from processor.localprom import prometheus_binary, start_prometheus
-from processor.spanmetrics.workload import CHILDREN, SERVICE, Reco, make_recos
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(prometheus_binary() is None, reason="Debian prometheus not installed")]

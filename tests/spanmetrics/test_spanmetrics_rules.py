@@ -40,7 +40,7 @@ def test_red_names_match_the_architecture_contract() -> None:
     from spanmetrics_helpers import scrape
     from test_spanmetrics_logs import logs_request
 
-    from processor.spanmetrics.workload import make_recos, requests_for
+    from bench.spanmetrics_workload import make_recos, requests_for
 
     stage, ctx = build("spanmetrics", {})
     for request in requests_for(make_recos(3)):

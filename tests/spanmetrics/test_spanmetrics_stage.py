@@ -9,7 +9,7 @@ import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from spanmetrics_helpers import DEFAULT_RULES, Truth, build, scrape
 
-from processor.spanmetrics.workload import CHILDREN, SERVICE, make_recos, requests_for
+from bench.spanmetrics_workload import CHILDREN, SERVICE, make_recos, requests_for
 from processor.stages.spanmetrics import DEFAULT_BUCKETS
 
 RECOS = make_recos(600, seed=11)

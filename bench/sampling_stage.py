@@ -1,6 +1,6 @@
 """Tail-sampling benchmark on a recommender-shaped workload (8-12 spans per trace, ~4 % special traces).
 
-    python -m processor.sampling.bench [--traces 20000] [--policies FILE]
+    python -m bench.sampling_stage [--traces 20000] [--policies FILE]
 
 Reports, in the same run: parse-only spans/s of the same request bytes, parse + re-serialize spans/s (what a
 mutating pass-through hop does per span), the full stage's spans/s (parse + stage + timer flushes + encoding of
@@ -21,10 +21,10 @@ from pathlib import Path
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
+from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.commands.replay import read_capture
 from processor.config_node import Node
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE
-from processor.sampling.workload import all_spans, make_traces, to_requests
 from processor.stages.base import StageContext
 from processor.stages.tail_sampling import TailSampling, build
 

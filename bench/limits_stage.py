@@ -1,4 +1,4 @@
-"""In-process cost of the limits stage on the benchmark workload: `python -m processor.limits.bench`.
+"""In-process cost of the limits stage on the benchmark workload: `python -m bench.limits_stage`.
 
 Prints microseconds of stage CPU per span for the C check (the hot path: every request within limits, passed on
 as the same bytes object) and for the pure-Python fallback (RECOHOP_NATIVE=0), so the per-span budget (~0.1 us)

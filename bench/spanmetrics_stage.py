@@ -1,6 +1,6 @@
 """Benchmark: span metrics stage throughput vs parse-only of the same bytes, in the same run.
 
-`python -m processor.spanmetrics.bench [--traces 20000] [--batch 50] [--rounds 3] [--python]`
+`python -m bench.spanmetrics_stage [--traces 20000] [--batch 50] [--rounds 3] [--python]`
 
 Both sides parse every request from its serialized bytes (what the receiver does to validate it); the stage
 side then hands the stage the same bytes, as the pipeline does (`SpanMetricsStage.on_trace_bytes`, default
@@ -20,8 +20,8 @@ import time
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import CollectorRegistry
 
+from bench.spanmetrics_workload import make_recos, requests_for
 from processor.config_node import Node
-from processor.spanmetrics.workload import make_recos, requests_for
 from processor.stages.base import StageContext
 from processor.stages.spanmetrics import build, default_stage_config
 

@@ -1,6 +1,6 @@
 """Micro-benchmark: the redaction stage alone vs parse-only of the same request bytes, in one run.
 
-    python -m processor.redaction.bench [--traces 100] [--requests 20] [--repeat 5] [--workload wide|bench]
+    python -m bench.redaction_stage [--traces 100] [--requests 20] [--repeat 5] [--workload wide|bench]
 
 Workload `wide` (default): recommender traces of 8-12 spans, ~15 attributes per span, a few PII values per trace
 (user id/email and client address on the root, a search query with an email now and then, a phone in a
@@ -131,7 +131,7 @@ def run(traces: int = 100, requests: int = 20, repeat: int = 5, rules: dict | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processor.redaction.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.redaction_stage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--traces", type=int, default=100, help="traces per request")
     parser.add_argument("--requests", type=int, default=20)
