@@ -1,5 +1,7 @@
 """Local sink for kept data when no next hop is configured: OTLP/JSON lines (hex ids, integer enums; see
-`processor/otlpjson.py`), one export request per line, rotated by size. Files are created 0600 (they hold telemetry; redaction has already run)."""
+`processor/otlpjson.py`), one export request per line, rotated by size. A request whose line would pass 1 MiB
+(`otlpjson.MAX_LINE_BYTES`, what otelcol's otlpjsonfile receiver reads by default) is written as several smaller
+requests, one per line. Files are created 0600 (they hold telemetry; redaction has already run)."""
 
 from __future__ import annotations
 
@@ -30,14 +32,14 @@ class FileSink:
         self.write_message(REQUEST_TYPES[signal].FromString(payload))
 
     def write_message(self, request: Message) -> None:
-        line = otlpjson.dumps(request) + "\n"
+        lines = "".join(line + "\n" for line in otlpjson.dump_lines(request))
         with self._lock:
-            self._append(line)
+            self._append(lines)
 
-    def _append(self, line: str) -> None:
-        if self.max_bytes and self._file.tell() + len(line) > self.max_bytes and self._file.tell() > 0:
+    def _append(self, text: str) -> None:
+        if self.max_bytes and self._file.tell() + len(text) > self.max_bytes and self._file.tell() > 0:
             self._rotate()
-        self._file.write(line)
+        self._file.write(text)
         self._file.flush()
 
     def _rotate(self) -> None:
