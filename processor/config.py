@@ -26,6 +26,18 @@ class TlsConfig:
 
 
 @dataclass
+class HttpReceiverConfig:
+    """OTLP/HTTP beside the gRPC receiver: same pipeline, admission, size limit, TLS and auth."""
+
+    endpoint: str = "127.0.0.1:4318"
+    # Browser origins allowed by CORS (exact, or with * wildcards such as https://*.example.com); none: no CORS.
+    cors_allowed_origins: tuple[str, ...] = ()
+    cors_max_age: int = 7200
+    # Only the zero-config default: when its endpoint is taken the hop warns and serves gRPC alone.
+    optional: bool = False
+
+
+@dataclass
 class ReceiverConfig:
     endpoint: str = "127.0.0.1:4317"
     max_recv_msg_size: int = 4 * 1024 * 1024
@@ -36,6 +48,8 @@ class ReceiverConfig:
     tls: TlsConfig | None = None
     # Clients must send `authorization: Bearer <token>`; the token comes from env or a file, never the config.
     bearer_token: bytes | None = None
+    # OTLP/HTTP receiver; None: off.
+    http: HttpReceiverConfig | None = None
 
 
 @dataclass
@@ -85,6 +99,8 @@ class ExporterConfig:
 class TelemetryConfig:
     metrics_endpoint: str | None = "127.0.0.1:9464"
     log_level: str = "info"
+    # text: one human line per record; json: one JSON object per line (time, level, logger, message, fields).
+    log_format: str = "text"
 
 
 @dataclass
@@ -154,9 +170,31 @@ def _receiver(node: Node) -> ReceiverConfig:
         max_pending_requests=node.int("max_pending_requests", ReceiverConfig.max_pending_requests, minimum=1),
         tls=_tls(node, "tls"),
         bearer_token=_bearer_token(node),
+        http=_http_receiver(node),
     )
     node.done()
     return cfg
+
+
+def _http_receiver(node: Node) -> HttpReceiverConfig | None:
+    """`receiver.http`: absent, or `endpoint: off`, means no OTLP/HTTP receiver."""
+    if not node.has("http"):
+        node.raw("http")
+        return None
+    http = node.child("http")
+    if http.raw("endpoint", HttpReceiverConfig.endpoint) in ("off", "none"):
+        http.done()
+        return None
+    endpoint = _endpoint(http, "endpoint", HttpReceiverConfig.endpoint) or HttpReceiverConfig.endpoint
+    cors = http.child("cors")
+    origins = tuple(cors.str_list("allowed_origins", []))
+    max_age = int(cors.duration("max_age", HttpReceiverConfig.cors_max_age))
+    cors.done()
+    for index, origin in enumerate(origins):
+        if origin != "*" and "://" not in origin:
+            raise cors.error(f"allowed_origins[{index}]", "an origin such as https://app.example.com", origin)
+    http.done()
+    return HttpReceiverConfig(endpoint=endpoint, cors_allowed_origins=origins, cors_max_age=max_age)
 
 
 def _spill(node: Node, key: str) -> SpillConfig | None:
@@ -220,6 +258,7 @@ def _telemetry(node: Node) -> TelemetryConfig:
     cfg = TelemetryConfig(
         metrics_endpoint=None if raw in (None, "none", "off") else _endpoint(node, "metrics_endpoint", None),
         log_level=node.str("log_level", "info", choices=("debug", "info", "warning", "error")),
+        log_format=node.str("log_format", TelemetryConfig.log_format, choices=("text", "json")),
     )
     node.done()
     return cfg
@@ -246,16 +285,30 @@ def load_config(path: str | Path | None) -> HopConfig:
         cfg = parse_config(Node.from_file(DEFAULT_CONFIG), builtin_default=True)
         # The default's file sink lives where the user runs recohop, not inside the installed package.
         cfg.exporter.file.path = cfg.exporter.file.path.relative_to(DEFAULTS_DIR)
+        if cfg.receiver.http is not None:  # 4318 may be another collector's: warn instead of failing
+            cfg.receiver.http.optional = True
         return cfg
     return parse_config(Node.from_file(path))
 
 
 def apply_overrides(cfg: HopConfig, listen: str | None = None, forward: str | None = None,
-                    metrics_listen: str | None = None, record: str | None = None) -> HopConfig:
-    """Command-line overrides: `--listen`, `--forward HOST:PORT|file:PATH`, `--metrics-listen`, `--record`."""
-    cli = Node({"listen": listen, "forward": forward, "metrics_listen": metrics_listen}, "<command line>")
+                    metrics_listen: str | None = None, record: str | None = None,
+                    http_listen: str | None = None) -> HopConfig:
+    """Command-line overrides: `--listen`, `--forward HOST:PORT|file:PATH`, `--metrics-listen`, `--record`,
+    `--http-listen HOST:PORT|off`."""
+    cli = Node({"listen": listen, "forward": forward, "metrics_listen": metrics_listen,
+                "http_listen": http_listen}, "<command line>")
     if listen:
         cfg.receiver.endpoint = _endpoint(cli, "listen", None) or listen
+    if http_listen:
+        if http_listen in ("none", "off"):
+            cfg.receiver.http = None
+        else:
+            endpoint = _endpoint(cli, "http_listen", None) or http_listen
+            if cfg.receiver.http is None:
+                cfg.receiver.http = HttpReceiverConfig(endpoint=endpoint)
+            cfg.receiver.http.endpoint = endpoint
+            cfg.receiver.http.optional = False  # asked for on the command line: failing to listen is an error
     if forward:
         if forward.startswith("file:"):
             cfg.exporter.endpoint = None

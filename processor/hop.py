@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry
 from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import HopConfig
 from processor.exporter import Exporter
+from processor.http_receiver import OtlpHttpServer, build_http_server, serve_in_thread
 from processor.pipeline import build_pipeline
-from processor.receiver import Admission, build_server
+from processor.receiver import Admission, build_handlers, build_server
 from processor.signals import SERVICE_NAMES
 from processor.stages.base import StageContext
 from processor.telemetry import HopMetrics, serve_metrics, split_endpoint
@@ -33,26 +34,56 @@ class Hop:
         self.exporter = Exporter(cfg.exporter, self.metrics, clock=clock)
         self.pipeline = build_pipeline(cfg.stage_nodes, self.ctx, sink=self.exporter.submit_emitted)
         self.admission = Admission(cfg.receiver.max_pending_requests)
+        # One handler per signal behind both transports: the same admission, auth, counting and pipeline.
+        self.handlers = build_handlers(cfg.receiver, self.pipeline, self.exporter, self.metrics, self.admission)
         self.server, self.health, self.port = build_server(cfg.receiver, self.pipeline, self.exporter,
-                                                           self.metrics, self.admission)
+                                                           self.metrics, self.admission, self.handlers)
+        self.http: OtlpHttpServer | None = self._build_http()
         self.metrics_server = None
         self.metrics_port: int | None = None
+
+    def _build_http(self) -> OtlpHttpServer | None:
+        http = self.cfg.receiver.http
+        if http is None:
+            return None
+        try:
+            return build_http_server(self.cfg.receiver, self.handlers)
+        except OSError as exc:
+            if not http.optional:
+                raise OSError(f"cannot listen on {http.endpoint} (receiver.http.endpoint): {exc.strerror}") from None
+            log.warning("OTLP/HTTP receiver off: cannot listen on %s (%s); pass --http-listen HOST:PORT or off",
+                        http.endpoint, exc.strerror, extra={"endpoint": http.endpoint})
+            return None
 
     @property
     def endpoint(self) -> str:
         host, _ = split_endpoint(self.cfg.receiver.endpoint)
         return f"{host}:{self.port}"
 
+    @property
+    def http_endpoint(self) -> str | None:
+        """The OTLP/HTTP receiver's bound host:port, None when it is off."""
+        if self.http is None:
+            return None
+        host = str(self.http.server_address[0])
+        return f"[{host}]:{self.http.server_port}" if ":" in host else f"{host}:{self.http.server_port}"
+
     def start(self) -> Hop:
         self.exporter.start()
         self.pipeline.start_timer()
         self.server.start()
+        if self.http is not None:
+            serve_in_thread(self.http)
         if self.cfg.telemetry.metrics_endpoint:
             self.metrics_server = serve_metrics(self.registry, self.cfg.telemetry.metrics_endpoint)
             self.metrics_port = self.metrics_server.server_port
-        log.info("recohop listening on %s, stages: %s, exporting to %s", self.endpoint,
-                 ", ".join(s.name for s in self.pipeline.stages) or "(none)",
-                 self.cfg.exporter.endpoint or f"file:{self.cfg.exporter.file.path}")
+        stages = [s.name for s in self.pipeline.stages]
+        export_to = self.cfg.exporter.endpoint or f"file:{self.cfg.exporter.file.path}"
+        log.info("recohop listening on %s (OTLP/gRPC)%s, stages: %s, exporting to %s", self.endpoint,
+                 f" and {self.http_endpoint} (OTLP/HTTP)" if self.http is not None else "",
+                 ", ".join(stages) or "(none)", export_to,
+                 extra={"grpc_endpoint": self.endpoint, "http_endpoint": self.http_endpoint, "stages": stages,
+                        "export_to": export_to})
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -61,7 +92,12 @@ class Hop:
         deadline = self.clock.now() + timeout
         for name in ("", *SERVICE_NAMES.values()):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace=min(2.0, timeout / 2)).wait()
+        grace = min(2.0, timeout / 2)
+        if self.http is not None:
+            self.http.begin_stop()  # new requests get 503 + Retry-After; those in flight finish below
+        self.server.stop(grace=grace).wait()
+        if self.http is not None and not self.http.wait_idle(grace):
+            log.warning("OTLP/HTTP requests still in flight after %.1f s of grace", grace)
         try:
             self.pipeline.shutdown()
         finally:

@@ -169,11 +169,13 @@ class _Packer:
         yield line
 
 
-def loads(line: str | bytes, message: M) -> M:
-    """Parse one OTLP/JSON request into `message` (hex ids; base64 ids of older files are taken as they are)."""
+def loads(line: str | bytes, message: M, ignore_unknown_fields: bool = False) -> M:
+    """Parse one OTLP/JSON request into `message` (hex ids; base64 ids of older files are taken as they are).
+    `ignore_unknown_fields` is for what senders give us (OTLP/HTTP): the spec has receivers skip fields newer
+    than their proto instead of refusing the request."""
     tree = json.loads(line)
     _convert_ids(tree, _hex_to_base64)
-    json_format.ParseDict(tree, message)
+    json_format.ParseDict(tree, message, ignore_unknown_fields=ignore_unknown_fields)
     return message
 
 

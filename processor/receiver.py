@@ -2,7 +2,8 @@
 
 Requests arrive as raw bytes and are parsed once here, so a malformed body gets INVALID_ARGUMENT (not the
 INTERNAL that a failing deserializer would give) and, when no stage changes data, the original bytes are
-forwarded without re-encoding.
+forwarded without re-encoding. What happens to one request (auth, admission, parse, pipeline, partial success)
+is `ExportHandler`'s, shared with the OTLP/HTTP receiver (`processor/http_receiver.py`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from processor.config import ReceiverConfig
@@ -51,8 +53,42 @@ class Admission:
             self.pending -= 1
 
 
+class Refused(Exception):
+    """A whole request refused. `kind` says why in transport-neutral words; the gRPC receiver maps it to a
+    status code (`GRPC_CODES`), the HTTP receiver to an HTTP status, so both answer the same refusal alike.
+    `retry_after` (seconds) is set when the client should come back: RetryInfo / Retry-After."""
+
+    def __init__(self, kind: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def code(self) -> grpc.StatusCode:
+        return GRPC_CODES[self.kind]
+
+
+# Refusal kinds: unauthenticated, queue_full (the export queue is full), overloaded (admission),
+# backpressure (a stage said "not now"), malformed (not an OTLP request), rejected (a stage refuses it for
+# good), internal (a stage failed).
+GRPC_CODES = {
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "queue_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "backpressure": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "malformed": grpc.StatusCode.INVALID_ARGUMENT,
+    "rejected": grpc.StatusCode.INVALID_ARGUMENT,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+# Turns a request body into the signal's request message; raises DecodeError for anything else.
+Decoder = Callable[[bytes], Message]
+
+
 class ExportHandler:
-    """One signal's Export method."""
+    """One signal's Export: auth, admission, parse, pipeline, exporter and partial success, shared by the
+    gRPC receiver (`__call__`) and the HTTP receiver (`authorize` + `export`)."""
 
     def __init__(self, signal: str, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
                  bearer_token: bytes | None = None, admission: Admission | None = None) -> None:
@@ -69,75 +105,115 @@ class ExportHandler:
         self.refused_requests = metrics.refused_requests.labels(self.items_name)
 
     def __call__(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
-        if self.expected_auth is not None and not self._authorized(context):
-            self.refused.labels(self.items_name, "unauthenticated").inc()
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        if not self.exporter.has_room():  # before parsing: a refusal should cost the GIL nothing
-            self._push_back(context, 0, "exporter queue full", QUEUE_FULL_RETRY_AFTER)
-        if not self.admission.enter():  # CPU-bound: say so now, with RetryInfo
-            self._push_back(context, 0, "hop overloaded", OVERLOAD_RETRY_AFTER)
+        """The gRPC method: bytes in, bytes out."""
         try:
-            return self._admitted(raw, context)
+            self.authorize(_grpc_authorization(context))
+            response = self.export(raw)
+        except Refused as exc:
+            if exc.retry_after is not None:
+                context.abort_with_status(retry_status(exc.code, exc.message, exc.retry_after))
+            context.abort(exc.code, exc.message)
+        return self.empty_response if response is None else response.SerializeToString()
+
+    def authorize(self, authorization: bytes | None) -> None:
+        """Refuses (unauthenticated) unless the `authorization` value is the configured bearer token."""
+        if self.expected_auth is None:
+            return
+        if authorization is None or not hmac.compare_digest(authorization, self.expected_auth):
+            self.refused.labels(self.items_name, "unauthenticated").inc()
+            raise Refused("unauthenticated", "missing or wrong bearer token")
+
+    def check_room(self) -> None:
+        """Refuses (queue_full) while the export queue is full: before parsing, so a refusal costs the GIL
+        nothing (and the HTTP receiver calls it before reading the body)."""
+        if not self.exporter.has_room():
+            raise self._push_back(0, "queue_full", "exporter queue full", QUEUE_FULL_RETRY_AFTER)
+
+    def export(self, body: bytes, decode: Decoder | None = None) -> Message | None:
+        """Admit, parse (protobuf, or `decode` for another encoding), run the pipeline and queue the result.
+        Returns the response message for a partial success, None when everything was accepted; raises
+        Refused for a request refused as a whole."""
+        self.check_room()
+        if not self.admission.enter():  # CPU-bound: say so now, with RetryInfo
+            raise self._push_back(0, "overloaded", "hop overloaded", OVERLOAD_RETRY_AFTER)
+        try:
+            return self._admitted(body, decode)
         finally:
             self.admission.leave()
 
-    def _admitted(self, raw: bytes, context: grpc.ServicerContext) -> bytes:
+    def _admitted(self, body: bytes, decode: Decoder | None) -> Message | None:
+        raw: bytes | None = body if decode is None else None  # protobuf bytes, made from `decode`'s message
         try:
-            request = self.request_type.FromString(raw)
-        except DecodeError:
+            request = self.request_type.FromString(body) if decode is None else decode(body)
+        except DecodeError as exc:
             self.refused.labels(self.items_name, "malformed").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP {self.signal} request")
+            detail = f": {exc}" if decode is not None and str(exc) else ""
+            raise Refused("malformed", f"malformed OTLP {self.signal} request{detail}") from None
         items = count_items(self.signal, request)
         self.received.inc(items)
         try:
-            handed = raw if self.signal == "traces" and self.pipeline.traces_as_bytes else request
+            if self.signal == "traces" and self.pipeline.traces_as_bytes:
+                raw = handed = raw if raw is not None else request.SerializeToString()
+            else:
+                handed = request
             out, rejections = self.pipeline.process(Emitted(**{self.signal: [handed]}))
         except Backpressure as exc:
-            self._push_back(context, items, exc.reason, exc.retry_after)
+            raise self._push_back(items, "backpressure", exc.reason, exc.retry_after) from None
         except Rejected as exc:
             self.refused.labels(self.items_name, "rejected").inc(items)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+            raise Refused("rejected", exc.reason) from None
         except Exception as exc:  # a stage bug must cost this request only, and must not echo its values
             self.refused.labels(self.items_name, "internal_error").inc(items)
             log.error("a stage failed on a %s request (%s); the request was refused", self.signal,
                       type(exc).__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "recohop could not process this request")
+            raise Refused("internal", "recohop could not process this request") from None
         produced = getattr(out, self.signal)
         if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is handed:
             if items:
-                self.exporter.submit(self.signal, raw, items, force=True)
+                self.exporter.submit(self.signal, raw if raw is not None else request.SerializeToString(),
+                                     items, force=True)
             other = Emitted(**{s: getattr(out, s) for s in SIGNALS if s != self.signal})
             self.exporter.submit_emitted(other)
         else:
             self.exporter.submit_emitted(out)
         if rejections.count:
             return self._partial_success(rejections)
-        return self.empty_response
+        return None
 
-    def _partial_success(self, rejections: Rejections) -> bytes:
+    def _partial_success(self, rejections: Rejections) -> Message:
         self.refused.labels(self.items_name, "invalid").inc(rejections.count)
         response = RESPONSE_TYPES[self.signal]()
         field = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}
         setattr(response.partial_success, field[self.signal], rejections.count)
         response.partial_success.error_message = rejections.message()
-        return response.SerializeToString()
+        return response
 
-    def _authorized(self, context: grpc.ServicerContext) -> bool:
-        for key, value in context.invocation_metadata():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                return hmac.compare_digest(given, self.expected_auth or b"")
-        return False
-
-    def _push_back(self, context: grpc.ServicerContext, items: int, reason: str, retry_after: float) -> None:
-        """RESOURCE_EXHAUSTED + RetryInfo. Refused requests are counted (items only when already parsed)."""
+    def _push_back(self, items: int, kind: str, reason: str, retry_after: float) -> Refused:
+        """The refusal for "not now" (RESOURCE_EXHAUSTED + RetryInfo, HTTP 429/503 + Retry-After). Refused
+        requests are counted (items only when already parsed)."""
         self.refused.labels(self.items_name, "backpressure").inc(items)
         self.refused_requests.inc()
-        context.abort_with_status(retry_status(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, retry_after))
+        return Refused(kind, reason, retry_after)
+
+
+def _grpc_authorization(context: grpc.ServicerContext) -> bytes | None:
+    for key, value in context.invocation_metadata():
+        if key == "authorization":
+            return value.encode() if isinstance(value, str) else value
+    return None
+
+
+def build_handlers(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
+                   admission: Admission | None = None) -> dict[str, ExportHandler]:
+    """One ExportHandler per signal, sharing one admission: what the gRPC and HTTP receivers both call."""
+    admission = admission or Admission(cfg.max_pending_requests)
+    return {signal: ExportHandler(signal, pipeline, exporter, metrics, cfg.bearer_token, admission)
+            for signal in SIGNALS}
 
 
 def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter, metrics: HopMetrics,
-                 admission: Admission | None = None) -> tuple[grpc.Server, health.HealthServicer, int]:
+                 admission: Admission | None = None, handlers: dict[str, ExportHandler] | None = None,
+                 ) -> tuple[grpc.Server, health.HealthServicer, int]:
     """The gRPC server (not yet started), its health servicer and the bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="recohop-recv"),
@@ -146,10 +222,9 @@ def build_server(cfg: ReceiverConfig, pipeline: Pipeline, exporter: Exporter, me
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=cfg.workers * 8,
     )
-    admission = admission or Admission(cfg.max_pending_requests)
+    handlers = handlers or build_handlers(cfg, pipeline, exporter, metrics, admission)
     for signal in SIGNALS:
-        handler = ExportHandler(signal, pipeline, exporter, metrics, cfg.bearer_token, admission)
-        method = grpc.unary_unary_rpc_method_handler(handler)  # bytes in, bytes out
+        method = grpc.unary_unary_rpc_method_handler(handlers[signal])  # bytes in, bytes out
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAMES[signal], {"Export": method}),))
     health_servicer = health.HealthServicer()

@@ -10,12 +10,15 @@ import threading
 
 from processor.config import apply_overrides, load_config
 from processor.hop import Hop
+from processor.logformat import setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="run the hop")
     parser.add_argument("--config", help="hop config file (default: the built-in default pipeline)")
-    parser.add_argument("--listen", help="receiver endpoint HOST:PORT (overrides receiver.endpoint)")
+    parser.add_argument("--listen", help="OTLP/gRPC receiver endpoint HOST:PORT (overrides receiver.endpoint)")
+    parser.add_argument("--http-listen", help="OTLP/HTTP receiver endpoint HOST:PORT, or 'off' "
+                                              "(overrides receiver.http.endpoint)")
     parser.add_argument("--forward", help="next hop HOST:PORT, or file:PATH for the local file sink")
     parser.add_argument("--metrics-listen", help="/metrics endpoint HOST:PORT, or 'off'")
     parser.add_argument("--record", help="also write everything received (after redaction) to this capture file")
@@ -25,12 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config), args.listen, args.forward, args.metrics_listen,
-                          args.record)
-    logging.basicConfig(level=cfg.telemetry.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                          args.record, http_listen=args.http_listen)
+    setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
     if cfg.builtin_default:
         logging.getLogger("recohop").info("no --config given: running the built-in default pipeline")
-    hop = Hop(cfg).start()
+    try:
+        hop = Hop(cfg).start()
+    except OSError as exc:  # a port in use: say which, without a traceback
+        logging.getLogger("recohop").error("cannot start: %s", exc)
+        return 1
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
