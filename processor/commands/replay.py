@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client import CollectorRegistry
 
 from processor import otlpjson
+from processor.assets import BUILTIN_PREFIX
 from processor.config_node import ConfigError, Node
 from processor.stages.base import StageContext
 from processor.stages.tail_sampling import build
@@ -29,7 +30,8 @@ Request = ExportTraceServiceRequest | ExportLogsServiceRequest
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help="dry-run tail-sampling policies on a capture")
-    parser.add_argument("--policies", required=True, help="policy file to evaluate")
+    parser.add_argument("--policies", required=True,
+                        help="policy file to evaluate (builtin:policies/default.yaml is the shipped default)")
     parser.add_argument("--max-bytes", default="1GiB", help="trace buffer budget (default 1GiB)")
     parser.add_argument("capture", help="OTLP JSON lines or length-delimited binary traces capture")
     parser.set_defaults(func=run)
@@ -98,7 +100,8 @@ def _tally(request: Request, report: Report) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ctx = StageContext(registry=CollectorRegistry(), clock=lambda: 0.0)
-    stage = build(Node({"policies": str(Path(args.policies).resolve()), "max_bytes": args.max_bytes},
+    policies = args.policies if args.policies.startswith(BUILTIN_PREFIX) else str(Path(args.policies).resolve())
+    stage = build(Node({"policies": policies, "max_bytes": args.max_bytes},
                        "<command line>"), ctx)
     decided: dict[bytes, tuple[bool, str]] = {}
     ctx.decisions.subscribe(lambda tid, kept, policy: decided.__setitem__(tid, (kept, policy)))
