@@ -145,8 +145,8 @@ PARAMETERS: dict[str, Param] = {
                               "recohop's memory budget (MiB): the pod limit; buffer and queue sizes derive from it"),
     "data_dir": Param("/var/lib/recohop", _PATH,
                       "recohop's data directory: the tail-sampling write-ahead log and the export disk queue"),
-    "data_volume_size": Param("2Gi", _pattern(r"\d+(Mi|Gi)", "a volume size such as 2Gi"),
-                              "size of each recohop pod's data volume (WAL 512MiB + disk queue 1GiB + slack)"),
+    "data_volume_mib": Param("2048", _positive_int,
+                             "size of recohop's data volume (MiB): the WAL and disk queue budgets derive from it"),
     "decision_wait": Param("10s", _DURATION, "how long recohop buffers a trace before the sampling decision"),
     "log_level": _choice("info", ("debug", "info", "warning", "error"), "recohop log level"),
     # kubernetes
@@ -181,6 +181,8 @@ DERIVED: dict[str, tuple[tuple[str, ...], str]] = {
     "backend_traces_exporter": (("backend_exporter",), "the backend's traces exporter for backend_exporter"),
     "backend_metrics_exporter": (("backend_exporter",), "the backend's metrics exporter for backend_exporter"),
     "backend_logs_exporter": (("backend_exporter",), "the backend's logs exporter for backend_exporter"),
+    "wal_max_bytes": (("data_volume_mib",), "25% of data_volume_mib: the tail-sampling write-ahead log"),
+    "spill_max_bytes": (("data_volume_mib",), "50% of data_volume_mib: the exporter's disk queue"),
     "termination_grace_seconds": (("decision_wait",),
                                   "decision_wait + 20s, so a stopping pod decides and flushes its buffered traces"),
 }
@@ -296,6 +298,8 @@ def _derive(values: dict[str, str]) -> dict[str, str]:
         "sampling_max_bytes": str(budget * mib * 45 // 100),
         "queue_max_bytes": str(budget * mib * 15 // 100),
         "memory_request_mib": str(budget),
+        "wal_max_bytes": str(int(values["data_volume_mib"]) * mib * 25 // 100),
+        "spill_max_bytes": str(int(values["data_volume_mib"]) * mib * 50 // 100),
         "agent_spike_limit_mib": str(max(1, int(values["agent_memory_limit_mib"]) // 5)),
         "gateway_spike_limit_mib": str(max(1, int(values["gateway_memory_limit_mib"]) // 5)),
         "recohop_hosts_list": "\n".join(f"          - {h}" for h in hosts),

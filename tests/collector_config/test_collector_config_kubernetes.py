@@ -106,3 +106,15 @@ def test_grace_period_covers_the_decision_wait() -> None:
 def test_pseudonym_key_defaults_to_empty_so_nothing_secret_is_rendered() -> None:
     assert _manifests()["Secret"]["stringData"]["key"] == ""
     assert _manifests({"pseudonym_key": "abc123"})["Secret"]["stringData"]["key"] == "abc123"
+
+
+@pytest.mark.parametrize("volume_mib", ["512", "2048", "20480"])
+def test_disk_budgets_fit_the_data_volume(volume_mib: str) -> None:
+    """The WAL's and the disk queue's byte budgets derive from the volume and leave room for segment slack."""
+    m = _manifests({"data_volume_mib": volume_mib})
+    (claim,) = m["StatefulSet"]["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == f"{volume_mib}Mi"
+    hop = yaml.safe_load(m["ConfigMap"]["data"]["recohop.yaml"])
+    (sampling,) = [s for s in hop["pipeline"] if s["type"] == "tail_sampling"]
+    disk = sampling["wal"]["max_bytes"] + hop["exporter"]["spill"]["max_bytes"]
+    assert 0.5 * int(volume_mib) * MIB <= disk <= 0.8 * int(volume_mib) * MIB
