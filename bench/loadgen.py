@@ -182,9 +182,12 @@ class Clients:
         self.go.set()
         return self.start_at.value
 
-    def collect(self) -> ClientResult:
+    def collect(self, grace: float = 45.0) -> ClientResult:
+        """Every client's result, as each ends its window; gives up `grace` seconds after the window's end
+        (a client joins its streams for up to 35 s: the last calls may still be in flight)."""
         total = ClientResult()
-        deadline = time.monotonic() + 45
+        window_end = self.start_at.value + self.plan.warmup + self.plan.duration
+        deadline = max(time.monotonic(), window_end) + grace
         for _ in self.procs:
             item = self.out.get(timeout=max(1.0, deadline - time.monotonic()))
             if not isinstance(item, ClientResult):

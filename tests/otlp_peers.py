@@ -70,6 +70,8 @@ class CaptureServer:
     fail_with: Callable[[str], grpc.StatusCode | None] | None = None
     # Returns the serialized response to answer with (e.g. a partial success), or None for the empty one.
     respond_with: Callable[[str, bytes], bytes | None] | None = None
+    # False: accepted requests are not kept (a long run watches them through `respond_with` instead).
+    keep_raw: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: grpc.Server | None = None
 
@@ -94,8 +96,9 @@ class CaptureServer:
             code = self.fail_with(signal) if self.fail_with else None
             if code is not None:
                 context.abort_with_status(retry_status(code, "test peer refuses", 0.05))
-            with self.lock:
-                self.raw[signal].append(raw)
+            if self.keep_raw:
+                with self.lock:
+                    self.raw[signal].append(raw)
             answer = self.respond_with(signal, raw) if self.respond_with else None
             return empty if answer is None else answer
 
@@ -139,11 +142,11 @@ class HopProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def metric_sum(metrics_url: str, prefix: str) -> float:
+def metric_sum(metrics_url: str, prefix: str, timeout: float = 5.0) -> float:
     """Sum of the /metrics samples whose line starts with `prefix` (0 when there are none)."""
     import urllib.request
 
-    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+    with urllib.request.urlopen(metrics_url, timeout=timeout) as resp:
         text = resp.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
