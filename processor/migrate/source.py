@@ -177,12 +177,11 @@ class Section:
 
 
 def _has_env_ref(value: Any) -> bool:
+    """A `${...}` in a string or a list of strings (mappings are checked key by key as they are read)."""
     if isinstance(value, str):
         return "${" in value
     if isinstance(value, list):
-        return any(_has_env_ref(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_env_ref(v) for v in value.values())
+        return any(isinstance(v, str) and "${" in v for v in value)
     return False
 
 
