@@ -5,13 +5,13 @@
  * and event name is looked at in C: a key table (filled once per distinct key by a Python callback that runs
  * the rule matching) says what the key's rule does, a cheap prefilter derived from
  * processor/redaction/detectors.py:possible_kinds says "no detector can match this value" for almost every
- * value, and the rest goes to Python callbacks (memoised by the bytes they were given, bounded). Drops, masks,
- * keyed pseudonyms (HMAC-SHA256, computed here) and IPv4 generalisation are done here; everything else is
+ * value, and the rest goes to Python callbacks (memoised by the bytes they were given, bounded). Drops, masks
+ * and IPv4 generalisation are done here; keyed pseudonyms are the Python pseudonymiser's (HMAC-SHA256 from
+ * Python's hmac, i.e. OpenSSL), memoised here per value like the other callbacks; everything else is
  * decided by the same Python code as the message walk. The output is the input with the edits, every
  * enclosing length prefix fixed; when nothing changes the input bytes object itself is returned.
  *
- * Scanner(key_action, kv_outcome, text_outcome, kinds_mask, summary, hmac_key, pseudonym_length, n_rules,
- *         memo_max)
+ * Scanner(key_action, kv_outcome, text_outcome, kinds_mask, summary, pseudonym, n_rules, memo_max)
  *   key_action(key: bytes) -> (code, rule_id, arg): code is one of the A_* values below; arg the mask text
  *       (bytes) for A_MASK, the prefix (bytes) for A_PSEUDO, the generalising function for A_GEN / A_GEN_IP.
  *   kv_outcome(kv: bytes) -> None (leave it) | False (not understood: give up) |
@@ -19,13 +19,19 @@
  *   text_outcome(text: bytes) -> None | False | (replacement text bytes, detector ids)
  * Scanner.redact(buf) -> None (bytes this scanner does not understand: use the Python path) or
  *   (output bytes, spans touched, rule hit counts or None, detector hit counts or None)
+ *   pseudonym(value: bytes) -> str: the digest part of a pseudonym (the rule's prefix goes in front), or None
+ *       when no rule pseudonymises.
  * possible_kinds(text: bytes) -> bitmask of detector kinds that could match, or None when not valid UTF-8.
- * hmac_sha256(key, data) -> bytes (for tests of the pseudonyms computed here).
+ * The memo tables are indexed by a keyed hash (hash.h), so no client can make their lookups slow.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "hash.h"
 #include "wire.h"
+
+/* The key of the memo tables (hash.h), drawn at import. */
+static hash_key memo_key;
 
 /* Detector kinds, in processor/redaction/detectors.py:KINDS order. */
 enum { K_BEARER, K_JWT, K_EMAIL, K_IBAN, K_CARD, K_IPV6, K_IPV4, K_PHONE, N_KINDS };
@@ -36,171 +42,6 @@ enum { A_CLEAN, A_SCAN, A_DROP, A_MASK, A_PSEUDO, A_GEN, A_GEN_IP, A_OTHER, N_AC
 #define NEST_MAX 16       /* nested kvlists/arrays deeper than this go to Python (which cuts at 64) */
 #define MEMO_ITEM_MAX 512 /* longer values are not memoised (bounded memory) */
 #define KEYS_MAX 16384
-
-/* ------------------------------------------------------------------ SHA-256 / HMAC */
-
-typedef struct {
-    uint32_t h[8];
-    uint8_t block[64];
-    uint64_t total;
-    size_t used;
-} sha256_ctx;
-
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-static void sha256_compress(uint32_t h[8], const uint8_t *p) {
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++)
-        w[i] = ((uint32_t)p[4 * i] << 24) | ((uint32_t)p[4 * i + 1] << 16) | ((uint32_t)p[4 * i + 2] << 8) |
-               (uint32_t)p[4 * i + 3];
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], hh = h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = hh + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        uint32_t t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
-    }
-    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#include <immintrin.h>
-#define HAVE_SHA_NI_BUILD 1
-
-/* The same compression with the x86 SHA extensions (several times faster; chosen at run time). */
-__attribute__((target("sha,sse4.1,ssse3"))) static void sha256_compress_ni(uint32_t h[8], const uint8_t *p) {
-    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i tmp = _mm_loadu_si128((const __m128i *)&h[0]);
-    __m128i state1 = _mm_loadu_si128((const __m128i *)&h[4]);
-    tmp = _mm_shuffle_epi32(tmp, 0xB1);                /* CDAB */
-    state1 = _mm_shuffle_epi32(state1, 0x1B);          /* EFGH */
-    __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);  /* ABEF */
-    state1 = _mm_blend_epi16(state1, tmp, 0xF0);       /* CDGH */
-    const __m128i abef = state0, cdgh = state1;
-    __m128i w[4];
-    for (int j = 0; j < 4; j++) w[j] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * j)), swap);
-#pragma GCC unroll 16
-    for (int t = 0; t < 16; t++) {
-        if (t >= 4)
-            w[t & 3] = _mm_sha256msg2_epu32(
-                _mm_add_epi32(_mm_sha256msg1_epu32(w[t & 3], w[(t - 3) & 3]),
-                              _mm_alignr_epi8(w[(t - 1) & 3], w[(t - 2) & 3], 4)),
-                w[(t - 1) & 3]);
-        __m128i msg = _mm_add_epi32(w[t & 3], _mm_loadu_si128((const __m128i *)&K256[4 * t]));
-        state1 = _mm_sha256rnds2_epu32(state1, state0, msg);
-        msg = _mm_shuffle_epi32(msg, 0x0E);
-        state0 = _mm_sha256rnds2_epu32(state0, state1, msg);
-    }
-    state0 = _mm_add_epi32(state0, abef);
-    state1 = _mm_add_epi32(state1, cdgh);
-    tmp = _mm_shuffle_epi32(state0, 0x1B);             /* FEBA */
-    state1 = _mm_shuffle_epi32(state1, 0xB1);          /* DCHG */
-    state0 = _mm_blend_epi16(tmp, state1, 0xF0);       /* DCBA */
-    state1 = _mm_alignr_epi8(state1, tmp, 8);          /* ABEF */
-    _mm_storeu_si128((__m128i *)&h[0], state0);
-    _mm_storeu_si128((__m128i *)&h[4], state1);
-}
-
-static int cpu_has_sha_ni(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9))) return 0; /* SSE4.1, SSSE3 */
-    if (__get_cpuid_max(0, NULL) < 7) return 0;
-    __cpuid_count(7, 0, a, b, c, d);
-    return (b >> 29) & 1;
-}
-#endif
-
-static void (*compress)(uint32_t h[8], const uint8_t *p) = sha256_compress;
-
-static void sha256_init(sha256_ctx *c) {
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(c->h, iv, sizeof iv);
-    c->total = 0;
-    c->used = 0;
-}
-
-static void sha256_update(sha256_ctx *c, const uint8_t *p, size_t n) {
-    c->total += n;
-    while (n) {
-        size_t take = 64 - c->used < n ? 64 - c->used : n;
-        memcpy(c->block + c->used, p, take);
-        c->used += take;
-        p += take;
-        n -= take;
-        if (c->used == 64) {
-            compress(c->h, c->block);
-            c->used = 0;
-        }
-    }
-}
-
-static void sha256_final(sha256_ctx *c, uint8_t out[32]) {
-    uint64_t bits = c->total * 8;
-    c->block[c->used++] = 0x80;
-    if (c->used > 56) {
-        memset(c->block + c->used, 0, 64 - c->used);
-        compress(c->h, c->block);
-        c->used = 0;
-    }
-    memset(c->block + c->used, 0, 56 - c->used);
-    for (int i = 0; i < 8; i++) c->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
-    compress(c->h, c->block);
-    for (int i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(c->h[i] >> 24);
-        out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8);
-        out[4 * i + 3] = (uint8_t)c->h[i];
-    }
-}
-
-typedef struct {
-    sha256_ctx inner, outer; /* states after the ipad / opad blocks */
-} hmac_key;
-
-static void hmac_setup(hmac_key *k, const uint8_t *key, size_t n) {
-    uint8_t block[64] = {0};
-    if (n > 64) {
-        sha256_ctx c;
-        sha256_init(&c);
-        sha256_update(&c, key, n);
-        sha256_final(&c, block);
-    } else {
-        memcpy(block, key, n);
-    }
-    uint8_t pad[64];
-    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x36;
-    sha256_init(&k->inner);
-    sha256_update(&k->inner, pad, 64);
-    for (int i = 0; i < 64; i++) pad[i] = block[i] ^ 0x5c;
-    sha256_init(&k->outer);
-    sha256_update(&k->outer, pad, 64);
-}
-
-static void hmac_digest(const hmac_key *k, const uint8_t *p, size_t n, uint8_t out[32]) {
-    sha256_ctx c = k->inner;
-    uint8_t mid[32];
-    sha256_update(&c, p, n);
-    sha256_final(&c, mid);
-    c = k->outer;
-    sha256_update(&c, mid, 32);
-    sha256_final(&c, out);
-}
 
 /* ------------------------------------------------------------------ the detector prefilter */
 
@@ -292,7 +133,7 @@ static int possible(const uint8_t *p, size_t n) {
 /* ------------------------------------------------------------------ bounded memo tables */
 
 typedef struct {
-    Py_hash_t hash;
+    uint64_t hash;
     PyObject *key;   /* bytes (owned); NULL: empty slot */
     PyObject *value; /* owned, or NULL */
     int code, rule;
@@ -320,7 +161,7 @@ static void tab_free(table *t) {
     t->slots = NULL;
 }
 
-static slot *tab_find(const table *t, const uint8_t *p, size_t n, Py_hash_t h) {
+static slot *tab_find(const table *t, const uint8_t *p, size_t n, uint64_t h) {
     if (!t->slots) return NULL;
     size_t i = (size_t)h & t->mask;
     for (;;) {
@@ -334,7 +175,7 @@ static slot *tab_find(const table *t, const uint8_t *p, size_t n, Py_hash_t h) {
 
 /* A new slot for bytes p[:n] (not present): the table is cleared first when full. NULL with an exception set
  * on error. The slot is valid until the next insert. */
-static slot *tab_insert(table *t, const uint8_t *p, size_t n, Py_hash_t h) {
+static slot *tab_insert(table *t, const uint8_t *p, size_t n, uint64_t h) {
     if (t->count >= t->max) tab_clear(t);
     if (!t->slots || (t->count + 1) * 2 > t->mask + 1) {
         size_t cap = t->slots ? (t->mask + 1) * 2 : 64;
@@ -379,12 +220,10 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *key_action, *kv_outcome, *text_outcome;
-    int kinds_mask, summary, busy, has_key;
-    hmac_key hkey;
-    Py_ssize_t pseudonym_length;
+    PyObject *key_action, *kv_outcome, *text_outcome, *pseudonym;
+    int kinds_mask, summary, busy;
     Py_ssize_t n_rules;
-    table keys, kvs, texts;
+    table keys, kvs, texts, pseudos;
     /* per call */
     const uint8_t *buf;
     edit *edits;
@@ -584,7 +423,7 @@ static int split_any(const uint8_t *p, size_t n, any_parts *av) {
 
 /* The key's action: *code, *rule and (borrowed, valid until the next key insert) *arg. 1, or -1 on error. */
 static int key_action(Scanner *sc, const uint8_t *key, size_t n, int *code, int *rule, PyObject **arg) {
-    Py_hash_t h = _Py_HashBytes(key, (Py_ssize_t)n);
+    uint64_t h = siphash13(&memo_key, key, n);
     slot *s = tab_find(&sc->keys, key, n, h);
     if (!s) {
         PyObject *res = PyObject_CallFunction(sc->key_action, "y#", (const char *)key, (Py_ssize_t)n);
@@ -622,9 +461,9 @@ static int key_action(Scanner *sc, const uint8_t *key, size_t n, int *code, int 
 
 /* Memoised callback result for p[:n] in t (new reference): None, False or a tuple. NULL on error. */
 static PyObject *memo_call(table *t, PyObject *fn, const uint8_t *p, size_t n) {
-    Py_hash_t h = 0;
+    uint64_t h = 0;
     if (n <= MEMO_ITEM_MAX) {
-        h = _Py_HashBytes(p, (Py_ssize_t)n);
+        h = siphash13(&memo_key, p, n);
         slot *s = tab_find(t, p, n, h);
         if (s) {
             Py_INCREF(s->value);
@@ -646,6 +485,33 @@ static PyObject *memo_call(table *t, PyObject *fn, const uint8_t *p, size_t n) {
         }
         Py_INCREF(res);
         s->value = res;
+    }
+    return res;
+}
+
+/* The digest part of the pseudonym of value p[:n] (a new reference to a str), memoised like the outcomes. */
+static PyObject *pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n) {
+    table *t = &sc->pseudos;
+    uint64_t h = 0;
+    if (n <= MEMO_ITEM_MAX) {
+        h = siphash13(&memo_key, p, n);
+        slot *s = tab_find(t, p, n, h);
+        if (s) return Py_NewRef(s->value);
+    }
+    PyObject *res = PyObject_CallFunction(sc->pseudonym, "y#", (const char *)p, (Py_ssize_t)n);
+    if (!res) return NULL;
+    if (!PyUnicode_Check(res)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "pseudonym() returns str");
+        return NULL;
+    }
+    if (n <= MEMO_ITEM_MAX) {
+        slot *s = tab_insert(t, p, n, h);
+        if (!s) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        s->value = Py_NewRef(res);
     }
     return res;
 }
@@ -843,22 +709,19 @@ static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
         n1 = (size_t)PyBytes_GET_SIZE(arg);
         size_t off = sc->scratch_len;
         if (!put_kv_string(sc, kp.key, kp.keylen, s1, n1, NULL, 0) || !replace_field(sc, f, off)) return -1;
-    } else if (code == A_PSEUDO && sc->has_key &&
+    } else if (code == A_PSEUDO && sc->pseudonym &&
                (av.kind == V_STRING || av.kind == V_BYTES || av.kind == V_EMPTY)) {
         if (av.kind == V_STRING && possible(av.data, av.len) < 0) return 0;
-        uint8_t digest[32];
-        char hex[64];
-        static const char digits[] = "0123456789abcdef";
-        hmac_digest(&sc->hkey, av.data, av.len, digest);
-        for (int i = 0; i < 32; i++) {
-            hex[2 * i] = digits[digest[i] >> 4];
-            hex[2 * i + 1] = digits[digest[i] & 15];
-        }
+        PyObject *digest = pseudonym_digest(sc, av.data, av.len);
+        if (!digest) return -1;
+        Py_ssize_t dlen;
+        const char *d = PyUnicode_AsUTF8AndSize(digest, &dlen);
         size_t off = sc->scratch_len;
-        if (!put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(arg),
-                           (size_t)PyBytes_GET_SIZE(arg), (const uint8_t *)hex, (size_t)sc->pseudonym_length) ||
-            !replace_field(sc, f, off))
-            return -1;
+        int ok = d && put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(arg),
+                                    (size_t)PyBytes_GET_SIZE(arg), (const uint8_t *)d, (size_t)dlen) &&
+                 replace_field(sc, f, off);
+        Py_DECREF(digest);
+        if (!ok) return -1;
     } else if ((code == A_GEN || code == A_GEN_IP) && av.kind == V_STRING) {
         if (possible(av.data, av.len) < 0) return 0;
         size_t netlen = code == A_GEN_IP ? ipv4_net(av.data, av.len, net) : 0;
@@ -1174,33 +1037,31 @@ static PyObject *Scanner_clear(Scanner *sc, PyObject *unused) {
     tab_clear(&sc->keys);
     tab_clear(&sc->kvs);
     tab_clear(&sc->texts);
+    tab_clear(&sc->pseudos);
     Py_RETURN_NONE;
 }
 
 static PyObject *Scanner_memo_sizes(Scanner *sc, PyObject *unused) {
-    return Py_BuildValue("(nnn)", (Py_ssize_t)sc->keys.count, (Py_ssize_t)sc->kvs.count,
-                         (Py_ssize_t)sc->texts.count);
+    return Py_BuildValue("(nnnn)", (Py_ssize_t)sc->keys.count, (Py_ssize_t)sc->kvs.count,
+                         (Py_ssize_t)sc->texts.count, (Py_ssize_t)sc->pseudos.count);
 }
 
 static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"key_action", "kv_outcome", "text_outcome", "kinds_mask", "summary", "hmac_key",
-                             "pseudonym_length", "n_rules", "memo_max", NULL};
-    PyObject *ka, *ko, *to, *key;
+    static char *kwlist[] = {"key_action", "kv_outcome", "text_outcome", "kinds_mask", "summary", "pseudonym",
+                             "n_rules", "memo_max", NULL};
+    PyObject *ka, *ko, *to, *pseudonym;
     int mask, summary;
-    Py_ssize_t length, n_rules, memo_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOipOnnn", kwlist, &ka, &ko, &to, &mask, &summary, &key,
-                                     &length, &n_rules, &memo_max))
+    Py_ssize_t n_rules, memo_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOipOnn", kwlist, &ka, &ko, &to, &mask, &summary, &pseudonym,
+                                     &n_rules, &memo_max))
         return -1;
-    if (!PyCallable_Check(ka) || !PyCallable_Check(ko) || !PyCallable_Check(to)) {
-        PyErr_SetString(PyExc_TypeError, "callbacks must be callable");
-        return -1;
-    }
-    if (key != Py_None && !PyBytes_Check(key)) {
-        PyErr_SetString(PyExc_TypeError, "hmac_key must be bytes or None");
+    if (!PyCallable_Check(ka) || !PyCallable_Check(ko) || !PyCallable_Check(to) ||
+        (pseudonym != Py_None && !PyCallable_Check(pseudonym))) {
+        PyErr_SetString(PyExc_TypeError, "callbacks must be callable (pseudonym: or None)");
         return -1;
     }
-    if (length < 0 || length > 64 || n_rules < 1 || memo_max < 1 || sc->busy) {
-        PyErr_SetString(PyExc_ValueError, "pseudonym_length 0..64, n_rules >= 1, memo_max >= 1");
+    if (n_rules < 1 || memo_max < 1 || sc->busy) {
+        PyErr_SetString(PyExc_ValueError, "n_rules >= 1, memo_max >= 1");
         return -1;
     }
     Py_ssize_t *hits = PyMem_Calloc((size_t)n_rules, sizeof(Py_ssize_t));
@@ -1210,39 +1071,70 @@ static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
     }
     PyMem_Free(sc->rule_hits);
     sc->rule_hits = hits;
-    Py_INCREF(ka);
-    Py_XSETREF(sc->key_action, ka);
-    Py_INCREF(ko);
-    Py_XSETREF(sc->kv_outcome, ko);
-    Py_INCREF(to);
-    Py_XSETREF(sc->text_outcome, to);
+    Py_XSETREF(sc->key_action, Py_NewRef(ka));
+    Py_XSETREF(sc->kv_outcome, Py_NewRef(ko));
+    Py_XSETREF(sc->text_outcome, Py_NewRef(to));
+    Py_XSETREF(sc->pseudonym, pseudonym == Py_None ? NULL : Py_NewRef(pseudonym));
     sc->kinds_mask = mask & ((1 << N_KINDS) - 1);
     sc->summary = summary;
-    sc->has_key = key != Py_None;
-    if (sc->has_key)
-        hmac_setup(&sc->hkey, (const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
-    sc->pseudonym_length = length;
     sc->n_rules = n_rules;
     tab_clear(&sc->keys);
     tab_clear(&sc->kvs);
     tab_clear(&sc->texts);
+    tab_clear(&sc->pseudos);
     sc->keys.max = memo_max < KEYS_MAX ? (size_t)memo_max : KEYS_MAX;
     sc->kvs.max = (size_t)memo_max;
     sc->texts.max = (size_t)memo_max;
+    sc->pseudos.max = (size_t)memo_max;
+    return 0;
+}
+
+static int tab_traverse(const table *t, visitproc visit, void *arg) {
+    if (!t->slots) return 0;
+    for (size_t i = 0; i <= t->mask; i++) Py_VISIT(t->slots[i].value);
+    return 0;
+}
+
+/* The scanner holds Python callables (closures over the stage's objects, which hold the scanner) and memoised
+ * answers, so it takes part in garbage collection. */
+static int Scanner_traverse(Scanner *sc, visitproc visit, void *arg) {
+    Py_VISIT(sc->key_action);
+    Py_VISIT(sc->kv_outcome);
+    Py_VISIT(sc->text_outcome);
+    Py_VISIT(sc->pseudonym);
+    int r;
+    if ((r = tab_traverse(&sc->keys, visit, arg)) || (r = tab_traverse(&sc->kvs, visit, arg)) ||
+        (r = tab_traverse(&sc->texts, visit, arg)) || (r = tab_traverse(&sc->pseudos, visit, arg)))
+        return r;
+    return 0;
+}
+
+static int Scanner_tp_clear(Scanner *sc) {
+    if (sc->busy) return 0; /* unreachable while redact() runs (its caller holds it); never free under it */
+    Py_CLEAR(sc->key_action);
+    Py_CLEAR(sc->kv_outcome);
+    Py_CLEAR(sc->text_outcome);
+    Py_CLEAR(sc->pseudonym);
+    tab_clear(&sc->keys);
+    tab_clear(&sc->kvs);
+    tab_clear(&sc->texts);
+    tab_clear(&sc->pseudos);
     return 0;
 }
 
 static void Scanner_dealloc(Scanner *sc) {
+    PyObject_GC_UnTrack(sc);
     Py_XDECREF(sc->key_action);
     Py_XDECREF(sc->kv_outcome);
     Py_XDECREF(sc->text_outcome);
+    Py_XDECREF(sc->pseudonym);
     tab_free(&sc->keys);
     tab_free(&sc->kvs);
     tab_free(&sc->texts);
+    tab_free(&sc->pseudos);
     PyMem_Free(sc->edits);
     PyMem_Free(sc->scratch);
     PyMem_Free(sc->rule_hits);
-    memset(&sc->hkey, 0, sizeof sc->hkey);
     Py_TYPE(sc)->tp_free((PyObject *)sc);
 }
 
@@ -1250,18 +1142,22 @@ static PyMethodDef Scanner_methods[] = {
     {"redact", (PyCFunction)Scanner_redact, METH_O,
      "Redact a serialized ExportTraceServiceRequest: (out, spans_touched, rule_hits, detector_hits) or None."},
     {"clear", (PyCFunction)Scanner_clear, METH_NOARGS, "Forget every memoised key, attribute and text."},
-    {"memo_sizes", (PyCFunction)Scanner_memo_sizes, METH_NOARGS, "(keys, attributes, texts) memoised now."},
+    {"memo_sizes", (PyCFunction)Scanner_memo_sizes, METH_NOARGS,
+     "(keys, attributes, texts, pseudonyms) memoised now."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyTypeObject ScannerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "processor.native._redact.Scanner",
     .tp_basicsize = sizeof(Scanner),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The redaction stage's traces pass (see the module docstring).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Scanner_init,
     .tp_dealloc = (destructor)Scanner_dealloc,
+    .tp_traverse = (traverseproc)Scanner_traverse,
+    .tp_clear = (inquiry)Scanner_tp_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_methods = Scanner_methods,
 };
 
@@ -1277,21 +1173,9 @@ static PyObject *py_possible_kinds(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(kinds);
 }
 
-static PyObject *py_hmac_sha256(PyObject *self, PyObject *args) {
-    const char *key, *data;
-    Py_ssize_t klen, dlen;
-    if (!PyArg_ParseTuple(args, "y#y#", &key, &klen, &data, &dlen)) return NULL;
-    hmac_key k;
-    uint8_t out[32];
-    hmac_setup(&k, (const uint8_t *)key, (size_t)klen);
-    hmac_digest(&k, (const uint8_t *)data, (size_t)dlen, out);
-    return PyBytes_FromStringAndSize((const char *)out, 32);
-}
-
 static PyMethodDef methods[] = {
     {"possible_kinds", py_possible_kinds, METH_O,
      "Bitmask of the detector kinds that could match a UTF-8 text (None: not UTF-8)."},
-    {"hmac_sha256", py_hmac_sha256, METH_VARARGS, "HMAC-SHA256(key, data) as computed for pseudonyms."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1299,17 +1183,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_redact", NULL, -1, 
 
 PyMODINIT_FUNC PyInit__redact(void) {
     init_byte_class();
-#ifdef HAVE_SHA_NI_BUILD
-    if (cpu_has_sha_ni() && !getenv("RECOHOP_REDACT_NO_SHA_NI")) compress = sha256_compress_ni;
-#endif
+    if (!hash_key_random(&memo_key)) return NULL;
     if (PyType_Ready(&ScannerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&ScannerType);
-    if (PyModule_AddIntConstant(m, "sha_ni", compress != sha256_compress) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
     if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) {
         Py_DECREF(&ScannerType);
         Py_DECREF(m);

@@ -21,6 +21,9 @@
 
 #include "otlp.h"
 
+/* The key of the per-request trace-id tables (hash.h), drawn at import. */
+static hash_key trace_key;
+
 typedef struct {
     const uint8_t *data; /* span payload */
     size_t len;
@@ -96,31 +99,35 @@ static int gate_matches(PyObject *gates, const uint8_t *kv, size_t len) {
     return gate_hits(gates, kv, len) != 0;
 }
 
-/* Python value of a serialized AnyValue (str, bool, int, float; None for other kinds). NULL on error. */
-static PyObject *any_value(const uint8_t *p, size_t len) {
+/* Python value of the `value` of a serialized KeyValue (str, bool, int, float; None for other kinds and when it
+ * has none). Every occurrence of the value field counts, as the parser merges them: the oneof member set last
+ * wins, and an occurrence that sets none leaves the earlier one. NULL on error. */
+static PyObject *kv_value(const uint8_t *p, size_t len) {
     wire_cur c = wire_span(p, len);
     wire_field f;
-    PyObject *value = NULL;
     int kind = 0;
     const uint8_t *sp = NULL;
     size_t slen = 0;
     uint64_t v = 0;
-    int r;
-    while ((r = wire_next(&c, &f)) == 1) {
-        if (f.number == 1 && f.wtype == 2) { kind = 1; sp = f.data; slen = f.len; }
-        else if (f.number == 2 && f.wtype == 0) { kind = 2; v = f.value; }
-        else if (f.number == 3 && f.wtype == 0) { kind = 3; v = f.value; }
-        else if (f.number == 4 && f.wtype == 1) { kind = 4; v = f.value; }
-        else if (f.number >= 5 && f.number <= 7) { kind = 0; }
+    while (wire_next(&c, &f) == 1) {
+        if (f.number != 2 || f.wtype != 2) continue;
+        wire_cur a = wire_span(f.data, f.len);
+        wire_field af;
+        while (wire_next(&a, &af) == 1) {
+            if (af.number == 1 && af.wtype == 2) { kind = 1; sp = af.data; slen = af.len; }
+            else if (af.number == 2 && af.wtype == 0) { kind = 2; v = af.value; }
+            else if (af.number == 3 && af.wtype == 0) { kind = 3; v = af.value; }
+            else if (af.number == 4 && af.wtype == 1) { kind = 4; v = af.value; }
+            else if (af.number >= 5 && af.number <= 7 && af.wtype == 2) { kind = 0; }
+        }
     }
     switch (kind) {
-    case 1: value = PyUnicode_DecodeUTF8((const char *)sp, (Py_ssize_t)slen, "replace"); break;
-    case 2: value = PyBool_FromLong(v != 0); break;
-    case 3: value = PyLong_FromLongLong((long long)v); break;
-    case 4: { double d; memcpy(&d, &v, 8); value = PyFloat_FromDouble(d); break; }
-    default: Py_INCREF(Py_None); value = Py_None;
+    case 1: return PyUnicode_DecodeUTF8((const char *)sp, (Py_ssize_t)slen, "replace");
+    case 2: return PyBool_FromLong(v != 0);
+    case 3: return PyLong_FromLongLong((long long)v);
+    case 4: { double d; memcpy(&d, &v, 8); return PyFloat_FromDouble(d); }
+    default: Py_RETURN_NONE;
     }
-    return value;
 }
 
 typedef struct {
@@ -169,18 +176,16 @@ static int read_span(const uint8_t *p, size_t len, const wanted_set *names, cons
             if (!keys->n) break;
             wire_cur kc = wire_span(f.data, f.len);
             wire_field kf;
-            const uint8_t *key = NULL, *val = NULL;
-            size_t key_len = 0, val_len = 0;
-            int kr, has_val = 0;
-            while ((kr = wire_next(&kc, &kf)) == 1) {
+            const uint8_t *key = NULL;
+            size_t key_len = 0;
+            int kr;
+            while ((kr = wire_next(&kc, &kf)) == 1)
                 if (kf.number == 1 && kf.wtype == 2) { key = kf.data; key_len = kf.len; }
-                else if (kf.number == 2 && kf.wtype == 2) { val = kf.data; val_len = kf.len; has_val = 1; }
-            }
             if (kr < 0) return 0;
             int k = key ? find_wanted(keys, key, key_len) : -1;
             if (k < 0) break;
             if (keys->items[k].gates && !gate_matches(keys->items[k].gates, f.data, f.len)) break;
-            PyObject *value = has_val ? any_value(val, val_len) : (Py_INCREF(Py_None), Py_None);
+            PyObject *value = kv_value(f.data, f.len);
             if (!value) return -1;
             if (!*attrs && !(*attrs = PyDict_New())) { Py_DECREF(value); return -1; }
             PyObject *list = PyDict_GetItemWithError(*attrs, keys->items[k].label);
@@ -284,7 +289,7 @@ static PyObject *scope_runs(const uint8_t *p, size_t len, const wanted_set *name
             (*invalid)++;
             continue;
         }
-        size_t slot = (size_t)tid_hash(s.tid) & (cap - 1);
+        size_t slot = (size_t)tid_hash(&trace_key, s.tid) & (cap - 1);
         int32_t ri;
         while ((ri = table[slot]) >= 0 && memcmp(runs[ri].tid, s.tid, 16) != 0) slot = (slot + 1) & (cap - 1);
         run_info *run;
@@ -458,4 +463,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sampling", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__sampling(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__sampling(void) {
+    if (!hash_key_random(&trace_key)) return NULL;
+    return PyModule_Create(&module);
+}

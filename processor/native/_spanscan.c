@@ -39,7 +39,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "hash.h"
 #include "wire.h"
+
+/* The key of every per-call table here (values, names, groups: hash.h), drawn at import. */
+static hash_key scan_key;
 
 #if defined(__GNUC__)
 #define HOT __attribute__((flatten))
@@ -141,30 +145,6 @@ typedef struct {
 
 #define SPAN_RECORD 48
 
-static inline uint64_t mix64(uint64_t h) {
-    h ^= h >> 31;
-    h *= 0x7FB5D329728EA185ULL;
-    h ^= h >> 27;
-    h *= 0x81DADEF4BC2DD44DULL;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t hash_bytes(const uint8_t *p, size_t n, uint64_t seed) {
-    uint64_t h = seed ^ (n * 0x9E3779B97F4A7C15ULL);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0x94D049BB133111EBULL;
-        h ^= h >> 29;
-        p += 8;
-        n -= 8;
-    }
-    uint64_t w = 0;
-    for (size_t i = 0; i < n; i++) w |= (uint64_t)p[i] << (8 * i);
-    return mix64(h ^ w);
-}
-
 /* Makes room for `more` items of `size` bytes in a growable array; 0 on failure (exception set). */
 static int grow(void **arr, size_t *cap, size_t used, size_t more, size_t size) {
     if (used + more <= *cap) return 1;
@@ -201,7 +181,7 @@ static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, siz
 
 /* Id of a byte string; *is_new tells whether it was added. -1 on a Python error. */
 static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
-    uint64_t h = hash_bytes(p, len, 7);
+    uint64_t h = siphash13(&scan_key, p, len);
     size_t mask = in->table_cap - 1, slot = (size_t)h & mask;
     int32_t id;
     *is_new = 0;
@@ -317,8 +297,8 @@ static inline int add_row(scanner *s, int32_t ri, const span_fields *sp, int32_t
         if (k == 0 || !(weight >= 0 && weight < 1e300)) return 1;
     }
     size_t n = (size_t)rule->nsources;
-    int32_t *key = s->scratch;
-    uint64_t h = (uint64_t)ri * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
+    int32_t *key = s->scratch + 1; /* scratch[0] is the rule, so one hash covers rule and sources */
+    s->scratch[0] = ri;
     for (size_t i = 0; i < n; i++) {
         const source *src = &rule->sources[i];
         int32_t v;
@@ -330,10 +310,8 @@ static inline int add_row(scanner *s, int32_t ri, const span_fields *sp, int32_t
         default: v = sp->code;
         }
         key[i] = v;
-        h = (h ^ (uint32_t)v) * 0xBF58476D1CE4E5B9ULL;
-        h ^= h >> 28;
     }
-    h = mix64(h);
+    uint64_t h = siphash13(&scan_key, (const uint8_t *)s->scratch, (n + 1) * sizeof(int32_t));
     size_t mask = s->table_cap - 1, slot = (size_t)h & mask;
     int32_t gi;
     while ((gi = s->table[slot]) >= 0) {
@@ -903,7 +881,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     size_t max_sources = 1;
     for (Py_ssize_t i = 0; i < s.nrules; i++)
         if ((size_t)s.rules[i].nsources > max_sources) max_sources = (size_t)s.rules[i].nsources;
-    s.scratch = PyMem_Malloc(max_sources * sizeof(int32_t));
+    s.scratch = PyMem_Malloc((max_sources + 1) * sizeof(int32_t));
     s.attr_ids = PyMem_Malloc(((size_t)s.nattr + 1) * sizeof(int32_t));
     s.res_ids = PyMem_Malloc(((size_t)s.nres + 1) * sizeof(int32_t));
     s.rule_first = PyMem_Malloc(((size_t)s.nrules + 1) * sizeof(int32_t));
@@ -958,4 +936,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__spanscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__spanscan(void) {
+    if (!hash_key_random(&scan_key)) return NULL;
+    return PyModule_Create(&module);
+}

@@ -107,7 +107,17 @@ typedef struct {
     entry_t **batch;
     Py_ssize_t nbatch, batch_cap;
     uint32_t serial; /* one per scope pass of an intake */
+    hash_key hkey;   /* the trace table's and the decision cache's key (hash.h), random per store */
+    uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
 } Store;
+
+/* Bounds on the work one lookup may do: a hash chain of the trace table longer than CHAIN_MAX, or a decision-cache
+ * probe longer than PROBE_MAX, re-keys both tables (O(n) once). Under a secret random key neither happens by
+ * chance (the table's load is at most 1, the cache's 1/2); they bound the damage if the key were ever known. */
+#define CHAIN_MAX 32
+#define PROBE_MAX 64
+
+static void rekey(Store *s);
 
 
 /* -- decision cache ---------------------------------------------------------------------------------------- */
@@ -123,19 +133,23 @@ static int cache_alloc(cache_gen *g, size_t half) {
     return 1;
 }
 
-static cache_slot *cache_find(cache_gen *g, const uint8_t *tid) {
-    size_t mask = g->cap - 1, i = (size_t)tid_hash(tid) & mask;
+/* The slot holding tid, or the empty slot where it would go; *probes counts the slots looked at. */
+static cache_slot *cache_find(const hash_key *k, cache_gen *g, const uint8_t *tid, size_t *probes) {
+    size_t mask = g->cap - 1, i = (size_t)tid_hash(k, tid) & mask;
+    *probes = 1;
     while (g->slots[i].code >= 0) {
         if (memcmp(g->slots[i].tid, tid, 16) == 0) return &g->slots[i];
         i = (i + 1) & mask;
+        ++*probes;
     }
     return &g->slots[i];
 }
 
 static int32_t cache_get(Store *s, const uint8_t *tid) {
-    cache_slot *slot = cache_find(&s->young, tid);
+    size_t probes;
+    cache_slot *slot = cache_find(&s->hkey, &s->young, tid, &probes);
     if (slot->code >= 0) return slot->code;
-    slot = cache_find(&s->old, tid);
+    slot = cache_find(&s->hkey, &s->old, tid, &probes);
     return slot->code;
 }
 
@@ -147,7 +161,12 @@ static void cache_put(Store *s, const uint8_t *tid, int32_t code) {
         for (size_t i = 0; i < s->young.cap; i++) s->young.slots[i].code = -1;
         s->young.count = 0;
     }
-    cache_slot *slot = cache_find(&s->young, tid);
+    size_t probes;
+    cache_slot *slot = cache_find(&s->hkey, &s->young, tid, &probes);
+    if (probes > PROBE_MAX) {
+        rekey(s);
+        slot = cache_find(&s->hkey, &s->young, tid, &probes);
+    }
     if (slot->code < 0) {
         memcpy(slot->tid, tid, 16);
         s->young.count++;
@@ -155,10 +174,39 @@ static void cache_put(Store *s, const uint8_t *tid, int32_t code) {
     slot->code = code;
 }
 
+/* Re-inserts one cache generation's decisions under the current key (kept as they are when memory is short:
+ * still correct, only slower). */
+static void cache_rehash(Store *s, cache_gen *g) {
+    cache_slot *old = g->slots, *fresh = PyMem_Malloc(g->cap * sizeof(cache_slot));
+    if (!fresh) return;
+    for (size_t i = 0; i < g->cap; i++) fresh[i].code = -1;
+    g->slots = fresh;
+    for (size_t i = 0; i < g->cap; i++) {
+        if (old[i].code < 0) continue;
+        size_t probes;
+        cache_slot *slot = cache_find(&s->hkey, g, old[i].tid, &probes);
+        *slot = old[i];
+    }
+    PyMem_Free(old);
+}
+
+/* A new key for both tables, and every entry and decision placed under it. */
+static void rekey(Store *s) {
+    s->hkey = hash_key_derive(&s->hkey, ++s->rekeys);
+    memset(s->table, 0, s->tcap * sizeof(entry_t *));
+    for (entry_t *e = s->head; e; e = e->next) {
+        size_t b = tid_hash(&s->hkey, e->tid) & (s->tcap - 1);
+        e->hnext = s->table[b];
+        s->table[b] = e;
+    }
+    cache_rehash(s, &s->young);
+    cache_rehash(s, &s->old);
+}
+
 /* -- entries ------------------------------------------------------------------------------------------------ */
 
 static entry_t *find_entry(Store *s, const uint8_t *tid) {
-    entry_t *e = s->table[tid_hash(tid) & (s->tcap - 1)];
+    entry_t *e = s->table[tid_hash(&s->hkey, tid) & (s->tcap - 1)];
     while (e && memcmp(e->tid, tid, 16) != 0) e = e->hnext;
     return e;
 }
@@ -171,7 +219,7 @@ static int grow_table(Store *s) {
         entry_t *e = s->table[i];
         while (e) {
             entry_t *n = e->hnext;
-            size_t b = tid_hash(e->tid) & (cap - 1);
+            size_t b = tid_hash(&s->hkey, e->tid) & (cap - 1);
             e->hnext = table[b];
             table[b] = e;
             e = n;
@@ -193,13 +241,15 @@ static entry_t *new_entry(Store *s, const uint8_t *tid, double now) {
     e->root_gid = -1;
     e->start = UINT64_MAX;
     for (Py_ssize_t i = 0; i < s->nnames; i++) e->durs[i] = -1;
-    size_t b = tid_hash(tid) & (s->tcap - 1);
+    size_t b = tid_hash(&s->hkey, tid) & (s->tcap - 1), chain = 0;
     e->hnext = s->table[b];
     s->table[b] = e;
+    for (entry_t *o = e->hnext; o && chain <= CHAIN_MAX; o = o->hnext) chain++;
     e->prev = s->tail;
     if (s->tail) s->tail->next = e; else s->head = e;
     s->tail = e;
     s->count++;
+    if (chain > CHAIN_MAX) rekey(s);
     return e;
 }
 
@@ -296,7 +346,7 @@ static void free_chunks(Store *s, chunk_t *c, PyObject *released) {
 }
 
 static void unlink_entry(Store *s, entry_t *e) {
-    entry_t **p = &s->table[tid_hash(e->tid) & (s->tcap - 1)];
+    entry_t **p = &s->table[tid_hash(&s->hkey, e->tid) & (s->tcap - 1)];
     while (*p != e) p = &(*p)->hnext;
     *p = e->hnext;
     if (e->prev) e->prev->next = e->next; else s->head = e->next;
@@ -330,8 +380,7 @@ typedef struct {
  * satisfies, answered by Python (memoised there by the KeyValue's bytes). A failing answer sets the top bit:
  * "ask the policies about this trace in Python". */
 static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size_t len) {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)key_index;
-    for (size_t i = 0; i < len; i++) h = (h ^ kv[i]) * 1099511628211ULL;
+    uint64_t h = siphash13(&s->hkey, kv, len) ^ ((uint64_t)key_index * 0x9E3779B97F4A7C15ULL);
     struct class_slot *slot = NULL;
     if (len <= CLASS_MEMO_MAX_LEN) {
         if (!s->classes_memo) s->classes_memo = PyMem_Calloc(CLASS_MEMO, sizeof(struct class_slot));
@@ -449,7 +498,22 @@ typedef struct {
 
 /* -- Store methods ------------------------------------------------------------------------------------------ */
 
+static int Store_traverse(Store *s, visitproc visit, void *arg) {
+    Py_VISIT(s->names_obj);
+    Py_VISIT(s->keys_obj);
+    Py_VISIT(s->classifier);
+    return 0;
+}
+
+/* Breaks reference cycles: the classifier is a bound method of the Python object that owns this store. The name
+ * and key tuples stay (the tables point into their bytes; they hold no references back). */
+static int Store_clear(Store *s) {
+    Py_CLEAR(s->classifier);
+    return 0;
+}
+
 static void Store_dealloc(Store *s) {
+    PyObject_GC_UnTrack(s);
     entry_t *e = s->head;
     while (e) {
         entry_t *n = e->next;
@@ -526,6 +590,7 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
         return -1;
     }
     if (max_spans < 1 || cache_size < 2) { PyErr_SetString(PyExc_ValueError, "bad limits"); return -1; }
+    if (!hash_key_random(&s->hkey)) return -1;
     s->max_spans = max_spans;
     s->half = (size_t)(cache_size / 2);
     s->tcap = 1024;
@@ -1034,6 +1099,29 @@ static PyObject *Store_stats(Store *s, PyObject *noargs) {
     return Py_BuildValue("(nLL)", (Py_ssize_t)s->count, (long long)s->nbytes, (long long)s->nspans);
 }
 
+/* hash_stats() -> (rekeys, longest hash chain of the trace table now). */
+static PyObject *Store_hash_stats(Store *s, PyObject *noargs) {
+    READY(s);
+    size_t longest = 0;
+    for (size_t b = 0; b < s->tcap; b++) {
+        size_t n = 0;
+        for (entry_t *e = s->table[b]; e; e = e->hnext) n++;
+        if (n > longest) longest = n;
+    }
+    return Py_BuildValue("(Kn)", (unsigned long long)s->rekeys, (Py_ssize_t)longest);
+}
+
+/* bucket(tid) -> the trace table's bucket for tid under the current key and size (tests aim floods with it). */
+static PyObject *Store_bucket(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer tid;
+    if (!PyArg_ParseTuple(args, "y*", &tid)) return NULL;
+    PyObject *out = tid.len == 16 ? PyLong_FromSize_t((size_t)tid_hash(&s->hkey, tid.buf) & (s->tcap - 1))
+                                  : (PyErr_SetString(PyExc_ValueError, "a 16-byte trace id"), NULL);
+    PyBuffer_Release(&tid);
+    return out;
+}
+
 static PyObject *Store_set_classifier(Store *s, PyObject *args) {
     PyObject *fn;
     if (!PyArg_ParseTuple(args, "O", &fn)) return NULL;
@@ -1041,8 +1129,7 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "classifier: a callable or None");
         return NULL;
     }
-    Py_XDECREF(s->classifier);
-    s->classifier = NULL;
+    Py_CLEAR(s->classifier);
     PyMem_Free(s->classes_memo); /* answers of the previous classifier */
     s->classes_memo = NULL;
     if (fn != Py_None) {
@@ -1070,6 +1157,8 @@ static PyMethodDef Store_methods[] = {
     {"ids", (PyCFunction)Store_ids, METH_NOARGS, "Buffered trace ids, first-seen order."},
     {"refcount", (PyCFunction)Store_refcount, METH_VARARGS, "Buffered chunks of a group."},
     {"stats", (PyCFunction)Store_stats, METH_NOARGS, "(traces, bytes, spans) buffered."},
+    {"hash_stats", (PyCFunction)Store_hash_stats, METH_NOARGS, "(re-keyings, longest hash chain now)."},
+    {"bucket", (PyCFunction)Store_bucket, METH_VARARGS, "The trace table bucket of a trace id (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1077,10 +1166,13 @@ static PyTypeObject StoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "processor.native._tracestore.Store",
     .tp_basicsize = sizeof(Store),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Store_init,
     .tp_dealloc = (destructor)Store_dealloc,
+    .tp_traverse = (traverseproc)Store_traverse,
+    .tp_clear = (inquiry)Store_clear,
+    .tp_free = PyObject_GC_Del,
     .tp_methods = Store_methods,
     .tp_doc = "Buffered traces of the tail-sampling stage.",
 };

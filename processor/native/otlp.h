@@ -4,22 +4,14 @@
 
 #include <Python.h>
 
+#include "hash.h"
 #include "wire.h"
 
-/* All 128 bits of the id reach the low bits the tables index by (splitmix64's finalizer): ids are often not
- * uniformly random in every byte (X-Ray-style ids start with a timestamp, replayed ids with a counter), and a
- * hash whose low bits depended on a few id bytes would chain those ids together. */
-static uint64_t tid_hash(const uint8_t *tid) {
-    uint64_t a, b;
-    memcpy(&a, tid, 8);
-    memcpy(&b, tid + 8, 8);
-    uint64_t x = a ^ (b * 0x9E3779B97F4A7C15ULL) ^ (b >> 29);
-    x ^= x >> 30;
-    x *= 0xBF58476D1CE4E5B9ULL;
-    x ^= x >> 27;
-    x *= 0x94D049BB133111EBULL;
-    x ^= x >> 31;
-    return x;
+/* The hash tables of trace ids index by: SipHash under a secret key (hash.h), so no client can compute ids that
+ * share a bucket; all 128 bits of the id reach every bit of the hash (ids are often not uniformly random in
+ * every byte: X-Ray-style ids start with a timestamp, replayed ids with a counter). */
+static inline uint64_t tid_hash(const hash_key *k, const uint8_t *tid) {
+    return siphash13(k, tid, 16);
 }
 
 /* Fields 1 and 3 (resource/scope and schema_url) of a ResourceSpans/ScopeSpans, re-framed, as one bytes object;

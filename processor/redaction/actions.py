@@ -24,7 +24,8 @@ def generalise_ip(value: object) -> str:
         return "<ip>"
     text = value.strip()
     parts = text.split(".")
-    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
+    # ASCII digits only: str.isdigit() is also true for "²" and other digits int() refuses (issue 20).
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts):
         return f"{int(parts[0])}.{int(parts[1])}.{int(parts[2])}.0/24"  # the common case, without ipaddress
     port_free = text.rsplit(":", 1)[0] if text.count(":") == 1 else text  # 10.1.2.3:443
     port_free = port_free.strip("[]").split("%", 1)[0]
@@ -36,6 +37,24 @@ def generalise_ip(value: object) -> str:
         addr = addr.ipv4_mapped
     prefix = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+class Guarded:
+    """A generalisation that never refuses a request: a value it cannot read becomes its typed tag and is
+    counted (no attribute value may cost more than itself; issue 20: `client.address = "².1.1.1"` made the IP
+    generalisation raise, and the whole request was refused with INTERNAL)."""
+
+    def __init__(self, inner: Callable[[object], str], tag: str) -> None:
+        self.inner = inner
+        self.tag = tag
+        self.failures = 0
+
+    def __call__(self, value: object) -> str:
+        try:
+            return self.inner(value)
+        except Exception:  # noqa: BLE001 - any failure on one value costs that value only
+            self.failures += 1
+            return self.tag
 
 
 def make_age(bands: Sequence[int] = DEFAULT_AGE_BANDS) -> Callable[[object], str]:

@@ -5,9 +5,10 @@ protobuf parsing and per-scope Python work. The C scanner reads the serialized r
 only about what it has not seen: each distinct attribute key once (its rule, by `RuleSet.lookup`), values the
 detector prefilter cannot clear (the same `Detectors.scan`), and attributes whose rule needs Python (through
 `Redactor.keyvalue` on a parsed KeyValue, exactly as the message walk does). Answers are memoised in C by the
-bytes asked about (bounded). Drops, masks, keyed pseudonyms (HMAC-SHA256) and IPv4 generalisation are done in
-C with the same results as actions.py / pseudonym.py (tests compare them). Hit counts come back per request
-and go into the Redactor's counters, so the stage's self-metrics are unchanged.
+bytes asked about (bounded). Drops, masks and IPv4 generalisation are done in C with the same results as
+actions.py (tests compare them); keyed pseudonyms are `Pseudonymiser.digest` (HMAC-SHA256 by Python's hmac, i.e.
+OpenSSL), memoised in C per value. Hit counts come back per request and go into the Redactor's counters, so the
+stage's self-metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class NativeTraces:
             if rule.action == "pseudonymise":
                 return A_PSEUDO, rule_id, rule.prefix.encode("utf-8")
             if rule.generalise is not None:
-                return (A_GEN_IP if rule.generalise is generalise_ip else A_GEN), rule_id, rule.generalise
+                return (A_GEN_IP if rule.generalise.inner is generalise_ip else A_GEN), rule_id, rule.generalise
             return A_OTHER, rule_id, None
 
         def kv_outcome(raw: bytes) -> Outcome | bool | None:
@@ -106,8 +107,7 @@ class NativeTraces:
             key_action, kv_outcome, text_outcome,
             kinds_mask(redactor.detectors.kinds) if redactor.detectors.enabled else 0,
             bool(redactor.summary),
-            pseudonymiser.key if pseudonymiser is not None else None,
-            pseudonymiser.length if pseudonymiser is not None else 0,
+            pseudonymiser.digest if pseudonymiser is not None else None,
             len(self.rule_names), memo_max or self.MEMO_MAX)
 
     @classmethod

@@ -34,6 +34,7 @@ from processor.redaction.actions import (
     ACTIONS,
     DEFAULT_AGE_BANDS,
     GENERALISE_KINDS,
+    Guarded,
     generalise_geo,
     generalise_ip,
     make_age,
@@ -69,7 +70,7 @@ class Rule:
     action: str
     prefix: str = ""
     mask_with: str = "****"
-    generalise: Callable[[object], str] | None = None
+    generalise: Guarded | None = None  # never raises: an unreadable value becomes the kind's tag (counted)
     scan: bool = True  # keep rules: still run the detectors on the value
 
 
@@ -87,6 +88,12 @@ class RuleSet:
     _cache: dict[str, Rule | None] = field(default_factory=dict)
 
     CACHE_MAX = 16384
+
+    def unreadable_values(self) -> dict[str, int]:
+        """Per rule, values its generalisation could not read (each became the kind's tag and a rule hit)."""
+        rules = [rule for _, rule in self.rules] + ([self.otherwise] if self.otherwise else [])
+        return {rule.name: rule.generalise.failures for rule in rules
+                if rule.generalise is not None and rule.generalise.failures}
 
     def lookup(self, key: str) -> Rule | None:
         """The rule for `key` (first match), the allowlist's `otherwise`, or None (denylist, no rule)."""
@@ -145,7 +152,7 @@ def _rule(node: Node, mask_text: str, default_prefix: str) -> tuple[Callable[[st
             fn = make_age(bands)
         else:
             fn = generalise_ip if kind == "ip" else generalise_geo
-        rule = Rule(name, action, generalise=fn)
+        rule = Rule(name, action, generalise=Guarded(fn, f"<{kind}>"))
     elif action == "keep":
         rule = Rule(name, action, scan=node.bool("detectors", True))
     else:

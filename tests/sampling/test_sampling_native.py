@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from sampling_helpers import Harness
+from wire_encodings import field_bytes
 
 from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.native import load
@@ -142,3 +143,27 @@ def test_same_results_on_random_requests(batch: list[bytes], monkeypatch: pytest
 def test_scanner_never_crashes_on_garbage(raw: bytes) -> None:
     result = NATIVE.scan(raw, ((b"reco.generate", "reco.generate"),), ((b"reco.fallback", "reco.fallback", None),))
     assert result is None or isinstance(result, tuple)
+
+
+@pytest.mark.skipif(NATIVE is None, reason="native scanner not built")
+@pytest.mark.parametrize(("values", "expected"), [
+    ([b"\x0a\x04cart", b""], "cart"),  # a second, empty occurrence leaves the first member
+    ([b"", b"\x0a\x04cart"], "cart"),
+    ([b"\x0a\x04cart", b"\x18\x03"], 3),  # the member set last wins
+    ([b"\x0a\x04cart", b"\x32\x00"], None),  # ... also when it is a kvlist
+])
+def test_a_value_given_twice_is_merged_like_the_parser(values: list[bytes], expected: Any) -> None:
+    """KeyValue.value written twice means the merge of both (found by the fuzzer's non-canonical encodings: the
+    intake scanner read only the last occurrence, so a split value lost its string)."""
+    kv_bytes = field_bytes(1, b"reco.placement") + b"".join(field_bytes(2, v) for v in values)
+    span = Span(trace_id=b"\x07" * 16, span_id=b"\x01" * 8, name="s").SerializeToString() + field_bytes(9, kv_bytes)
+    raw = field_bytes(1, field_bytes(2, field_bytes(2, span)))
+    (attribute,) = ExportTraceServiceRequest.FromString(raw).resource_spans[0].scope_spans[0].spans[0].attributes
+    parsed = AnyValue()
+    parsed.CopyFrom(attribute.value)
+    which = parsed.WhichOneof("value")
+    assert (getattr(parsed, which) if which in ("string_value", "int_value") else None) == expected
+    scanned = NATIVE.scan(raw, (), ((b"reco.placement", "reco.placement", None),))
+    assert scanned is not None
+    (_, _, runs), = scanned[0]
+    assert runs[0][-1] == {"reco.placement": [expected]}

@@ -4,7 +4,10 @@ shutdown) give the same decisions, the same bytes sent on and the same self-metr
 
 from __future__ import annotations
 
+import gc
 import os
+import random
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +268,58 @@ def test_store_never_crashes_on_garbage(raw: bytes) -> None:
     assert result is None or isinstance(result, tuple)
     traces, nbytes, _ = store.stats()
     assert (traces == 0) == (nbytes == 0 or result is None or traces == 0)
+
+
+def one_span_per_trace(ids: list[bytes]) -> bytes:
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for tid in ids:
+        spans.add(trace_id=tid, span_id=b"\x01" * 8, name="s", start_time_unix_nano=1, end_time_unix_nano=2)
+    return request.SerializeToString()
+
+
+@needs_store
+def test_ids_aimed_at_one_bucket_rekey_the_tables_and_chains_stay_bounded() -> None:
+    """The trace-id hash is keyed (no client can aim at a bucket); if ids ever landed in one bucket anyway (here
+    aimed with the store's own bucket function, which no client sees), the store re-keys: no chain outgrows the
+    bound, and every trace is still found."""
+    assert STORE is not None
+    store = STORE.Store((), (), 5, 1 << 12)
+    rng = random.Random(4)
+    target = store.bucket(b"\x01" * 16)
+    aimed: list[bytes] = []
+    while len(aimed) < 100:
+        tid = rng.randbytes(16)
+        if store.bucket(tid) == target:
+            aimed.append(tid)
+    assert store.intake(one_span_per_trace(aimed), 0.0, lambda res, scope: 0) is not None
+    rekeys, longest = store.hash_stats()
+    assert rekeys >= 1 and longest <= 33
+    assert sorted(store.ids()) == sorted(aimed)
+    batch = store.select_ids(aimed)  # found under the new key
+    assert len(batch[0]) == 100 * STORE.RECORD_SIZE
+    store.finish(b"\x01\x00\x00\x00" * 100)  # decisions cached under the current key, late spans follow them
+    full, late, dropped, invalid, unused, added = store.intake(one_span_per_trace(aimed[:10]), 1.0,
+                                                               lambda res, scope: 0)
+    assert len(late) == 10 and added == 0
+
+
+@needs_store
+def test_store_is_collected_when_its_classifier_refers_back_to_it() -> None:
+    """The store holds a Python callable (the classifier, a bound method of its owner), so it is a GC-tracked type."""
+    assert STORE is not None
+
+    class Owner:
+        def classify(self, index: int, kv: bytes) -> int:
+            return 0
+
+    def cycle() -> weakref.ref:
+        owner = Owner()
+        owner.store = STORE.Store((), ((b"k", None),), 5, 10)
+        owner.store.set_classifier(owner.classify)
+        assert gc.is_tracked(owner.store)
+        return weakref.ref(owner)
+
+    gone = cycle()
+    gc.collect()
+    assert gone() is None
