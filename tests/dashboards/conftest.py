@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_series import SyntheticContract  # noqa: E402
 
 from dashboards import build  # noqa: E402
+from dashboards.recording import PLACEMENT_CTR  # noqa: E402
 from processor.localprom import prometheus_binary, start_prometheus  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a Prometheus that has scraped the synthetic series and evaluated the recording rules."""
+    """Base URL of a Prometheus that has scraped the synthetic series and evaluated the recording rules.
+
+    Module scope: the process ends with the module that asked for it, so no later test shares the cores
+    with a Prometheus it did not start."""
     if prometheus_binary() is None:
         pytest.skip("Debian prometheus not installed")
     work = tmp_path_factory.mktemp("prometheus")
@@ -31,11 +34,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     prom = start_prometheus([f"127.0.0.1:{server.server_port}"], work,
                             rule_files=[work / "rules" / "recording.rules.yml", work / "rules" / "alerts.rules.yml"])
     try:
-        # Ready once a recorded ratio over two scrapes exists.
-        prom.wait_for("placement:reco_ctr:ratio5m", lambda result: len(result) == 4)
-        if len(prom.query("placement:reco_ctr:ratio5m")) != 4:
-            pytest.fail("Prometheus did not evaluate the recording rules in 30 s:\n" + prom.log()[-2000:])
-        time.sleep(1.5)  # a few more scrapes: every rate window holds several samples
+        # Ready once the recorded CTR of every placement has been evaluated three times: every rate window
+        # then holds several samples.
+        prom.wait_for(f"count_over_time({PLACEMENT_CTR}[5m]) >= 3", lambda result: len(result) == 4,
+                      what="three evaluations of the recorded CTR of 4 placements")
         yield prom.url
     finally:
         prom.stop()
