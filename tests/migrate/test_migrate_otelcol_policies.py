@@ -169,9 +169,10 @@ def otelcol_kept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         wait_until(lambda: not undecided(), f"every policy deciding all {len(trace_ids)} traces "
                    "(count_traces_sampled per policy)", timeout=60, seen=undecided)
     finally:
-        assert collector.stop() == 0, collector.log()[-3000:]  # SIGTERM drains each exporter's queue first
+        exit_code = collector.stop()  # SIGTERM drains each exporter's queue first
         for server in servers.values():
             server.stop()
+    assert exit_code == 0, collector.log()[-3000:]
     config_path = work / "otelcol.yaml"
     config_path.write_text(config)
     capture = work / "capture.bin"

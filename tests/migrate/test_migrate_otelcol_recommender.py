@@ -155,8 +155,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         wait_until(lambda: calls_counted() == len(all_spans), f"the spanmetrics connector counting all "
                    f"{len(all_spans)} spans at the capture server", timeout=60, seen=calls_counted)
     finally:
-        assert collector.stop() == 0, collector.log()[-3000:]  # SIGTERM: the exporter drains its queue first
+        exit_code = collector.stop()  # SIGTERM: the exporter drains its queue first
         server.stop()
+    assert exit_code == 0, collector.log()[-3000:]
     config_path = work / "otelcol.yaml"
     config_path.write_text(config)
     return {"work": work, "config": config_path, "requests": requests, "parsed": parsed, "truth": truth,
