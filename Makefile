@@ -2,7 +2,7 @@
 PYTHON ?= python3
 STAMP := .make-installed
 
-.PHONY: install demo test lint bench dashboards otelcol
+.PHONY: install demo test lint bench dashboards otelcol fuzz
 
 $(STAMP): pyproject.toml setup.py $(wildcard processor/native/*.c processor/native/*.h)
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
@@ -32,3 +32,9 @@ bench: install
 
 dashboards: install
 	$(PYTHON) -m dashboards build --out dashboards/generated
+
+# Every native scanner entry point under a coverage-guided fuzzer (atheris/libFuzzer) with ASan + UBSan, against its
+# reference path (tests/fuzz/); FUZZ_SECONDS per target, two targets at a time. Installs clang and atheris if missing.
+FUZZ_SECONDS ?= 25
+fuzz: install
+	PYTHON=$(PYTHON) bash tests/fuzz/run.sh $(FUZZ_SECONDS)

@@ -1,0 +1,424 @@
+"""Every native entry point with a differential oracle against its pure-Python reference path, shared by the
+fuzzers (fuzz_native.py, built with ASan + UBSan) and the regression tests (test_fuzz_regressions.py).
+
+`TARGETS[name](data)` takes one fuzz input: byte 0 chooses how the request is re-encoded (low 2 bits: as given,
+fields reversed as otelcol writes them, or a random valid non-canonical encoding from noncanonical.py) and a
+configuration (the other bits); the rest is a serialized ExportTraceServiceRequest. Bytes the protobuf parser
+refuses only go through the scanners (the sanitizers judge those); bytes it accepts, in every encoding, must give
+what the reference gives on the parsed message, or the scanner must hand them to the reference (None). A
+difference raises AssertionError; so does anything the reference path itself raises on a parsable request (no
+attribute value may cost more than itself).
+
+The stateful stages (span metrics, the trace buffer and the trace store) keep one native and one Python instance
+that see the same inputs in the same order and are compared after each; they start afresh every RESET inputs so
+a finding is reproducible from the last few inputs (the regression tests replay each input on fresh instances).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+for extra in (HERE.parent, HERE.parent / "sampling", HERE.parent / "spanmetrics"):
+    if str(extra) not in sys.path:
+        sys.path.append(str(extra))
+os.environ.setdefault("RECOHOP_PSEUDONYM_KEY", "fuzz-pseudonym-key-0123456789")
+
+from google.protobuf.message import DecodeError  # noqa: E402
+from noncanonical import reencode  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+from wire_encodings import reversed_fields  # noqa: E402
+
+from processor.config_node import Node  # noqa: E402
+from processor.limits.check import Counts, scan_message  # noqa: E402
+from processor.limits.settings import Limits  # noqa: E402
+from processor.native import load  # noqa: E402
+from processor.redaction.detectors import possible_kinds  # noqa: E402
+from processor.redaction.native import KIND_IDS  # noqa: E402
+from processor.redaction.rules import DEFAULT_RULES  # noqa: E402
+from processor.stages.base import StageContext  # noqa: E402
+
+NOW = 1_760_000_000_000_000_000
+RESET = 16
+
+Request = ExportTraceServiceRequest
+
+
+def split(data: bytes) -> tuple[int, bytes]:
+    return (data[0], data[1:]) if data else (0, b"")
+
+
+def parse(body: bytes) -> Request | None:
+    try:
+        return Request.FromString(body)
+    except (DecodeError, RuntimeError, ValueError):
+        return None
+
+
+def variants(message: Request, opt: int, body: bytes) -> list[bytes]:
+    """The request as given, plus the re-encoding byte 0 asks for (each parses to the same message)."""
+    out = [body]
+    mode = opt & 3
+    if mode == 1:
+        out.append(reversed_fields(message))
+    elif mode >= 2:
+        again = reencode(message, seed=opt * 7919 + len(body), rate=0.3 if mode == 2 else 0.6)
+        if again is not None:
+            out.append(again)
+    return out
+
+
+def known(message: Request) -> Request:
+    """The message without unknown fields (they mean nothing; the paths keep them in different places)."""
+    copy_ = Request()
+    copy_.CopyFrom(message)
+    copy_.DiscardUnknownFields()
+    return copy_
+
+
+# ---------------------------------------------------------------- _otlpwire
+
+
+def check_otlpwire(data: bytes) -> None:
+    wire = load("otlpwire")
+    assert wire is not None
+    opt, body = split(data)
+    wire.count_spans(body)
+    message = parse(body)
+    if message is None:
+        return
+    spans = sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    for raw in variants(message, opt, body):
+        counted = wire.count_spans(raw)
+        assert counted is None or counted == spans, (counted, spans)
+
+
+# ---------------------------------------------------------------- _limits
+
+LIMITS = [Limits(), Limits(max_attributes_per_span=3, max_attribute_value_length=6, max_attributes_per_resource=2,
+                           max_events_per_span=1, max_links_per_span=1, max_attributes_per_event=1,
+                           max_attributes_per_link=1)]
+
+
+def check_limits(data: bytes) -> None:
+    native = load("limits")
+    assert native is not None
+    opt, body = split(data)
+    limits = LIMITS[(opt >> 2) % len(LIMITS)]
+    window = limits.time_window(NOW)
+    native.scan(body, limits.native_tuple(), *window)
+    message = parse(body)
+    if message is None:
+        return
+    want = scan_message(message, limits, window)
+    for raw in variants(message, opt, body):
+        found = native.scan(raw, limits.native_tuple(), *window)
+        assert found is None or Counts(*found) == want, (found, want)
+
+
+# ---------------------------------------------------------------- _redact
+
+ACTIONS_RULES: dict[str, Any] = {
+    "detectors": {"kinds": list(KIND_IDS)},
+    "summary_attribute": True,
+    "rules": [
+        {"key": "user.id", "action": "pseudonymise", "prefix": "u_"},
+        {"glob": "user.*", "action": "mask", "with": "<user>"},
+        {"key": "client.address", "action": "generalise", "as": "ip"},
+        {"key": "user_age", "action": "generalise", "as": "age"},
+        {"key": "geo", "action": "generalise", "as": "geo"},
+        {"key": "secret", "action": "drop"},
+        {"key": "note_raw", "action": "keep", "detectors": False},
+    ],
+}
+ALLOWLIST_RULES: dict[str, Any] = {
+    "mode": "allowlist", "otherwise": "mask", "mask_text": "<x>", "summary_attribute": True,
+    "detectors": {"kinds": ["email", "ipv4"]},
+    "rules": [{"key": "reco.placement", "action": "keep"}, {"key": "service.name", "action": "keep"},
+              {"key": "enduser.id", "action": "pseudonymise"}, {"key": "k", "action": "drop", "name": "k-drop"}],
+}
+REDACTION_RULES = [DEFAULT_RULES, ACTIONS_RULES, ALLOWLIST_RULES]
+_redaction: dict[int, tuple[Any, Any, CollectorRegistry, CollectorRegistry]] = {}
+
+
+def _redaction_stage(rules: dict[str, Any], native: bool, registry: CollectorRegistry) -> Any:
+    from processor.stages.redaction import build
+
+    saved = os.environ.get("RECOHOP_NATIVE")
+    os.environ["RECOHOP_NATIVE"] = "1" if native else "0"
+    try:
+        stage = build(Node({"type": "redaction", **copy.deepcopy(rules)}, "<fuzz>"), StageContext(registry=registry))
+    finally:
+        if saved is None:
+            os.environ.pop("RECOHOP_NATIVE", None)
+        else:
+            os.environ["RECOHOP_NATIVE"] = saved
+    assert (getattr(stage, "native", None) is not None) == native
+    return stage
+
+
+def _audit(registry: CollectorRegistry) -> list[tuple[str, tuple, float]]:
+    return sorted((s.name, tuple(sorted(s.labels.items())), s.value)
+                  for m in registry.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def check_redact(data: bytes) -> None:
+    module = load("redact")
+    assert module is not None
+    opt, body = split(data)
+    which = (opt >> 2) % len(REDACTION_RULES)
+    if which not in _redaction:
+        registries = CollectorRegistry(), CollectorRegistry()
+        _redaction[which] = (_redaction_stage(REDACTION_RULES[which], True, registries[0]),
+                             _redaction_stage(REDACTION_RULES[which], False, registries[1]), *registries)
+    native, python, native_registry, python_registry = _redaction[which]
+    text = body[:96]
+    kinds = module.possible_kinds(text)
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        assert kinds is None
+    else:  # the prefilter may let more through, never less
+        wanted = sum(1 << KIND_IDS[k] for k in possible_kinds(decoded)) if len(decoded) >= 3 else 0
+        assert kinds is not None and kinds & wanted == wanted, (decoded, kinds, wanted)
+    message = parse(body)
+    if message is None:
+        native.native.scanner.redact(body)  # memory safety only: the receiver refuses such bytes
+        return
+    for raw in variants(message, opt, body):
+        (native_out,) = native.on_trace_bytes(raw)
+        (python_out,) = python.on_traces(known(Request.FromString(raw)))
+        assert known(Request.FromString(native_out)) == known(python_out)
+        assert _audit(native_registry) == _audit(python_registry)
+
+
+# ---------------------------------------------------------------- _spanscan
+
+
+class SpanMetricsPair:
+    """A span-metrics stage with the native scanner and one on the Python path, fed the same requests."""
+
+    def __init__(self) -> None:
+        import test_spanmetrics_native as reference
+
+        self.reference = reference
+        rules = Path(tempfile.mkdtemp(prefix="recohop-fuzz-")) / "rules.yaml"
+        rules.write_text(reference.DEFAULT_RULES.read_text() + "\n"
+                         + "\n".join(reference.EXTRA_RULES.strip().splitlines()[1:]) + "\n")
+        self.rules = rules
+        self.fresh()
+        self.garbage_stage, _ = reference.make_stage(True, rules, [0.0])
+
+    def fresh(self) -> None:
+        self.clock = [0.0]
+        self.native, self.native_ctx = self.reference.make_stage(True, self.rules, self.clock)
+        self.python, self.python_ctx = self.reference.make_stage(False, self.rules, self.clock)
+        self.fed = 0
+
+    def feed(self, raw: bytes) -> None:
+        if self.fed >= RESET:
+            self.fresh()
+        self.fed += 1
+        self.clock[0] += 1.0
+        assert self.native.on_trace_bytes(raw) == [raw]
+        self.python.on_traces(known(Request.FromString(raw)))
+        self.native.flush(self.clock[0])
+        self.python.flush(self.clock[0])
+        a, b = self.state(self.native, self.native_ctx), self.state(self.python, self.python_ctx)
+        assert a["series"] == b["series"] and a["exact"] == b["exact"] and a["pending"] == b["pending"]
+        assert a["self"] == b["self"] and len(a["sums"]) == len(b["sums"])
+        for x, y in zip(a["sums"], b["sums"], strict=True):
+            assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), (x, y)
+
+
+    def state(self, stage: Any, ctx: Any) -> dict[str, Any]:
+        """test_spanmetrics_native.state, with the cardinality self-metrics read from the registry directly (its
+        text scrape costs ~0.3 s per call)."""
+        deriver = stage.deriver
+        exact: list[Any] = []
+        sums: list[float] = []
+        for metric in deriver.snapshot():
+            for p in metric.points:
+                exact.append((metric.name, sorted(p.labels.items()), p.buckets,
+                              sorted((b, e.trace_id, e.span_id, e.value, e.time_unix_nano)
+                                     for b, e in p.exemplars.items())))
+                sums.append(p.value)
+        aggs = ([deriver.red] if deriver.red else []) + [s.agg for s in deriver.sinks]
+        series = [(a.name, list(a.series.keys), sorted(map(repr, a.series.limiter.admitted))) for a in aggs]
+        reservoir = deriver.reservoir
+        pending = [(tid, added, [(c.agg.name, c.slot, c.bucket, c.exemplar) for c in cands])
+                   for tid, (added, cands) in reservoir.pending.items()] if reservoir else []
+        own = sorted((s.name, tuple(sorted(s.labels.items())), s.value) for m in ctx.registry.collect()
+                     for s in m.samples if s.name.startswith("recohop_cardinality") and not s.name.endswith("_created"))
+        return {"exact": exact, "sums": sums, "series": series, "pending": pending, "self": own}
+
+
+_spanmetrics: list[SpanMetricsPair] = []
+
+
+def check_spanscan(data: bytes) -> None:
+    if not _spanmetrics:
+        _spanmetrics.append(SpanMetricsPair())
+    pair = _spanmetrics[0]
+    opt, body = split(data)
+    pair.garbage_stage.deriver.native.consume(body)  # memory safety on any bytes (its results are not compared)
+    message = parse(body)
+    if message is None:
+        return
+    for raw in variants(message, opt, body):
+        pair.feed(raw)
+
+
+# ---------------------------------------------------------------- _sampling and _tracestore
+
+
+class SamplingPair:
+    """Two tail-sampling stages fed the same requests: `native_side` runs the scanner under test."""
+
+    def __init__(self, store: bool) -> None:
+        import test_sampling_store as reference
+
+        from processor.sampling import buffer as buffer_module
+        from processor.stages import tail_sampling as stage_module
+
+        self.reference, self.buffer_module, self.stage_module = reference, buffer_module, stage_module
+        self.store = store
+        self.policies = reference.policy_file(Path(tempfile.mkdtemp(prefix="recohop-fuzz-")), reference.ALL_KINDS)
+        self.fresh()
+        self.garbage = self.harness(True)
+
+    def harness(self, native: bool) -> Any:
+        from sampling_helpers import Harness
+
+        available = self.stage_module.native_store_available
+        if not (self.store and native):
+            self.stage_module.native_store_available = lambda: False
+        try:
+            return Harness(self.policies, max_spans_per_trace=6, decision_cache_size=8)
+        finally:
+            self.stage_module.native_store_available = available
+
+    def fresh(self) -> None:
+        self.native, self.python = self.harness(True), self.harness(False)
+        self.fed = 0
+        self.odd = False  # fed bytes other than protobuf's own encoding since the last fresh start
+        self.history: list[bytes] = []  # what was fed since then (a finding is this sequence)
+
+    def _python_intake(self, native: bool) -> Any:
+        """The trace buffer's intake module for one call: the C scanner, or None for the Python reference."""
+        return load("sampling") if native else None
+
+    def send(self, h: Any, raw: bytes, native: bool) -> None:
+        saved = self.buffer_module._native
+        self.buffer_module._native = self._python_intake(native and not self.store)
+        try:
+            h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
+            h.advance(0.7, step=0.35)
+        finally:
+            self.buffer_module._native = saved
+
+    def feed(self, raw: bytes) -> None:
+        if self.fed >= RESET:
+            self.finish()
+            self.fresh()
+        self.fed += 1
+        self.history.append(raw)
+        self.odd |= Request.FromString(raw).SerializeToString() != raw
+        self.send(self.native, raw, True)
+        # The reference reads what the request means: unknown fields dropped (the Python trace buffer searches
+        # its chunks for protobuf's own encoding of attribute values, and upb re-serializes unknown fields
+        # where they came, e.g. inside a KeyValue: that is the Python path's limit, not the scanner's).
+        self.send(self.python, known(Request.FromString(raw)).SerializeToString(), False)
+        self.compare()
+
+    @staticmethod
+    def sent(h: Any) -> Counter[tuple[bytes, bytes, bytes]]:
+        """Every (resource, scope, span) sent on: the native paths group spans by the bytes their resource and
+        scope came in, the Python paths by the parsed messages, so equal resources in two encodings may travel
+        in one ResourceSpans or in two; what arrives is the same."""
+        out: Counter[tuple[bytes, bytes, bytes]] = Counter()
+        for request in h.traces:
+            for rs in known(request).resource_spans:
+                resource = rs.resource.SerializeToString(deterministic=True) + rs.schema_url.encode()
+                for ss in rs.scope_spans:
+                    scope = ss.scope.SerializeToString(deterministic=True) + ss.schema_url.encode()
+                    for span in ss.spans:
+                        out[(resource, scope, span.SerializeToString(deterministic=True))] += 1
+        return out
+
+    def compare(self) -> None:
+        assert self.native.decisions == self.python.decisions
+        assert self.sent(self.native) == self.sent(self.python)
+        a, b = self.reference.sampling_metrics(self.native), self.reference.sampling_metrics(self.python)
+        if self.odd:  # the native paths hold (and count) spans as they came; Python re-serializes them
+            for metrics in (a, b):
+                metrics.pop(("recohop_sampling_buffer_bytes", ()), None)
+        assert a == b
+
+    def finish(self) -> None:
+        self.native.shutdown()
+        self.python.shutdown()
+        self.compare()
+
+    def garbage_intake(self, body: bytes) -> None:
+        """Memory safety on any bytes: the scanner under test alone (its results are not compared)."""
+        if self.store:
+            from processor.sampling.buffer import Late
+
+            self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
+            if self.garbage.stage.native.store.stats()[0] > 2000:
+                self.garbage = self.harness(True)
+        else:
+            buffer = self.python.stage.buffer
+            scanner = load("sampling")
+            assert scanner is not None
+            scanner.scan(body, buffer.native_names, buffer.native_keys)
+
+
+_sampling: dict[bool, SamplingPair] = {}
+
+
+def _check_sampling(data: bytes, store: bool) -> None:
+    if store not in _sampling:
+        _sampling[store] = SamplingPair(store)
+    pair = _sampling[store]
+    opt, body = split(data)
+    pair.garbage_intake(body)
+    message = parse(body)
+    if message is None:
+        return
+    for raw in variants(message, opt, body):
+        pair.feed(raw)
+
+
+def check_sampling(data: bytes) -> None:
+    _check_sampling(data, store=False)
+
+
+def check_tracestore(data: bytes) -> None:
+    _check_sampling(data, store=True)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "otlpwire": check_otlpwire,
+    "limits": check_limits,
+    "redact": check_redact,
+    "spanscan": check_spanscan,
+    "sampling": check_sampling,
+    "tracestore": check_tracestore,
+}
+
+
+def reset() -> None:
+    """Fresh stateful pairs (the regression tests replay each input on its own)."""
+    _spanmetrics.clear()
+    _sampling.clear()
