@@ -22,6 +22,7 @@ from otlp_peers import HopProcess, wait_until
 from sdk_clients import send_spans
 from test_hop_bad_input import call
 
+from processor.retryinfo import retry_delay
 from processor.signals import METHOD_PATHS, RESPONSE_TYPES
 from processor.stages.base import TracesRequest
 
@@ -238,15 +239,21 @@ def big_trace_request(spans_per_request: int, offset: int) -> bytes:
     return request.SerializeToString()
 
 
-def send_until_accepted(endpoint: str, raw: bytes) -> None:
-    """Sends once, and again after RESOURCE_EXHAUSTED (what OTLP exporters do on the hop's backpressure)."""
-    for _ in range(200):
+def send_until_accepted(endpoint: str, raw: bytes, give_up_after: float = 20.0) -> None:
+    """Sends once, and again after RESOURCE_EXHAUSTED once the delay its RetryInfo asks for has passed (what
+    OTLP exporters do on the hop's backpressure)."""
+    deadline = time.monotonic() + give_up_after
+    refusals = 0
+    while time.monotonic() < deadline:
         answer = call(endpoint, "traces", raw)
         if isinstance(answer, bytes):
             return
         assert answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, answer
-        time.sleep(0.1)
-    raise AssertionError("the hop never accepted the request")
+        refusals += 1
+        delay = retry_delay(answer)
+        assert delay is not None, "RESOURCE_EXHAUSTED without RetryInfo"
+        time.sleep(delay)  # the wait the hop asked for, not a guess
+    raise AssertionError(f"the hop refused the request {refusals} times in {give_up_after:g} s")
 
 
 def peak_rss_mib(hop: HopProcess) -> float:

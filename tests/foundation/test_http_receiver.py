@@ -9,7 +9,6 @@ import http.client
 import json
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,6 +84,12 @@ def post(endpoint: str, path: str, body: bytes, content_type: str | None = PROTO
         return response.status, response.headers, response.read()
     finally:
         conn.close()
+
+
+def refuses_connections(endpoint: str) -> bool:
+    host, _, port = endpoint.rpartition(":")
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) != 0
 
 
 def decode_status(body: bytes, content_type: str) -> status_pb2.Status:
@@ -382,7 +387,7 @@ def test_stop_finishes_requests_in_flight_and_refuses_new_ones(make_hop, downstr
         wait_until(lambda: hop.admission.pending == 1, "one request in flight")
         stopped = pool.submit(hop.stop, 10)
         wait_until(lambda: hop.http.stopping, "the HTTP receiver stopping")
-        time.sleep(0.3)  # the listener closes right after the flag
+        wait_until(lambda: refuses_connections(hop.http_endpoint), "the HTTP listener closed (right after the flag)")
         with pytest.raises(OSError):
             post(hop.http_endpoint, "/v1/traces", span_request().SerializeToString())
     finally:
