@@ -50,6 +50,9 @@ class ReceiverConfig:
     bearer_token: bytes | None = None
     # OTLP/HTTP receiver; None: off.
     http: HttpReceiverConfig | None = None
+    # On SIGTERM: health NOT_SERVING at once, but keep accepting this long, so a gateway that re-resolves its
+    # recohop instances every few seconds has moved away before the receiver closes.
+    drain_window: float = 0.0
 
 
 @dataclass
@@ -171,6 +174,7 @@ def _receiver(node: Node) -> ReceiverConfig:
         tls=_tls(node, "tls"),
         bearer_token=_bearer_token(node),
         http=_http_receiver(node),
+        drain_window=node.duration("drain_window", ReceiverConfig.drain_window),
     )
     node.done()
     return cfg

@@ -4,21 +4,36 @@ order that loses nothing (stop accepting, flush stages, drain the queue)."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
 
 from grpc_health.v1 import health_pb2
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
 
 from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import HopConfig
+from processor.config_node import ConfigError
 from processor.exporter import Exporter
 from processor.http_receiver import OtlpHttpServer, build_http_server, serve_in_thread
-from processor.pipeline import build_pipeline
+from processor.pipeline import Pipeline, build_stages
 from processor.receiver import Admission, build_handlers, build_server
 from processor.signals import SERVICE_NAMES
-from processor.stages.base import StageContext
+from processor.stages.base import Stage, StageContext
 from processor.telemetry import HopMetrics, serve_metrics, split_endpoint
 
 log = logging.getLogger("recohop")
+
+
+class CurrentStageMetrics:
+    """The stages' metrics on the hop's /metrics: each generation of stages (a reload builds new ones) registers
+    in a registry of its own, and this collector shows the one running now."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
 
 
 class Hop:
@@ -29,10 +44,16 @@ class Hop:
         self.clock = clock
         self.registry = CollectorRegistry()
         self.metrics = HopMetrics.create(self.registry)
-        self.ctx = StageContext(registry=self.registry, config_file=cfg.source, clock=clock.now,
-                                builtin_default=cfg.builtin_default)
+        self.reloads = Counter("recohop_config_reloads", "Config reloads (SIGHUP) by result", ["result"],
+                               registry=self.registry)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
         self.exporter = Exporter(cfg.exporter, self.metrics, clock=clock)
-        self.pipeline = build_pipeline(cfg.stage_nodes, self.ctx, sink=self.exporter.submit_emitted)
+        stages, self.ctx = self._build_stages(cfg)
+        self.stage_metrics = CurrentStageMetrics(self.ctx.registry)
+        self.registry.register(self.stage_metrics)
+        self.pipeline = Pipeline(stages, self.ctx, sink=self.exporter.submit_emitted)
+        self._draining = threading.Event()
         self.admission = Admission(cfg.receiver.max_pending_requests)
         # One handler per signal behind both transports: the same admission, auth, counting and pipeline.
         self.handlers = build_handlers(cfg.receiver, self.pipeline, self.exporter, self.metrics, self.admission)
@@ -54,6 +75,50 @@ class Hop:
             log.warning("OTLP/HTTP receiver off: cannot listen on %s (%s); pass --http-listen HOST:PORT or off",
                         http.endpoint, exc.strerror, extra={"endpoint": http.endpoint})
             return None
+
+    def _build_stages(self, cfg: HopConfig, validate_only: bool = False) -> tuple[list[Stage], StageContext]:
+        ctx = StageContext(registry=CollectorRegistry(), config_file=cfg.source, clock=self.clock.now,
+                           builtin_default=cfg.builtin_default, validate_only=validate_only)
+        return build_stages(cfg.stage_nodes, ctx), ctx
+
+    def reload(self, load: Callable[[], HopConfig]) -> bool:
+        """SIGHUP: re-read the config and the policy, redaction and derivation files it names. Everything is
+        validated before anything changes; a bad file keeps the running stages, logs why and counts a failed
+        reload. Then the running stages hand over what they hold (buffered traces are decided, as at shutdown:
+        nothing is lost) and the new ones take over. Receiver and exporter settings need a restart."""
+        try:
+            cfg = load()
+            self._build_stages(cfg, validate_only=True)
+        except ConfigError as exc:
+            self.reloads.labels("failed").inc()
+            log.error("reload refused, the running config stays: %s", exc)
+            return False
+        for section in ("receiver", "exporter", "telemetry"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                log.warning("reload: %s settings changed; they take effect at the next restart", section)
+        previous = self.cfg.stage_nodes
+        took: list[bool] = []
+
+        def build() -> tuple[list[Stage], StageContext]:
+            try:
+                built = self._build_stages(cfg)
+                took.append(True)
+                return built
+            except ConfigError as exc:  # e.g. a directory that went away between validation and now
+                log.error("reload failed while building the stages (%s); running the previous config again", exc)
+                self.cfg.stage_nodes = previous
+                return self._build_stages(self.cfg)
+
+        self.pipeline.replace(build)
+        self.ctx = self.pipeline.ctx
+        self.stage_metrics.registry = self.ctx.registry
+        if not took:
+            self.reloads.labels("failed").inc()
+            return False
+        self.cfg.stage_nodes = cfg.stage_nodes
+        self.reloads.labels("ok").inc()
+        log.info("reloaded %s: stages %s", cfg.source, ", ".join(s.name for s in self.pipeline.stages) or "(none)")
+        return True
 
     @property
     def endpoint(self) -> str:
@@ -89,9 +154,13 @@ class Hop:
     def stop(self, timeout: float | None = None) -> bool:
         """Graceful stop; returns True when everything accepted was delivered."""
         timeout = self.cfg.shutdown_timeout if timeout is None else timeout
-        deadline = self.clock.now() + timeout
         for name in ("", *SERVICE_NAMES.values()):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        drain = self.cfg.receiver.drain_window
+        if drain > 0:  # still accepting while gateways notice NOT_SERVING and move away
+            log.info("draining: health NOT_SERVING, still accepting for %.1f s", drain)
+            self.clock.wait(self._draining, drain)
+        deadline = self.clock.now() + timeout
         grace = min(2.0, timeout / 2)
         if self.http is not None:
             self.http.begin_stop()  # new requests get 503 + Retry-After; those in flight finish below

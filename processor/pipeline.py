@@ -91,10 +91,15 @@ class Pipeline:
     """Owns the stages; every call into a stage happens under `self.lock`."""
 
     def __init__(self, stages: list[Stage], ctx: StageContext, sink: Sink) -> None:
-        self.stages = stages
-        self.ctx = ctx
         self.sink = sink
         self.lock = threading.Lock()
+        self._timer: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._install(stages, ctx)
+
+    def _install(self, stages: list[Stage], ctx: StageContext) -> None:
+        self.stages = stages
+        self.ctx = ctx
         # True when no stage changes data: the receiver may forward the bytes it got.
         self.forwards_unchanged = all(not s.mutates for s in stages)
         # True when the first stage that reads traces wants them serialized: the receiver then hands over the
@@ -106,8 +111,16 @@ class Pipeline:
         self._stage_timers = [self._stage_seconds.labels(s.name) for s in stages]
         self._next_flush = [
             (ctx.clock() + s.flush_interval) if s.flush_interval else None for s in stages]
-        self._timer: threading.Thread | None = None
-        self._stopping = threading.Event()
+
+    def replace(self, build: Callable[[], tuple[list[Stage], StageContext]]) -> None:
+        """Swap in new stages (a config reload): the old ones hand over everything they hold first (buffered
+        traces are decided, as at shutdown), so nothing is lost; requests wait on the lock meanwhile. When
+        `build` fails the old stages are gone already, so the caller must be able to build them again."""
+        with self.lock:
+            self._hand_over()
+            self._install(*build())
+        if self._timer is None:
+            self.start_timer()
 
     def process(self, batch: Emitted) -> tuple[Emitted, Rejections]:
         """Run one received batch through every stage; returns what goes on and what the stages refused of
@@ -157,13 +170,17 @@ class Pipeline:
         if self._timer is not None:
             self._timer.join(timeout=5)
         with self.lock:
-            for i, stage in enumerate(self.stages):
-                try:
-                    out = stage.shutdown()
-                    if out:
-                        self.sink(self._through(i + 1, out))
-                except Exception as exc:  # the later stages still hand over what they hold
-                    self.ctx.log.error("stage %s failed at shutdown (%s)", stage.name, type(exc).__name__)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Every stage's shutdown, its output through the stages after it to the sink (caller holds the lock)."""
+        for i, stage in enumerate(self.stages):
+            try:
+                out = stage.shutdown()
+                if out:
+                    self.sink(self._through(i + 1, out))
+            except Exception as exc:  # the later stages still hand over what they hold
+                self.ctx.log.error("stage %s failed at shutdown (%s)", stage.name, type(exc).__name__)
 
     def start_timer(self, tick: float = 0.05) -> None:
         if not any(s.flush_interval for s in self.stages):
@@ -177,10 +194,14 @@ class Pipeline:
         self._timer.start()
 
 
-def build_pipeline(stage_nodes: list[Node], ctx: StageContext, sink: Sink) -> Pipeline:
+def build_stages(stage_nodes: list[Node], ctx: StageContext) -> list[Stage]:
     stages = [build_stage(node, ctx) for node in stage_nodes]
     names = [s.name for s in stages]
     for name in names:
         if names.count(name) > 1:
             raise ConfigError(ctx.config_file, "pipeline", f"stage names to be unique ('{name}' repeats)")
-    return Pipeline(stages, ctx, sink)
+    return stages
+
+
+def build_pipeline(stage_nodes: list[Node], ctx: StageContext, sink: Sink) -> Pipeline:
+    return Pipeline(build_stages(stage_nodes, ctx), ctx, sink)

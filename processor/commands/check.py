@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.file)
-    ctx = StageContext(registry=CollectorRegistry(), config_file=cfg.source)
+    # validate_only: a running hop's write-ahead log stays untouched (and locked by it).
+    ctx = StageContext(registry=CollectorRegistry(), config_file=cfg.source, validate_only=True)
     pipeline = build_pipeline(cfg.stage_nodes, ctx, sink=lambda _emitted: None)
     stages = ", ".join(s.name for s in pipeline.stages) or "(no stages)"
     print(f"{args.file}: ok ({stages}; exporting to {cfg.exporter.endpoint or 'file:' + str(cfg.exporter.file.path)})")

@@ -1,4 +1,4 @@
-"""`recohop serve`: run the hop until SIGTERM/SIGINT, then flush and exit 0."""
+"""`recohop serve`: run the hop until SIGTERM/SIGINT, then flush and exit 0; SIGHUP reloads the rule files."""
 
 from __future__ import annotations
 
@@ -37,15 +37,22 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # a port in use: say which, without a traceback
         logging.getLogger("recohop").error("cannot start: %s", exc)
         return 1
-    stop = threading.Event()
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda *_: (stop.set(), wake.set()))
+    # SIGHUP, which operators send out of habit, reloads the rule files instead of killing the hop.
+    signal.signal(signal.SIGHUP, lambda *_: (reload.set(), wake.set()))
     if args.ready_file:
         with open(args.ready_file + ".tmp", "w", encoding="utf-8") as f:
             f.write(f"{hop.endpoint} {hop.metrics_port or ''}\n")
         os.replace(args.ready_file + ".tmp", args.ready_file)
-    while not stop.wait(0.5):
-        pass
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            hop.reload(lambda: apply_overrides(load_config(args.config), args.listen, args.forward,
+                                               args.metrics_listen, args.record, http_listen=args.http_listen))
     logging.getLogger("recohop").info("stopping: flushing stages and the export queue")
     clean = hop.stop()
     if not clean:

@@ -7,6 +7,7 @@ The key comes from an environment variable or a key file, never from a config fi
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -26,6 +27,12 @@ class KeySource:
     file: str  # the rules file, for error messages
     env: str = DEFAULT_KEY_ENV
     key_file: Path | None = None
+
+
+@functools.cache
+def throwaway_key() -> bytes:
+    """One random key per process, so a config reload keeps the zero-config default's pseudonyms stable."""
+    return os.urandom(32)
 
 
 def load_key(source: KeySource, why: str, builtin_default: bool = False,
@@ -50,7 +57,7 @@ def load_key(source: KeySource, why: str, builtin_default: bool = False,
             "redaction: %s is not set; using a throwaway pseudonym key, so pseudonyms will differ after a "
             "restart and between instances (set %s to a secret of at least %d bytes to make them stable)",
             source.env, source.env, MIN_KEY_BYTES)
-        return os.urandom(32)
+        return throwaway_key()
     state = "is too short" if key else "is not set"
     raise ConfigError(source.file, "pseudonym.key_env",
                       f"environment variable {source.env} set to a secret of at least {MIN_KEY_BYTES} bytes, "

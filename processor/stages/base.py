@@ -122,6 +122,9 @@ class StageContext:
     clock: Callable[[], float] = SYSTEM_CLOCK.now
     # Set by the hop when the stage config came from the zero-config default (e.g. throwaway HMAC key allowed).
     builtin_default: bool = False
+    # True when stages are built only to validate their config (`recohop check`, a reload's first step): nothing
+    # with side effects (write-ahead logs, directories) is opened.
+    validate_only: bool = False
     # Refusals of part of the request now being processed (reset by the pipeline for each request).
     rejections: Rejections = field(default_factory=Rejections)
 

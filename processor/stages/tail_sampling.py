@@ -511,7 +511,7 @@ def build(node: Node, ctx: StageContext) -> Stage:
     stage = TailSampling(load_policy_file(settings.policies), settings, ctx)
     stage.log_limits = read_limits(node, "untraced_logs_per_second")
     stage.name = node.str("name", "tail_sampling")
-    if settings.wal is not None:
+    if settings.wal is not None and not ctx.validate_only:
         stage.recover(open_wal(node, settings.wal, ctx))
     return stage
 
