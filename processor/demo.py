@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,10 +138,10 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
             progress(f"  {time.monotonic() - started:5.0f}s  spans in {total(reg, 'recohop_received_items_total', signal='spans'):>8.0f}"
                      f"  spans out {total(reg, 'recohop_exported_items_total', signal='spans'):>7.0f}"
                      f"  traces buffered {total(reg, 'recohop_sampling_buffer_traces'):>5.0f}")
-        # Let the last traces reach their decision (root_grace) and Prometheus scrape the final counts.
-        time.sleep(4.0)
+        # The last traces reach their decision (root_grace) and go out; then Prometheus scrapes the final counts.
+        _wait_until_decided(hop, progress)
         if prom is not None:
-            time.sleep(2.5)
+            _wait_until_scraped(prom, hop.registry, progress)
             figures_prom = _prometheus_figures(prom)
             from dashboards.preview import render as render_preview
 
@@ -156,6 +157,44 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
         quality_server.shutdown()
     truth = truth_box["truth"].to_dict()
     return _report(out_dir, registry, truth, figures_prom, dashboards_dir, preview_path)
+
+
+def _poll(done: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _wait_until_decided(hop: Hop, progress: Callable[[str], None], timeout: float = 30.0) -> None:
+    """Until no trace waits for a decision and the export queue is empty (the report reads final counts)."""
+    reg = hop.registry
+    if not _poll(lambda: total(reg, "recohop_sampling_buffer_traces") == 0 and hop.exporter.queued_bytes() == 0,
+                 timeout):
+        progress(f"  after {timeout:.0f}s still {total(reg, 'recohop_sampling_buffer_traces'):.0f} traces waiting "
+                 f"and {hop.exporter.queued_bytes()} bytes queued: the report shows what was decided so far")
+
+
+# Counters that no longer change once everything is decided (metric points go out on a timer: not these).
+FINAL_COUNTERS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("recohop_received_items_total", {"signal": "spans"}), ("recohop_exported_items_total", {"signal": "spans"}),
+    ("reco_requests_total", {}), ("reco_impressions_total", {}), ("reco_clicks_total", {}))
+
+
+def _wait_until_scraped(prom: LocalPrometheus, reg: CollectorRegistry, progress: Callable[[str], None],
+                        timeout: float = 30.0) -> None:
+    """Until Prometheus' latest scrape holds the hop's final counts."""
+    def scraped() -> bool:
+        for name, match in FINAL_COUNTERS:
+            selector = ",".join(f'{k}="{v}"' for k, v in match.items())
+            if prom.scalar(f"sum({name}{{{selector}}})") != total(reg, name, **match):
+                return False
+        return True
+
+    if not _poll(scraped, timeout):
+        progress(f"  Prometheus had not scraped the final counts after {timeout:.0f}s: its figures may lag")
 
 
 def _prometheus_figures(prom: LocalPrometheus) -> dict:
