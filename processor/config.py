@@ -1,4 +1,4 @@
-"""The hop's configuration: one schema, defaults, and validation with file:key error messages.
+"""The hop's configuration: parsing and validation with file:key error messages; defaults from processor/schema.py.
 
 Stage sections are validated by the stage kinds themselves (`processor/stages/*`), through the same `Node`.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from processor.config_node import ConfigError, Node
+from processor.schema import SETTINGS, value
 from processor.spillqueue import FSYNC_POLICIES
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
@@ -29,22 +30,22 @@ class TlsConfig:
 class HttpReceiverConfig:
     """OTLP/HTTP beside the gRPC receiver: same pipeline, admission, size limit, TLS and auth."""
 
-    endpoint: str = "127.0.0.1:4318"
+    endpoint: str = value("receiver.http.endpoint")
     # Browser origins allowed by CORS (exact, or with * wildcards such as https://*.example.com); none: no CORS.
     cors_allowed_origins: tuple[str, ...] = ()
-    cors_max_age: int = 7200
+    cors_max_age: int = int(value("receiver.http.cors.max_age"))
     # Only the zero-config default: when its endpoint is taken the hop warns and serves gRPC alone.
     optional: bool = False
 
 
 @dataclass
 class ReceiverConfig:
-    endpoint: str = "127.0.0.1:4317"
-    max_recv_msg_size: int = 4 * 1024 * 1024
-    workers: int = 16
+    endpoint: str = value("receiver.endpoint")
+    max_recv_msg_size: int = value("receiver.max_recv_msg_size")
+    workers: int = value("receiver.workers")
     # Requests admitted at once (parsing or waiting for the pipeline); more are refused at once with
     # RESOURCE_EXHAUSTED + RetryInfo, so a CPU-bound hop pushes back instead of queueing without bound.
-    max_pending_requests: int = 8
+    max_pending_requests: int = value("receiver.max_pending_requests")
     tls: TlsConfig | None = None
     # Clients must send `authorization: Bearer <token>`; the token comes from env or a file, never the config.
     bearer_token: bytes | None = None
@@ -52,21 +53,21 @@ class ReceiverConfig:
     http: HttpReceiverConfig | None = None
     # On SIGTERM: health NOT_SERVING at once, but keep accepting this long, so a gateway that re-resolves its
     # recohop instances every few seconds has moved away before the receiver closes.
-    drain_window: float = 0.0
+    drain_window: float = value("receiver.drain_window")
 
 
 @dataclass
 class RetryConfig:
-    initial_interval: float = 0.5
-    max_interval: float = 30.0
-    max_elapsed_time: float = 300.0
+    initial_interval: float = value("exporter.retry.initial_interval")
+    max_interval: float = value("exporter.retry.max_interval")
+    max_elapsed_time: float = value("exporter.retry.max_elapsed_time")
 
 
 @dataclass
 class FileSinkConfig:
-    path: Path = Path("recohop-out/export.jsonl")
-    max_bytes: int = 64 * 1024 * 1024
-    backups: int = 3
+    path: Path = value("exporter.file.path")
+    max_bytes: int = value("exporter.file.max_bytes")
+    backups: int = value("exporter.file.backups")
 
 
 @dataclass
@@ -74,9 +75,9 @@ class SpillConfig:
     """Disk queue the exporter spills to when its memory queue is full (absent: memory only)."""
 
     dir: Path
-    max_bytes: int = 1024**3
+    max_bytes: int = value("exporter.spill.max_bytes")
     # always: fsync every record; interval: about once a second; never: leave it to the OS.
-    fsync: str = "interval"
+    fsync: str = value("exporter.spill.fsync")
 
 
 @dataclass
@@ -84,14 +85,14 @@ class ExporterConfig:
     # "host:port" of the next OTLP gRPC hop; None means the local file sink.
     endpoint: str | None = None
     file: FileSinkConfig = field(default_factory=FileSinkConfig)
-    compression: str = "none"
-    timeout: float = 10.0
-    insecure: bool = True
+    compression: str = value("exporter.compression")
+    timeout: float = value("exporter.timeout")
+    insecure: bool = value("exporter.insecure")
     tls: TlsConfig | None = None
-    queue_max_bytes: int = 64 * 1024 * 1024
-    consumers: int = 2
+    queue_max_bytes: int = value("exporter.queue.max_bytes")
+    consumers: int = value("exporter.queue.consumers")
     # Queued requests are joined into calls of up to this size (keep it under the next hop's receive limit).
-    send_batch_max_bytes: int = 2 * 1024 * 1024
+    send_batch_max_bytes: int = value("exporter.queue.send_batch_max_bytes")
     retry: RetryConfig = field(default_factory=RetryConfig)
     # Sent as `authorization: Bearer <token>` to the next hop; read from this environment variable.
     bearer_token_env: str | None = None
@@ -100,10 +101,10 @@ class ExporterConfig:
 
 @dataclass
 class TelemetryConfig:
-    metrics_endpoint: str | None = "127.0.0.1:9464"
-    log_level: str = "info"
+    metrics_endpoint: str | None = value("telemetry.metrics_endpoint")
+    log_level: str = value("telemetry.log_level")
     # text: one human line per record; json: one JSON object per line (time, level, logger, message, fields).
-    log_format: str = "text"
+    log_format: str = value("telemetry.log_format")
 
 
 @dataclass
@@ -115,7 +116,7 @@ class HopConfig:
     stage_nodes: list[Node]
     # True when running the built-in zero-config default (allows e.g. a throwaway pseudonym key).
     builtin_default: bool = False
-    shutdown_timeout: float = 10.0
+    shutdown_timeout: float = value("shutdown_timeout")
 
 
 def _endpoint(node: Node, key: str, default: str | None) -> str | None:
@@ -242,9 +243,9 @@ def _exporter(node: Node) -> ExporterConfig:
     cfg = ExporterConfig(
         endpoint=_endpoint(node, "endpoint", None),
         file=file_cfg,
-        compression=node.str("compression", "none", choices=("none", "gzip")),
+        compression=node.str("compression", ExporterConfig.compression, choices=SETTINGS["exporter.compression"].choices),
         timeout=node.duration("timeout", ExporterConfig.timeout),
-        insecure=node.bool("insecure", True),
+        insecure=node.bool("insecure", ExporterConfig.insecure),
         tls=_tls(node, "tls"),
         queue_max_bytes=queue_max,
         consumers=consumers,
@@ -261,8 +262,8 @@ def _telemetry(node: Node) -> TelemetryConfig:
     raw = node.raw("metrics_endpoint", TelemetryConfig.metrics_endpoint)
     cfg = TelemetryConfig(
         metrics_endpoint=None if raw in (None, "none", "off") else _endpoint(node, "metrics_endpoint", None),
-        log_level=node.str("log_level", "info", choices=("debug", "info", "warning", "error")),
-        log_format=node.str("log_format", TelemetryConfig.log_format, choices=("text", "json")),
+        log_level=node.str("log_level", TelemetryConfig.log_level, choices=SETTINGS["telemetry.log_level"].choices),
+        log_format=node.str("log_format", TelemetryConfig.log_format, choices=SETTINGS["telemetry.log_format"].choices),
     )
     node.done()
     return cfg
@@ -277,7 +278,7 @@ def parse_config(root: Node, builtin_default: bool = False) -> HopConfig:
         telemetry=_telemetry(root.child("telemetry")),
         stage_nodes=stage_nodes,
         builtin_default=builtin_default,
-        shutdown_timeout=root.duration("shutdown_timeout", 10.0),
+        shutdown_timeout=root.duration("shutdown_timeout", HopConfig.shutdown_timeout),
     )
     root.done()
     return cfg

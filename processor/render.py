@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from processor.assets import collector_config_dir
+from processor.schema import SETTINGS
 
 COLLECTOR_CONFIG_DIR = collector_config_dir()
 TEMPLATES_DIR = COLLECTOR_CONFIG_DIR / "templates"
@@ -147,7 +148,8 @@ PARAMETERS: dict[str, Param] = {
                       "recohop's data directory: the tail-sampling write-ahead log and the export disk queue"),
     "data_volume_mib": Param("2048", _positive_int,
                              "size of recohop's data volume (MiB): the WAL and disk queue budgets derive from it"),
-    "decision_wait": Param("10s", _DURATION, "how long recohop buffers a trace before the sampling decision"),
+    "decision_wait": Param(SETTINGS["tail_sampling.decision_wait"].default, _DURATION,
+                           "how long recohop buffers a trace before the sampling decision"),
     "log_level": _choice("info", ("debug", "info", "warning", "error"), "recohop log level"),
     # kubernetes
     "replicas": Param("3", _positive_int, "number of recohop instances"),

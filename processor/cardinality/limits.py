@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor.config_node import ConfigError, Node
+from processor.schema import value
 
 OVERFLOW_LABEL = "otel_metric_overflow"  # Prometheus label of the overflow series
 OVERFLOW_ATTRIBUTE = "otel.metric.overflow"  # the same, as an OTLP attribute
@@ -98,7 +99,7 @@ class MetricLimits:
 
     allow: frozenset[str] | None = None
     buckets: dict[str, ValueBuckets] = field(default_factory=dict)
-    series_limit: int = 2000
+    series_limit: int = value("cardinality.series_limit")
     top_k: int | None = None
 
 

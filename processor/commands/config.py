@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from processor import render
+from processor import render, schema
 from processor.assets import BUILTIN_PREFIX, builtin_file
 from processor.config import DEFAULT_CONFIG
 
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     params = sub.add_parser("params", help="list a profile's parameters with defaults and meaning")
     params.add_argument("--profile", required=True, choices=list(render.PROFILES))
     params.set_defaults(func=run_params)
+
+    ref = sub.add_parser("reference", help="print the configuration reference (README's table) from the schema")
+    ref.set_defaults(func=lambda _args: (sys.stdout.write(schema.markdown_table()), 0)[1])
 
     show = sub.add_parser("show-default", help="print the built-in default hop config (`recohop serve` with no --config)")
     show.add_argument("--out", type=Path, help="write it and the rule files it references into this directory, as a "

@@ -27,6 +27,7 @@ from processor.cardinality.limits import (
 )
 from processor.cardinality.points import MetricRule, MetricsLimiter
 from processor.config_node import Node
+from processor.schema import value
 from processor.stages.base import MetricsRequest, Stage, StageContext
 
 
@@ -43,7 +44,7 @@ class CardinalityStage(Stage):
 
 def build(node: Node, ctx: StageContext) -> Stage:
     forbidden = ForbiddenKeys([*DEFAULT_FORBIDDEN_KEYS, *node.str_list("forbidden_keys")])
-    default_limit = node.int("series_limit", 2000, minimum=1)
+    default_limit = node.int("series_limit", value("cardinality.series_limit"), minimum=1)
     rules = []
     for entry in node.children("metrics"):
         name = entry.opt_str("name")

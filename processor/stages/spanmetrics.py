@@ -42,6 +42,7 @@ from prometheus_client import CollectorRegistry, Counter
 from processor.assets import builtin_file
 from processor.cardinality.limits import DEFAULT_FORBIDDEN_KEYS, CardinalitySelfMetrics, ForbiddenKeys
 from processor.config_node import Node
+from processor.schema import SETTINGS, value
 from processor.spanmetrics.derive import Deriver
 from processor.spanmetrics.exemplars import ExemplarReservoir
 from processor.spanmetrics.exposition import DerivedCollector
@@ -56,8 +57,9 @@ DEFAULT_BUCKETS = [0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1
 
 def default_stage_config() -> dict[str, Any]:
     """The built-in span metrics stage: RED plus the recommender rules shipped in collector-config/."""
-    return {"type": "spanmetrics", "rules": str(DEFAULT_RULES), "flush_interval": "15s", "otlp_output": True,
-            "series_limit": 2000}
+    return {"type": "spanmetrics", "rules": str(DEFAULT_RULES), "otlp_output": True,
+            "flush_interval": SETTINGS["spanmetrics.flush_interval"].default,
+            "series_limit": value("spanmetrics.series_limit")}
 
 
 SEVERITY_BANDS = ("UNSPECIFIED", "TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL")
@@ -132,7 +134,7 @@ class SpanMetricsStage(Stage):
 
 def build(node: Node, ctx: StageContext) -> Stage:
     forbidden = ForbiddenKeys([*DEFAULT_FORBIDDEN_KEYS, *node.str_list("forbidden_keys")])
-    series_limit = node.int("series_limit", 2000, minimum=1)
+    series_limit = node.int("series_limit", value("spanmetrics.series_limit"), minimum=1)
     buckets = parse_buckets(node, "buckets") if node.has("buckets") else list(DEFAULT_BUCKETS)
     rules_path = node.path_value("rules")
     rules = load_rules(rules_path, forbidden, series_limit) if rules_path is not None else None
@@ -148,7 +150,7 @@ def build(node: Node, ctx: StageContext) -> Stage:
     ex.done()
     deriver = Deriver(rules, red, namespace, buckets, series_limit, CardinalitySelfMetrics.of(ctx.registry),
                       reservoir)
-    stage = SpanMetricsStage(deriver, node.duration("flush_interval", "15s"), node.bool("otlp_output", True))
+    stage = SpanMetricsStage(deriver, node.duration("flush_interval", value("spanmetrics.flush_interval")), node.bool("otlp_output", True))
     if node.bool("log_records", True):
         stage.log_counter = LogRecordCounter(ctx.registry, namespace)
     stage.name = node.str("name", "spanmetrics")

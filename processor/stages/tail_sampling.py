@@ -32,6 +32,7 @@ from processor.sampling.policies.policyset import Decision, PolicySet
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE, load_policy_file
 from processor.sampling.wal import LOGS, TRACES, Decided, WalSettings, WriteAheadLog, read_wal_settings
 from processor.sampling.wire import field
+from processor.schema import value
 from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
@@ -40,13 +41,14 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.
 @dataclass
 class Settings:
     policies: Path = DEFAULT_POLICY_FILE
-    max_traces: int = 250_000  # the byte budget (max_bytes) is what bounds memory; this bounds the count
-    max_bytes: int = 256 << 20
-    decision_wait: float = 10.0
-    root_grace: float = 2.0
-    max_spans_per_trace: int = 5_000
-    decision_cache_size: int = 200_000
-    flush_interval: float = 0.1
+    # Defaults: processor/schema.py (the byte budget, max_bytes, is what bounds memory; max_traces the count).
+    max_traces: int = value("tail_sampling.max_traces")
+    max_bytes: int = value("tail_sampling.max_bytes")
+    decision_wait: float = value("tail_sampling.decision_wait")
+    root_grace: float = value("tail_sampling.root_grace")
+    max_spans_per_trace: int = value("tail_sampling.max_spans_per_trace")
+    decision_cache_size: int = value("tail_sampling.decision_cache_size")
+    flush_interval: float = value("tail_sampling.flush_interval")
     wal: WalSettings | None = None
 
 

@@ -1,0 +1,111 @@
+"""One source of truth for defaults (processor/schema.py): the built-in default config, the annotated example,
+the rendered production profile, README's configuration table and the config dataclasses all agree with it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from otlp_peers import REPO_ROOT
+
+from processor import render, schema
+from processor.config import DEFAULT_CONFIG, load_config
+from processor.config_node import Node
+from processor.stages.tail_sampling import Settings as SamplingSettings
+
+EXAMPLE = REPO_ROOT / "collector-config" / "recohop.example.yaml"
+STAGE_PREFIXES = ("tail_sampling", "spanmetrics", "cardinality")
+
+
+def parsed(key: str, raw: Any) -> Any:
+    """A value as written in a config file, parsed the way the setting's kind is."""
+    kind = schema.SETTINGS[key].kind
+    node = Node({"v": raw}, "<test>")
+    readers = {"size": node.size, "duration": node.duration, "int": node.int, "bool": node.bool}
+    if kind == "path":
+        return Path(raw)
+    return readers[kind]("v") if kind in readers else raw
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a config file's settings; stage keys as `<stage type>.<key>`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "pipeline" and not prefix:
+            for stage in value:
+                for stage_key, stage_value in stage.items():
+                    out[f"{stage['type']}.{stage_key}"] = stage_value
+        elif isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def comparable(flat: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """(written, schema default) for every key of `flat` the schema holds a parsed default for."""
+    return {key: (parsed(key, raw), schema.value(key)) for key, raw in flat.items()
+            if key in schema.SETTINGS and schema.SETTINGS[key].default is not None
+            and schema.SETTINGS[key].kind not in ("section", "list")}
+
+
+def test_builtin_default_config_agrees() -> None:
+    tree = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert tuple(stage["type"] for stage in tree["pipeline"]) == schema.DEFAULT_PIPELINE
+    pairs = comparable(flatten(tree))
+    assert len(pairs) >= 8, pairs  # the default names receiver, exporter, telemetry and stage settings
+    assert {k: v for k, v in pairs.items() if v[0] != v[1]} == {}
+
+
+def test_config_dataclasses_take_their_defaults_from_the_schema() -> None:
+    cfg = load_config(None)
+    assert cfg.receiver.max_recv_msg_size == schema.value("receiver.max_recv_msg_size")
+    assert cfg.exporter.retry.max_elapsed_time == schema.value("exporter.retry.max_elapsed_time")
+    assert cfg.shutdown_timeout == schema.value("shutdown_timeout")
+    sampling = SamplingSettings()
+    for key in ("decision_wait", "root_grace", "max_bytes", "max_traces", "decision_cache_size", "flush_interval"):
+        assert getattr(sampling, key) == schema.value(f"tail_sampling.{key}"), key
+
+
+def test_annotated_example_shows_the_defaults_or_says_it_does_not() -> None:
+    """Every key the example writes with a value other than the default says so in its comment."""
+    lines = EXAMPLE.read_text().splitlines()
+    pairs = comparable(flatten(yaml.safe_load(EXAMPLE.read_text())))
+    assert len(pairs) >= 25, pairs
+    for key, (written, default) in pairs.items():
+        if written == default:
+            continue
+        leaf = key.rsplit(".", 1)[1]
+        comments = [line for line in lines if re.match(rf"\s*(- )?{re.escape(leaf)}:", line)]
+        assert any("default" in line.partition("#")[2] for line in comments), (
+            f"{EXAMPLE.name}: {key} is {written!r}, the default is {default!r}; say so in its comment")
+
+
+def test_rendered_production_profile_uses_the_schema_defaults() -> None:
+    """Stage settings the recohop template writes literally equal the schema; those set by render parameters
+    start from the schema's default."""
+    tree = yaml.safe_load(render.render("recohop")["recohop.yaml"])
+    assert tuple(stage["type"] for stage in tree["pipeline"]) == schema.DEFAULT_PIPELINE
+    derived_from_parameters = {"tail_sampling.max_bytes", "exporter.queue.max_bytes", "receiver.endpoint",
+                               "telemetry.metrics_endpoint", "telemetry.log_format", "receiver.drain_window",
+                               "exporter.compression", "exporter.endpoint", "exporter.spill.max_bytes"}
+    pairs = comparable(flatten(tree))
+    assert {k: v for k, v in pairs.items() if v[0] != v[1] and k not in derived_from_parameters} == {}
+    assert render.PARAMETERS["decision_wait"].default == schema.SETTINGS["tail_sampling.decision_wait"].default
+
+
+def test_readme_table_is_generated_from_the_schema() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    begin = readme.index("<!-- generated by `recohop config reference`")
+    table = readme[readme.index("\n", begin) + 1:readme.index("<!-- end of generated table -->")]
+    assert table == schema.markdown_table(), "README's table is stale: paste `recohop config reference`"
+
+
+@pytest.mark.parametrize("key", sorted(k for k, s in schema.SETTINGS.items()
+                                       if s.default is not None and s.kind not in ("section", "list")))
+def test_every_default_parses(key: str) -> None:
+    value = schema.value(key)
+    assert value is not None and (not isinstance(value, Path) or not value.is_absolute())
