@@ -89,6 +89,10 @@ def test_config_commands(installed: tuple[Path, Path]) -> None:
                  "recohop/policies.yaml", "backend/otelcol-backend.yaml", "kubernetes/statefulset.yaml"):
         assert (run_dir / "rendered" / name).stat().st_size > 0, name
     assert "ok" in recohop(installed, "check", "rendered/recohop/recohop.yaml").stdout
+    # A stage without its file key uses the shipped default file.
+    (run_dir / "minimal.yaml").write_text("pipeline:\n  - type: tail_sampling\n  - type: spanmetrics\n")
+    assert "ok" in recohop(installed, "check", "minimal.yaml").stdout
+    assert "receiver.endpoint" in recohop(installed, "config", "reference").stdout
 
 
 def test_dashboards_build(installed: tuple[Path, Path]) -> None:
