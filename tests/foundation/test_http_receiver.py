@@ -474,8 +474,14 @@ def test_connection_slots_are_bounded(make_hop, downstream) -> None:
     finally:
         for sock in idle:
             sock.close()
-    wait_until(lambda: post(hop.http_endpoint, "/v1/traces", span_request().SerializeToString())[0] == 200,
-               "a slot free again")
+
+    def accepted() -> bool:  # until the idle connections' threads have seen them close, new ones are refused
+        try:
+            return post(hop.http_endpoint, "/v1/traces", span_request().SerializeToString())[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    wait_until(accepted, "a slot free again")
     downstream.wait_for_spans(1)
 
 
