@@ -5,10 +5,15 @@ STAMP := .make-installed
 .PHONY: install demo test lint bench dashboards otelcol fuzz
 
 $(STAMP): pyproject.toml setup.py $(wildcard processor/native/*.c processor/native/*.h)
-	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
-	  echo "installing Prometheus + promtool (Debian package)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
+	@# Debian packages the tests use: Prometheus + promtool; buildah + debootstrap build the container image.
+	@missing=""; \
+	for tool in prometheus:prometheus promtool:prometheus buildah:buildah debootstrap:debootstrap; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
 	fi
 	$(PYTHON) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
