@@ -182,6 +182,8 @@ def start_hop_process(config_text: str | None, tmp_path: Path, extra_args: list[
         config_file.write_text(config_text)
         args += ["--config", str(config_file)]
     args += extra_args or []
+    if "--http-listen" not in args:  # the zero-config default's fixed 4318 would be shared by parallel hops
+        args += ["--http-listen", f"127.0.0.1:{free_port()}"]
     log_path = tmp_path / "hop.log"
     proc_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     with open(log_path, "wb") as log_file:
