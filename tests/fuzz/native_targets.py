@@ -21,13 +21,14 @@ import math
 import os
 import sys
 import tempfile
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-for extra in (HERE.parent, HERE.parent / "sampling", HERE.parent / "spanmetrics"):
+for extra in (HERE.parent, HERE.parent / "sampling", HERE.parent / "spanmetrics", HERE.parents[1]):  # + bench/
     if str(extra) not in sys.path:
         sys.path.append(str(extra))
 os.environ.setdefault("RECOHOP_PSEUDONYM_KEY", "fuzz-pseudonym-key-0123456789")
@@ -233,14 +234,15 @@ class SpanMetricsPair:
         self.python.on_traces(known(Request.FromString(raw)))
         self.native.flush(self.clock[0])
         self.python.flush(self.clock[0])
-        a, b = self.state(self.native, self.native_ctx), self.state(self.python, self.python_ctx)
+        own = self.fed in (1, RESET)  # the self-metrics scrape is the slow part: first and last of a run
+        a, b = self.state(self.native, self.native_ctx, own), self.state(self.python, self.python_ctx, own)
         assert a["series"] == b["series"] and a["exact"] == b["exact"] and a["pending"] == b["pending"]
         assert a["self"] == b["self"] and len(a["sums"]) == len(b["sums"])
         for x, y in zip(a["sums"], b["sums"], strict=True):
             assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12), (x, y)
 
 
-    def state(self, stage: Any, ctx: Any) -> dict[str, Any]:
+    def state(self, stage: Any, ctx: Any, own_metrics: bool) -> dict[str, Any]:
         """test_spanmetrics_native.state, with the cardinality self-metrics read from the registry directly (its
         text scrape costs ~0.3 s per call)."""
         deriver = stage.deriver
@@ -258,11 +260,30 @@ class SpanMetricsPair:
         pending = [(tid, added, [(c.agg.name, c.slot, c.bucket, c.exemplar) for c in cands])
                    for tid, (added, cands) in reservoir.pending.items()] if reservoir else []
         own = sorted((s.name, tuple(sorted(s.labels.items())), s.value) for m in ctx.registry.collect()
-                     for s in m.samples if s.name.startswith("recohop_cardinality") and not s.name.endswith("_created"))
+                     for s in m.samples if s.name.startswith("recohop_cardinality")
+                     and not s.name.endswith("_created")) if own_metrics else []
         return {"exact": exact, "sums": sums, "series": series, "pending": pending, "self": own}
 
 
 _spanmetrics: list[SpanMetricsPair] = []
+
+
+# Faults of reference paths outside processor/native/ that were reported and await their fix elsewhere: the fuzzers
+# step over them (so a CI failure means a scanner), and tests/fuzz/known/ keeps each input as a strict xfail that
+# fails once the fault is fixed (then delete the entry here and move the input to regressions/).
+KNOWN_FAULTS = [
+    # processor/spanmetrics/plan.py: compile(source, f"<plan {span_name}>") refuses a span name holding NUL, so the
+    # Python path of span metrics raises on such a request (the scanner reads it fine).
+    (ValueError, "embedded null character", "spanmetrics/plan.py"),
+]
+tolerate_known_faults = True
+
+
+def known_fault(exc: BaseException) -> bool:
+    frames = [frame.filename for frame in traceback.extract_tb(exc.__traceback__)]
+    return tolerate_known_faults and any(
+        isinstance(exc, kind) and text in str(exc) and any(where in f for f in frames)
+        for kind, text, where in KNOWN_FAULTS)
 
 
 def check_spanscan(data: bytes) -> None:
@@ -270,15 +291,36 @@ def check_spanscan(data: bytes) -> None:
         _spanmetrics.append(SpanMetricsPair())
     pair = _spanmetrics[0]
     opt, body = split(data)
-    pair.garbage_stage.deriver.native.consume(body)  # memory safety on any bytes (its results are not compared)
     message = parse(body)
-    if message is None:
+    if message is None:  # memory safety on bytes the receiver refuses (results not compared)
+        try:
+            pair.garbage_stage.deriver.native.consume(body)
+        except DecodeError:
+            pass  # a group key the scanner framed from such bytes: upb refuses it too
         return
     for raw in variants(message, opt, body):
-        pair.feed(raw)
+        try:
+            pair.feed(raw)
+        except Exception as exc:
+            if not known_fault(exc):
+                raise
+            pair.fresh()  # the native stage took the request, the Python one did not: start both afresh
+            return
 
 
 # ---------------------------------------------------------------- _sampling and _tracestore
+
+
+def save_sequence(target: str, history: list[bytes]) -> None:
+    """A stateful finding is the sequence of requests since the last fresh start: written (one file per request,
+    in order) under $RECOHOP_FUZZ_SEQUENCES/<target>/ for the regression tests, when that variable is set."""
+    where = os.environ.get("RECOHOP_FUZZ_SEQUENCES")
+    if not where:
+        return
+    directory = Path(where) / target
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, raw in enumerate(history):
+        (directory / f"{i:03d}").write_bytes(b"\x00" + raw)
 
 
 class SamplingPair:
@@ -332,13 +374,17 @@ class SamplingPair:
             self.fresh()
         self.fed += 1
         self.history.append(raw)
-        self.odd |= Request.FromString(raw).SerializeToString() != raw
+        self.odd |= known(Request.FromString(raw)).SerializeToString() != raw
         self.send(self.native, raw, True)
         # The reference reads what the request means: unknown fields dropped (the Python trace buffer searches
         # its chunks for protobuf's own encoding of attribute values, and upb re-serializes unknown fields
         # where they came, e.g. inside a KeyValue: that is the Python path's limit, not the scanner's).
         self.send(self.python, known(Request.FromString(raw)).SerializeToString(), False)
-        self.compare()
+        try:
+            self.compare()
+        except AssertionError:
+            save_sequence("tracestore" if self.store else "sampling", self.history)
+            raise
 
     @staticmethod
     def sent(h: Any) -> Counter[tuple[bytes, bytes, bytes]]:
@@ -374,7 +420,12 @@ class SamplingPair:
         if self.store:
             from processor.sampling.buffer import Late
 
-            self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
+            try:
+                self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
+            except DecodeError:
+                if parse(body) is not None:
+                    raise  # a request upb accepts must never make the store's callbacks fail
+                # else: the group callback parses the resource/scope framed from bytes upb refuses
             if self.garbage.stage.native.store.stats()[0] > 2000:
                 self.garbage = self.harness(True)
         else:

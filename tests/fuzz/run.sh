@@ -33,7 +33,7 @@ run_one() {
   mkdir -p "$OUT/findings/$target"
   if LD_PRELOAD="$RUNTIME" PYTHONMALLOC=malloc \
      ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:abort_on_error=0" \
-     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+     UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" RECOHOP_FUZZ_SEQUENCES="$OUT/findings/sequences" \
      "$PYTHON" tests/fuzz/fuzz_native.py "$target" "$OUT/modules" "$OUT/corpus/$target" \
        -max_total_time="$SECONDS_PER_TARGET" -max_len=16384 -timeout=30 -rss_limit_mb=4096 \
        -artifact_prefix="$OUT/findings/$target/" -print_final_stats=1 >"$log" 2>&1; then
