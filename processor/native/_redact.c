@@ -5,13 +5,15 @@
  * and event name is looked at in C: a key table (filled once per distinct key by a Python callback that runs
  * the rule matching) says what the key's rule does, a cheap prefilter derived from
  * processor/redaction/detectors.py:possible_kinds says "no detector can match this value" for almost every
- * value, and the rest goes to Python callbacks (memoised by the bytes they were given, bounded). Drops, masks
- * and IPv4 generalisation are done here; keyed pseudonyms are the Python pseudonymiser's (HMAC-SHA256 from
- * Python's hmac, i.e. OpenSSL), memoised here per value like the other callbacks; everything else is
+ * value, and the rest goes to Python callbacks (memoised by the bytes they were given, bounded). Drops, masks,
+ * keyed pseudonyms (HMAC-SHA256 by OpenSSL's libcrypto, the library Python's hmac uses, loaded at import so the
+ * build needs no OpenSSL headers; without it the Python pseudonymiser, memoised per value) and IPv4
+ * generalisation are done here; everything else is
  * decided by the same Python code as the message walk. The output is the input with the edits, every
  * enclosing length prefix fixed; when nothing changes the input bytes object itself is returned.
  *
- * Scanner(key_action, kv_outcome, text_outcome, kinds_mask, summary, pseudonym, n_rules, memo_max)
+ * Scanner(key_action, kv_outcome, text_outcome, kinds_mask, summary, pseudonym, hmac_key, pseudonym_length,
+ *         n_rules, memo_max)
  *   key_action(key: bytes) -> (code, rule_id, arg): code is one of the A_* values below; arg the mask text
  *       (bytes) for A_MASK, the prefix (bytes) for A_PSEUDO, the generalising function for A_GEN / A_GEN_IP.
  *   kv_outcome(kv: bytes) -> None (leave it) | False (not understood: give up) |
@@ -20,7 +22,9 @@
  * Scanner.redact(buf) -> None (bytes this scanner does not understand: use the Python path) or
  *   (output bytes, spans touched, rule hit counts or None, detector hit counts or None)
  *   pseudonym(value: bytes) -> str: the digest part of a pseudonym (the rule's prefix goes in front), or None
- *       when no rule pseudonymises.
+ *       when no rule pseudonymises; hmac_key and pseudonym_length: the same digest's key and length, computed
+ *       here with libcrypto (pseudonym is then asked only when libcrypto is not there).
+ * libcrypto: True when OpenSSL's HMAC is used (RECOHOP_REDACT_NO_LIBCRYPTO=1 turns it off, for tests).
  * possible_kinds(text: bytes) -> bitmask of detector kinds that could match, or None when not valid UTF-8.
  * The memo tables are indexed by a keyed hash (hash.h), so no client can make their lookups slow.
  */
@@ -32,6 +36,53 @@
 
 /* The key of the memo tables (hash.h), drawn at import. */
 static hash_key memo_key;
+
+/* ------------------------------------------------------------------ OpenSSL's HMAC-SHA256 */
+
+#include <dlfcn.h>
+
+/* OpenSSL's HMAC API (stable in 1.1 and 3.x), resolved from libcrypto at import: no hand-written crypto, and no
+ * build dependency on OpenSSL's headers. Opaque types only. */
+typedef struct recohop_hmac_ctx hmac_ctx;
+typedef struct recohop_evp_md evp_md;
+static struct {
+    int loaded;
+    const evp_md *(*sha256)(void);
+    hmac_ctx *(*ctx_new)(void);
+    void (*ctx_free)(hmac_ctx *);
+    int (*init)(hmac_ctx *, const void *, int, const evp_md *, void *);
+    int (*update)(hmac_ctx *, const unsigned char *, size_t);
+    int (*final)(hmac_ctx *, unsigned char *, unsigned int *);
+    int (*copy)(hmac_ctx *, hmac_ctx *);
+} ssl;
+
+static void libcrypto_load(void) {
+    const char *env = getenv("RECOHOP_REDACT_NO_LIBCRYPTO");
+    if (env && *env && strcmp(env, "0") != 0) return;
+    static const char *names[] = {"libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.so", NULL};
+    void *lib = NULL;
+    for (int i = 0; names[i] && !lib; i++) lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return;
+    *(void **)&ssl.sha256 = dlsym(lib, "EVP_sha256");
+    *(void **)&ssl.ctx_new = dlsym(lib, "HMAC_CTX_new");
+    *(void **)&ssl.ctx_free = dlsym(lib, "HMAC_CTX_free");
+    *(void **)&ssl.init = dlsym(lib, "HMAC_Init_ex");
+    *(void **)&ssl.update = dlsym(lib, "HMAC_Update");
+    *(void **)&ssl.final = dlsym(lib, "HMAC_Final");
+    *(void **)&ssl.copy = dlsym(lib, "HMAC_CTX_copy");
+    ssl.loaded = ssl.sha256 && ssl.ctx_new && ssl.ctx_free && ssl.init && ssl.update && ssl.final && ssl.copy;
+}
+
+/* A context keyed once (the key's pad blocks hashed); NULL when libcrypto is not there or refuses. */
+static hmac_ctx *hmac_keyed(const uint8_t *key, size_t n) {
+    if (!ssl.loaded || n > INT32_MAX) return NULL;
+    hmac_ctx *ctx = ssl.ctx_new();
+    if (ctx && !ssl.init(ctx, key, (int)n, ssl.sha256(), NULL)) {
+        ssl.ctx_free(ctx);
+        ctx = NULL;
+    }
+    return ctx;
+}
 
 /* Detector kinds, in processor/redaction/detectors.py:KINDS order. */
 enum { K_BEARER, K_JWT, K_EMAIL, K_IBAN, K_CARD, K_IPV6, K_IPV4, K_PHONE, N_KINDS };
@@ -221,6 +272,8 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *key_action, *kv_outcome, *text_outcome, *pseudonym;
+    hmac_ctx *hmac_template, *hmac_work; /* keyed once; the work context is a copy per value */
+    Py_ssize_t pseudonym_length;
     int kinds_mask, summary, busy;
     Py_ssize_t n_rules;
     table keys, kvs, texts, pseudos;
@@ -489,7 +542,25 @@ static PyObject *memo_call(table *t, PyObject *fn, const uint8_t *p, size_t n) {
     return res;
 }
 
-/* The digest part of the pseudonym of value p[:n] (a new reference to a str), memoised like the outcomes. */
+/* OpenSSL's HMAC-SHA256 of p[:n] in hex, cut to the pseudonym length (a new str); NULL without an exception when
+ * libcrypto is not there or fails. */
+static PyObject *libcrypto_digest(Scanner *sc, const uint8_t *p, size_t n) {
+    unsigned char digest[64];
+    unsigned int len = 0;
+    if (!sc->hmac_template || !ssl.copy(sc->hmac_work, sc->hmac_template) || !ssl.update(sc->hmac_work, p, n) ||
+        !ssl.final(sc->hmac_work, digest, &len) || len != 32)
+        return NULL;
+    static const char hexdigits[] = "0123456789abcdef";
+    char hex[64];
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = hexdigits[digest[i] >> 4];
+        hex[2 * i + 1] = hexdigits[digest[i] & 15];
+    }
+    return PyUnicode_FromStringAndSize(hex, sc->pseudonym_length);
+}
+
+/* The digest part of the pseudonym of value p[:n] (a new reference to a str), memoised per value (user ids repeat
+ * on a trace's spans): libcrypto's, or else the Python pseudonymiser's. */
 static PyObject *pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n) {
     table *t = &sc->pseudos;
     uint64_t h = 0;
@@ -498,7 +569,9 @@ static PyObject *pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n) {
         slot *s = tab_find(t, p, n, h);
         if (s) return Py_NewRef(s->value);
     }
-    PyObject *res = PyObject_CallFunction(sc->pseudonym, "y#", (const char *)p, (Py_ssize_t)n);
+    PyObject *res = libcrypto_digest(sc, p, n);
+    if (!res && PyErr_Occurred()) return NULL;
+    if (!res) res = PyObject_CallFunction(sc->pseudonym, "y#", (const char *)p, (Py_ssize_t)n);
     if (!res) return NULL;
     if (!PyUnicode_Check(res)) {
         Py_DECREF(res);
@@ -1048,13 +1121,21 @@ static PyObject *Scanner_memo_sizes(Scanner *sc, PyObject *unused) {
 
 static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"key_action", "kv_outcome", "text_outcome", "kinds_mask", "summary", "pseudonym",
-                             "n_rules", "memo_max", NULL};
-    PyObject *ka, *ko, *to, *pseudonym;
+                             "hmac_key", "pseudonym_length", "n_rules", "memo_max", NULL};
+    PyObject *ka, *ko, *to, *pseudonym, *key;
     int mask, summary;
-    Py_ssize_t n_rules, memo_max;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOipOnn", kwlist, &ka, &ko, &to, &mask, &summary, &pseudonym,
-                                     &n_rules, &memo_max))
+    Py_ssize_t length, n_rules, memo_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOipOOnnn", kwlist, &ka, &ko, &to, &mask, &summary, &pseudonym,
+                                     &key, &length, &n_rules, &memo_max))
         return -1;
+    if (key != Py_None && !PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "hmac_key must be bytes or None");
+        return -1;
+    }
+    if (length < 0 || length > 64) {
+        PyErr_SetString(PyExc_ValueError, "pseudonym_length 0..64");
+        return -1;
+    }
     if (!PyCallable_Check(ka) || !PyCallable_Check(ko) || !PyCallable_Check(to) ||
         (pseudonym != Py_None && !PyCallable_Check(pseudonym))) {
         PyErr_SetString(PyExc_TypeError, "callbacks must be callable (pseudonym: or None)");
@@ -1075,6 +1156,18 @@ static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
     Py_XSETREF(sc->kv_outcome, Py_NewRef(ko));
     Py_XSETREF(sc->text_outcome, Py_NewRef(to));
     Py_XSETREF(sc->pseudonym, pseudonym == Py_None ? NULL : Py_NewRef(pseudonym));
+    if (sc->hmac_template) ssl.ctx_free(sc->hmac_template);
+    if (sc->hmac_work) ssl.ctx_free(sc->hmac_work);
+    sc->hmac_template = sc->hmac_work = NULL;
+    if (key != Py_None && pseudonym != Py_None) {
+        sc->hmac_template = hmac_keyed((const uint8_t *)PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+        sc->hmac_work = sc->hmac_template ? ssl.ctx_new() : NULL;
+        if (!sc->hmac_work && sc->hmac_template) {
+            ssl.ctx_free(sc->hmac_template);
+            sc->hmac_template = NULL;
+        }
+    }
+    sc->pseudonym_length = length;
     sc->kinds_mask = mask & ((1 << N_KINDS) - 1);
     sc->summary = summary;
     sc->n_rules = n_rules;
@@ -1135,6 +1228,8 @@ static void Scanner_dealloc(Scanner *sc) {
     PyMem_Free(sc->edits);
     PyMem_Free(sc->scratch);
     PyMem_Free(sc->rule_hits);
+    if (sc->hmac_template) ssl.ctx_free(sc->hmac_template); /* frees its copy of the key's pads */
+    if (sc->hmac_work) ssl.ctx_free(sc->hmac_work);
     Py_TYPE(sc)->tp_free((PyObject *)sc);
 }
 
@@ -1184,9 +1279,14 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_redact", NULL, -1, 
 PyMODINIT_FUNC PyInit__redact(void) {
     init_byte_class();
     if (!hash_key_random(&memo_key)) return NULL;
+    libcrypto_load();
     if (PyType_Ready(&ScannerType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "libcrypto", ssl.loaded ? Py_True : Py_False) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&ScannerType);
     if (PyModule_AddObject(m, "Scanner", (PyObject *)&ScannerType) < 0) {
         Py_DECREF(&ScannerType);

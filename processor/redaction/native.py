@@ -5,10 +5,10 @@ protobuf parsing and per-scope Python work. The C scanner reads the serialized r
 only about what it has not seen: each distinct attribute key once (its rule, by `RuleSet.lookup`), values the
 detector prefilter cannot clear (the same `Detectors.scan`), and attributes whose rule needs Python (through
 `Redactor.keyvalue` on a parsed KeyValue, exactly as the message walk does). Answers are memoised in C by the
-bytes asked about (bounded). Drops, masks and IPv4 generalisation are done in C with the same results as
-actions.py (tests compare them); keyed pseudonyms are `Pseudonymiser.digest` (HMAC-SHA256 by Python's hmac, i.e.
-OpenSSL), memoised in C per value. Hit counts come back per request and go into the Redactor's counters, so the
-stage's self-metrics are unchanged.
+bytes asked about (bounded). Drops, masks, keyed pseudonyms (HMAC-SHA256 by OpenSSL's libcrypto, called from C;
+`Pseudonymiser.digest`, memoised in C, where libcrypto cannot be loaded) and IPv4 generalisation are done in C with
+the same results as actions.py / pseudonym.py (tests compare them). Hit counts come back per request and go into
+the Redactor's counters, so the stage's self-metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ class NativeTraces:
             kinds_mask(redactor.detectors.kinds) if redactor.detectors.enabled else 0,
             bool(redactor.summary),
             pseudonymiser.digest if pseudonymiser is not None else None,
+            pseudonymiser.key if pseudonymiser is not None else None,
+            pseudonymiser.length if pseudonymiser is not None else 0,
             len(self.rule_names), memo_max or self.MEMO_MAX)
 
     @classmethod

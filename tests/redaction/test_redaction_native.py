@@ -11,6 +11,8 @@ import gc
 import hmac
 import os
 import random
+import subprocess
+import sys
 import weakref
 
 import pytest
@@ -346,30 +348,51 @@ def test_prefilter_utf8_check_matches_python(data: bytes) -> None:
     assert (NATIVE.possible_kinds(data) is not None) == valid
 
 
-@needs_native
-def test_pseudonyms_are_the_standard_librarys_hmac_memoised_per_value(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No hand-written crypto: the scanner asks the pseudonymiser (hmac.digest, i.e. OpenSSL) once per distinct
-    value and remembers the answer."""
-    pair = Pair(ACTIONS_RULES)
-    pseudonymiser = pair.native.redactor.pseudonymiser
-    assert pseudonymiser is not None
-    asked: list[bytes] = []
-    digest = pseudonymiser.digest
-
-    def counted(value: bytes) -> str:
-        asked.append(value)
-        return digest(value)
-
-    monkeypatch.setattr(pseudonymiser, "digest", counted)
-    pair.native.native = NativeTraces(pair.native.redactor, NATIVE)
+def _pseudonym_request(values: list[str]) -> bytes:
     req = ExportTraceServiceRequest()
     spans = req.resource_spans.add().scope_spans.add().spans
-    for i in range(60):
-        spans.add(name="s").attributes.append(kv("user.id", f"user-{i % 3}"))
-    out = pair.check(req.SerializeToString())
-    assert sorted(asked) == [b"user-0", b"user-1", b"user-2"]
-    expected = "u_" + hmac.digest(KEY.encode(), b"user-1", "sha256").hex()[:pseudonymiser.length]
-    assert expected.encode() in out and b"user-1" not in out
+    for value in values:
+        spans.add(name="s").attributes.append(kv("user.id", value))
+    return req.SerializeToString()
+
+
+@needs_native
+def test_pseudonyms_are_openssls_hmac() -> None:
+    """No hand-written crypto: the scanner's pseudonyms are OpenSSL's HMAC-SHA256 (libcrypto, the library Python's
+    hmac uses), equal to the standard library's and to the Python path's."""
+    assert NATIVE.libcrypto, "libcrypto could not be loaded: pseudonyms take the slower Python fallback"
+    pair = Pair(ACTIONS_RULES)
+    rng = random.Random(3)
+    values = [f"user-{rng.randrange(10**9)}" for _ in range(200)] + ["", "jürgen", "x" * 700]
+    out = pair.check(_pseudonym_request(values + values[:50]))
+    length = pair.native.redactor.pseudonymiser.length
+    for value in values:
+        assert ("u_" + hmac.digest(KEY.encode(), value.encode(), "sha256").hex()[:length]).encode() in out
+
+
+@needs_native
+def test_without_libcrypto_the_pseudonymiser_is_asked_once_per_value() -> None:
+    """Where libcrypto cannot be loaded the scanner asks the Python pseudonymiser (hmac.digest), memoised."""
+    code = """if True:
+        import os, sys
+        sys.path[:0] = os.environ["RECOHOP_TEST_PATHS"].split(os.pathsep)
+        from processor.native import _redact
+        assert not _redact.libcrypto
+        from test_redaction_native import ACTIONS_RULES, NATIVE, Pair, _pseudonym_request
+        from processor.redaction.native import NativeTraces
+        pair = Pair(ACTIONS_RULES)
+        p = pair.native.redactor.pseudonymiser
+        asked, digest = [], p.digest
+        p.digest = lambda v: asked.append(v) or digest(v)
+        pair.native.native = NativeTraces(pair.native.redactor, NATIVE)
+        out = pair.check(_pseudonym_request([f"user-{i % 3}" for i in range(60)]))
+        assert sorted(asked) == [b"user-0", b"user-1", b"user-2"], asked
+        assert b"user-1" not in out
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "RECOHOP_REDACT_NO_LIBCRYPTO": "1",
+           "RECOHOP_TEST_PATHS": os.pathsep.join([here, os.path.dirname(here)])}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
 @needs_native
@@ -382,7 +405,7 @@ def test_scanner_is_collected_when_its_callbacks_refer_back_to_it() -> None:
     def cycle() -> weakref.ref:
         owner = Owner()
         owner.scanner = NATIVE.Scanner(lambda key: owner and (0, 0, None), lambda kv: None, lambda text: None, 0,
-                                       False, None, 1, 8)
+                                       False, None, None, 0, 1, 8)
         assert gc.is_tracked(owner.scanner)
         return weakref.ref(owner)
 
