@@ -432,3 +432,29 @@ def test_pseudonyms_and_ip_networks_equal_the_python_actions() -> None:
 def test_kind_ids_follow_the_detector_kinds() -> None:
     """The C enum of kinds is in detectors.KINDS order; the hit counts are mapped back by it."""
     assert list(KIND_IDS) == list(KINDS) == ["bearer", "jwt", "email", "iban", "card", "ipv6", "ipv4", "phone"]
+
+
+@needs_native
+def test_a_value_no_generalisation_reads_costs_that_value_only() -> None:
+    """`"².1.1.1".isdigit()` is true and `int("²")` fails: the IP generalisation used to raise and the whole request
+    was refused. Now such values become the kind's tag (a rule hit), on both paths alike."""
+    pair = Pair(ACTIONS_RULES)
+    poison = ["².1.1.1", "١.٢.٣.٤", "1.2.3.٤", "²³", "1e400"]
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for value in poison:
+        spans.add(name="s").attributes.extend([kv("client.address", value), kv("user_age", value), kv("geo", value)])
+    out = ExportTraceServiceRequest.FromString(pair.check(req.SerializeToString()))
+    values = {(a.key, a.value.string_value) for s in out.resource_spans[0].scope_spans[0].spans for a in s.attributes}
+    assert {v for k, v in values if k == "client.address"} == {"<ip>"}
+    assert {v for k, v in values if k == "user_age"} == {"<age>"} and {v for k, v in values if k == "geo"} == {"<geo>"}
+
+
+def test_a_generalisation_that_raises_writes_its_tag_and_counts() -> None:
+    from processor.redaction.actions import Guarded
+
+    def broken(value: object) -> str:
+        raise ValueError("cannot read")
+
+    guarded = Guarded(broken, "<ip>")
+    assert guarded("anything") == "<ip>" and guarded(3) == "<ip>" and guarded.failures == 2
