@@ -1,5 +1,6 @@
 """`python -m bench all --duration 20` (the full run) and `python -m bench smoke` (a few seconds, for CI:
-every row runs, nothing about speed is asserted). Prints the table and writes JSON (`--out`)."""
+every row runs, nothing about speed is asserted). Prints the table and writes JSON (`--out`).
+`python -m bench peer` runs otelcol-contrib and recohop on the same job (bench/peer.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import runner, sink
+from bench import peer, runner, sink
 from bench.workload import generate, load_workload, write_workload
 
 
@@ -46,23 +47,104 @@ def _add_run_args(p: argparse.ArgumentParser, duration: float, warmup: float, re
     p.add_argument("--workdir", type=Path, help="logs, configs, workload (default: next to --out)")
 
 
+def _seconds(text: str) -> int:
+    """Whole seconds (`10`, `10s`): the collector's decision batches are one second each."""
+    value = text[:-1] if text.endswith("s") else text
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole seconds >= 1 such as 10s, got {text!r}")
+    return int(value)
+
+
+def _add_peer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per row")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="unmeasured seconds before each window (the sampler's buffer fills in root_grace + 1 s)")
+    p.add_argument("--repeat", type=int, default=1, help="windows per row (same process); the median is shown")
+    p.add_argument("--clients", type=int, default=1, help="client processes (they share the 2 cores)")
+    p.add_argument("--streams", type=int, default=8, help="concurrent calls per client process")
+    p.add_argument("--channels", type=int, default=2, help="gRPC channels (connections) per client")
+    p.add_argument("--spans-per-request", type=int, default=800)
+    p.add_argument("--requests", type=int, default=64, help="distinct requests in the generated workload")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--decision-wait", type=_seconds, default=10, help="both samplers (recohop's default 10s)")
+    p.add_argument("--root-grace", type=_seconds, default=2,
+                   help="both: recohop root_grace, otelcol decision_wait_after_root_received (default 2s)")
+    p.add_argument("--headroom", type=float, default=1.25,
+                   help="fitting budgets hold decision_wait x this of the system's pass-through rate")
+    p.add_argument("--binding-fraction", type=float, default=0.5,
+                   help="binding budgets hold this share of the traces of one root_grace at the full rate")
+    p.add_argument("--no-binding", action="store_true", help="skip the budget-binding table")
+    p.add_argument("--no-agreement", action="store_true", help="skip the agreement runs")
+    p.add_argument("--stages", action="store_true", help="also the collector's components one at a time")
+    p.add_argument("--agreement-requests", type=int, default=200,
+                   help="requests of the fixed-id agreement workload, each sent once")
+    p.add_argument("--only", choices=("otelcol", "recohop"), help="run one system's rows only")
+    p.add_argument("--out", type=Path, default=Path("bench-out/peer.json"))
+    p.add_argument("--workdir", type=Path, help="logs, configs, workload (default: next to --out)")
+
+
+def run_peer(args: argparse.Namespace, argv: list[str] | None) -> int:
+    workdir = (args.workdir or args.out.parent / "peer-work").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    workload = generate(args.requests, args.spans_per_request, args.seed)
+    workload_file = workdir / "workload.bin"
+    write_workload(workload_file, workload.requests)
+    settings = peer.PeerSettings(
+        duration=args.duration, warmup=args.warmup, clients=args.clients, streams=args.streams,
+        channels=args.channels, fresh_ids=True, workdir=workdir, repeat=args.repeat,
+        decision_wait=args.decision_wait, root_grace=args.root_grace, headroom=args.headroom,
+        binding_fraction=args.binding_fraction, binding=not args.no_binding, agreement=not args.no_agreement, stages=args.stages,
+        agreement_requests=args.agreement_requests,
+        systems=(args.only,) if args.only else ("otelcol", "recohop"))
+    print(f"workload: {len(workload.requests)} requests, {workload.total_spans} spans, {workload.traces} traces "
+          f"({workload.total_spans / workload.traces:.2f} spans/trace), {workload.special_traces} special; "
+          f"load average {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
+    began = time.time()
+    result = peer.run_peer(workload, workload_file, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = {
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "mode": "peer",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
+        "machine": peer.peer_machine(),
+        "loadavg_at_end": Path("/proc/loadavg").read_text().strip(),
+        "settings": {"duration": args.duration, "warmup": args.warmup, "repeat": args.repeat,
+                     "clients": args.clients, "streams": args.streams, "channels": args.channels,
+                     "decision_wait_s": args.decision_wait, "root_grace_s": args.root_grace,
+                     "headroom": args.headroom, "binding_fraction": args.binding_fraction},
+        "workload": {"requests": len(workload.requests), "spans": workload.total_spans,
+                     "bytes": workload.total_bytes, "traces": workload.traces,
+                     "special_traces": workload.special_traces},
+        **result,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(peer.table(result))
+    print(f"\nload average at start {result['machine']['loadavg_at_start']}, at end {result['loadavg_at_end']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="mode", metavar="MODE", required=True)
     _add_run_args(sub.add_parser("all", help="every row, full length"), duration=20.0, warmup=2.0, requests=64)
     _add_run_args(sub.add_parser("smoke", help="every row, a few seconds (CI)"), duration=0.6, warmup=0.3,
                   requests=6)
+    _add_peer_args(sub.add_parser("peer", help="otelcol-contrib vs recohop doing the same job (bench/peer.py)"))
     s = sub.add_parser("sink", help="(internal) run the null sink")
     s.add_argument("--listen", default="127.0.0.1:0")
     s.add_argument("--ready-file", required=True)
+    s.add_argument("--capture", type=Path, help="ground-truth JSON: parse trace requests, record kept traces")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode == "sink":
-        sink.serve(args.listen, args.ready_file)
+        sink.serve(args.listen, args.ready_file, capture=args.capture)
         return 0
+    if args.mode == "peer":
+        return run_peer(args, argv)
     workdir = (args.workdir or args.out.parent / "work").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if args.workload:

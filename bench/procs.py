@@ -1,5 +1,5 @@
-"""The processes a benchmark row runs: null sink, recohop hop, rotel. Each is started on free loopback ports
-and stopped by its own pid; CPU time and RSS come from /proc/<pid>."""
+"""The processes a benchmark row runs: null sink, recohop hop, rotel, the OpenTelemetry Collector. Each is
+started on free loopback ports and stopped by its own pid; CPU time and RSS come from /proc/<pid>."""
 
 from __future__ import annotations
 
@@ -129,12 +129,16 @@ def _wait_ready(ready: Path, proc: subprocess.Popen, log_path: Path, timeout: fl
     return ready.read_text().strip()
 
 
-def start_sink(workdir: Path) -> Proc:
+def start_sink(workdir: Path, capture: Path | None = None) -> Proc:
+    """The null sink; with `capture` (a ground-truth file, see bench/sink.py) it also parses trace requests
+    and records which traces arrived."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "sink.ready"
     ready.unlink(missing_ok=True)
     log_path = workdir / "sink.log"
     args = [sys.executable, "-m", "bench", "sink", "--listen", "127.0.0.1:0", "--ready-file", str(ready)]
+    if capture is not None:
+        args += ["--capture", str(capture)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=workdir)
     port = _wait_ready(ready, proc, log_path)
@@ -191,6 +195,60 @@ def start_rotel(workdir: Path, forward: str) -> Proc:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     wait_for_port(grpc_port, proc)
     return Proc("rotel", proc, f"127.0.0.1:{grpc_port}", workdir / "rotel.stdout")
+
+
+OTELCOL_BUILD_SCRIPT = REPO_ROOT / "collector-config" / "otelcol" / "build.sh"
+
+
+def otelcol_binary() -> Path | None:
+    """The collector built by `make otelcol` (collector-config/otelcol/build.sh), or None when not built."""
+    try:
+        where = subprocess.run(["bash", str(OTELCOL_BUILD_SCRIPT), "--path"], capture_output=True, text=True,
+                               timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(where.stdout.strip())
+    return path if where.stdout.strip() and path.is_file() else None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def start_otelcol(workdir: Path, name: str, config_text: str, endpoint: str, health_port: int,
+                  metrics_port: int | None, env: dict[str, str] | None = None,
+                  feature_gates: list[str] | None = None, timeout: float = 60.0) -> Proc:
+    """`otelcol --config` on `config_text` (already rendered), ready once its health_check answers 200.
+    `env` is added to the environment (the config reads secrets as ${env:...}, so they stay out of the file)."""
+    binary = otelcol_binary()
+    if binary is None:
+        raise RuntimeError("the collector is not built: run `make otelcol`")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / f"{name}.yaml"
+    config.write_text(config_text)
+    log_path = workdir / f"{name}.log"
+    args = [str(binary), "--config", str(config)]
+    if feature_gates:
+        args.append("--feature-gates=" + ",".join(feature_gates))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                env={**os.environ, **(env or {})})
+    health = f"http://127.0.0.1:{health_port}/"
+    deadline = time.monotonic() + timeout
+    while not _http_ok(health):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise RuntimeError(f"otelcol {name} did not become healthy (exit {proc.returncode}):\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
+    return Proc(name, proc, endpoint, log_path, metrics_url)
 
 
 def metric_sum(text: str, name: str, label: str | None = None) -> dict[str, float]:

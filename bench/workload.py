@@ -8,7 +8,7 @@ Generation uses protobuf directly and is seeded, so two runs send the same bytes
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class Workload:
     spans: list[int]  # spans per request, same order
     traces: int = 0
     special_traces: int = 0
+    # Generated workloads only: special trace id -> kind (error, fallback, cold_start, slow), the ground truth
+    # of what a tail sampler must keep.
+    special_ids: dict[bytes, str] = field(default_factory=dict)
 
     @property
     def total_spans(self) -> int:
@@ -108,21 +111,25 @@ def load_workload(path: Path) -> Workload:
 
 
 class _TraceMaker:
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, tracestate: str = "") -> None:
         self.rng = rng
+        self.tracestate = tracestate
         self.recent_roots: list[tuple[bytes, bytes, str, str, str, str]] = []
+        self.special_ids: dict[bytes, str] = {}
 
     def _id(self, n: int) -> bytes:
         return self.rng.getrandbits(8 * n).to_bytes(n, "big")
 
     def _span(self, trace_id: bytes, parent: bytes, name: str, kind: int, start: int, dur: int) -> Span:
         return Span(trace_id=trace_id, span_id=self._id(8), parent_span_id=parent, name=name, kind=kind,
-                    start_time_unix_nano=start, end_time_unix_nano=start + dur)
+                    start_time_unix_nano=start, end_time_unix_nano=start + dur, trace_state=self.tracestate)
 
     def recommendation(self, now: int, special: str | None) -> list[Span]:
         """One `reco.generate` trace of 8-12 spans."""
         rng = self.rng
         tid = self._id(16)
+        if special is not None:
+            self.special_ids[tid] = special
         user = rng.randrange(1, 200_000)
         placement = rng.choice(PLACEMENTS)
         model = rng.choice(MODEL_VERSIONS)
@@ -219,10 +226,11 @@ def _resource(pod: int) -> ResourceSpans:
 
 
 def generate(requests: int = 64, spans_per_request: int = 800, seed: int = 7,
-             special_rate: float = 0.04, click_rate: float = 0.05) -> Workload:
-    """`requests` export requests of about `spans_per_request` spans each (whole traces, 1-2 pods each)."""
+             special_rate: float = 0.04, click_rate: float = 0.05, tracestate: str = "") -> Workload:
+    """`requests` export requests of about `spans_per_request` spans each (whole traces, 1-2 pods each).
+    `tracestate` goes on every span (e.g. `ot=th:0`: sampled upstream at 100 % by a consistent sampler)."""
     rng = random.Random(seed)
-    maker = _TraceMaker(rng)
+    maker = _TraceMaker(rng, tracestate)
     now = 1_760_000_000_000_000_000
     out: list[bytes] = []
     counts: list[int] = []
@@ -249,7 +257,7 @@ def generate(requests: int = 64, spans_per_request: int = 800, seed: int = 7,
         req.resource_spans.extend(pods)
         out.append(req.SerializeToString())
         counts.append(n)
-    return Workload(out, counts, traces=traces, special_traces=special)
+    return Workload(out, counts, traces=traces, special_traces=special, special_ids=maker.special_ids)
 
 
 # ---------------------------------------------------------------- fresh trace ids on replay
