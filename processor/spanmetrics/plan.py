@@ -185,5 +185,5 @@ def compile_plan(span_name: str, sinks: list[RuleSink], resource_pos: dict[str, 
         if rule.kind == "histogram":
             lines.append(f"{indent}SPANS{r}.append(span)")
     source = "\n".join(lines) + "\n"
-    exec(compile(source, f"<plan {span_name}>", "exec"), env)  # noqa: S102 - source built from the rules above
+    exec(compile(source, f"<plan {span_name!r}>", "exec"), env)  # noqa: S102 - source built from the rules above
     return Plan(env["run"], source)

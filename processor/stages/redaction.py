@@ -7,7 +7,10 @@ Optional `name` (default `redaction`). Audit goes to self-metrics as counts, nev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily
 
 from processor.config_node import Node
 from processor.redaction.fastpath import FastTraces
@@ -26,6 +29,23 @@ def _counter(registry: CollectorRegistry, name: str, doc: str, labels: tuple[str
         return Counter(name, doc, labels, registry=registry)
     except ValueError:
         return registry._names_to_collectors[name]  # type: ignore[attr-defined,return-value]
+
+
+class UnreadableValues:
+    """`recohop_redaction_unreadable_values_total{rule}`: values a generalising rule could not read (each
+    became the kind's tag instead of refusing the request), read from the rules at scrape time."""
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.generalising = [rule.name for _, rule in rules.rules if rule.generalise is not None]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("recohop_redaction_unreadable_values",
+                                     "Values a generalising rule could not read, replaced by the kind's tag", labels=["rule"])
+        counts = self.rules.unreadable_values()
+        for name in dict.fromkeys([*self.generalising, *counts]):
+            family.add_metric([name], counts.get(name, 0))
+        yield family
 
 
 class RedactionStage(Stage):
@@ -55,6 +75,7 @@ class RedactionStage(Stage):
             self._rule_hits.labels(rules.otherwise.name)
         for kind in redactor.detectors.kinds:
             self._detector_hits.labels(kind)
+        registry.register(UnreadableValues(rules))
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         """Redacts `request` in place (through the byte path when the scanner is built)."""

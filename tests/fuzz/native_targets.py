@@ -271,10 +271,9 @@ _spanmetrics: list[SpanMetricsPair] = []
 # Faults of reference paths outside processor/native/ that were reported and await their fix elsewhere: the fuzzers
 # step over them (so a CI failure means a scanner), and tests/fuzz/known/ keeps each input as a strict xfail that
 # fails once the fault is fixed (then delete the entry here and move the input to regressions/).
-KNOWN_FAULTS = [
-    # processor/spanmetrics/plan.py: compile(source, f"<plan {span_name}>") refuses a span name holding NUL, so the
-    # Python path of span metrics raises on such a request (the scanner reads it fine).
-    (ValueError, "embedded null character", "spanmetrics/plan.py"),
+KNOWN_FAULTS: list[tuple[type[BaseException], str, str]] = [
+    # (none open; the span name holding NUL that made processor/spanmetrics/plan.py raise is fixed and its input
+    # is in regressions/spanscan/)
 ]
 tolerate_known_faults = True
 

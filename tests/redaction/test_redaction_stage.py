@@ -307,3 +307,25 @@ def test_long_word_runs_scan_in_linear_time() -> None:
     began = time.process_time()
     make_stage().on_logs(request)
     assert time.process_time() - began < 1.0
+
+
+def test_unreadable_values_are_counted_on_metrics(pseudonym_key: None) -> None:
+    """A value a generalising rule cannot read costs only itself (it becomes the tag) and is counted per rule."""
+    registry = CollectorRegistry()
+    stage = make_stage(registry=registry)
+    sample = {"rule": "client.address"}
+    assert registry.get_sample_value("recohop_redaction_unreadable_values_total", sample) == 0
+    rule = stage.redactor.rules.lookup("client.address")
+    assert rule is not None and rule.generalise is not None
+
+    def unreadable(_value: object) -> str:
+        raise ValueError("cannot read this value")
+
+    rule.generalise.inner = unreadable
+    request = ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8)
+    span.attributes.extend([kv("client.address", "203.0.113.9"), kv("other", "x")])
+    out = ExportTraceServiceRequest.FromString(stage.on_trace_bytes(request.SerializeToString())[0])
+    attributes = {a.key: a.value.string_value for a in out.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert attributes["client.address"] == rule.generalise.tag and attributes["other"] == "x"
+    assert registry.get_sample_value("recohop_redaction_unreadable_values_total", sample) == 1
