@@ -246,7 +246,7 @@ def otelcol_probe(text: str, decision_wait: float) -> Probe:
 class Running:
     spec: RowSpec
     proc: procs.Proc
-    probe: Callable[[], Probe] | None
+    probe: Callable[[str], Probe] | None  # the sampler's state from its metrics text (full rows)
     idle_rss: int
 
 
@@ -283,47 +283,57 @@ def start_row(spec: RowSpec, sink: procs.Proc, s: PeerSettings, key: str) -> Run
     time.sleep(1.0)  # settle before reading the idle RSS
     probe = None
     if spec.full and proc.metrics_url and spec.variant in (None, "tail_sampling"):
-        def probe() -> Probe:
-            return probe_fn(_scrape(proc), float(s.decision_wait))
+        cap = float(spec.budget.traces) if spec.budget else math.inf
+
+        def probe(text: str) -> Probe:
+            found = probe_fn(text, float(s.decision_wait))
+            # The collector counts an eviction only when the evicted trace's decision tick comes (~root_grace
+            # later); its trace map never holds more than num_traces.
+            found.buffered_traces = min(found.buffered_traces, cap)
+            return found
     return Running(spec, proc, probe, procs.rss_bytes(proc.pid))
 
 
 def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workload,
             s: PeerSettings) -> dict[str, Any]:
-    """One window of `s.duration` after `s.warmup`, driven by the client processes. RSS and the buffered
-    traces are sampled together at 1/2, 3/4 and the end of the window."""
+    """One window of `s.duration` after `s.warmup`, driven by the client processes. RSS is sampled at 1/2, 3/4
+    and the end of the window; RSS per buffered span uses the buffered traces at the same moment: at the
+    window's end for recohop (its gauge is exact at any time), at all three for the collector."""
     plan = ClientPlan(endpoint=run.proc.endpoint, workload=workload_file, spans=workload.spans,
                       streams=s.streams, channels=s.channels, warmup=s.warmup, duration=s.duration,
                       fresh_ids=s.fresh_ids)
     clients = Clients(s.clients, plan)
     marks: dict[str, Any] = {}
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[int, float]] = []  # (RSS, buffered traces) at the same moment
+    rss_samples: list[int] = []
 
-    def stage_seconds() -> dict[str, float]:
-        if run.spec.system != "recohop" or not run.proc.metrics_url:
-            return {}
-        return procs.metric_sum(_scrape(run.proc), "recohop_stage_seconds_total", "stage")
+    def scrape() -> str:
+        return _scrape(run.proc) if run.proc.metrics_url and (run.probe or run.spec.system == "recohop") else ""
+
+    def read_target(tag: str) -> None:
+        """One scrape for both the sampler's counters and recohop's stage seconds."""
+        text = scrape()
+        marks["t" + tag] = time.monotonic()
+        marks["probe" + tag] = run.probe(text) if run.probe and text else None
+        marks["stages" + tag] = (procs.metric_sum(text, "recohop_stage_seconds_total", "stage")
+                                 if run.spec.system == "recohop" and text else {})
 
     def at_start() -> None:
-        marks["stages0"] = stage_seconds()
         marks["cpu0"] = procs.cpu_seconds(run.proc.pid)
         marks["busy0"] = procs.machine_busy_seconds()
-        marks["probe0"] = run.probe() if run.probe else None
         marks["sink0"] = read_stats(sink.endpoint, STATS_TIMEOUT)
 
     def sample() -> None:
         rss = procs.rss_bytes(run.proc.pid)
-        buffered = run.probe().buffered_traces if run.probe else 0.0
-        samples.append((rss, buffered))
+        if run.spec.system == "otelcol" and run.probe:  # cheap there, and its counters move in 1 s ticks
+            samples.append((rss, run.probe(scrape()).buffered_traces))
+        rss_samples.append(rss)
 
     def at_end() -> None:
         marks["cpu1"] = procs.cpu_seconds(run.proc.pid)
         marks["busy1"] = procs.machine_busy_seconds()
-        marks["stages1"] = stage_seconds()
-        rss = procs.rss_bytes(run.proc.pid)
-        marks["probe1"] = probe = run.probe() if run.probe else None
-        samples.append((rss, probe.buffered_traces if probe else 0.0))
-        marks["rss"] = rss
+        marks["rss"] = procs.rss_bytes(run.proc.pid)
+        rss_samples.append(marks["rss"])
         marks["sink1"] = read_stats(sink.endpoint, STATS_TIMEOUT)
         marks["load1"] = Path("/proc/loadavg").read_text().split()[0]
 
@@ -331,8 +341,12 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
         start = clients.launch()
         ws = start + s.warmup
         we = ws + s.duration
+        # recohop's /metrics render (~1,000 derived series) runs in the hop under the GIL: it is read just
+        # before the window opens and just after it closes, never inside it (the CPU edges are exact).
         events: list[tuple[float, Callable[[], None]]] = [
-            (ws, at_start), (ws + s.duration / 2, sample), (ws + s.duration * 3 / 4, sample), (we, at_end)]
+            (ws - min(0.5, s.warmup / 2), lambda: read_target("0")), (ws, at_start),
+            (ws + s.duration / 2, sample), (ws + s.duration * 3 / 4, sample), (we, at_end),
+            (we + 0.01, lambda: read_target("1"))]
         for when, action in sorted(events, key=lambda e: e[0]):
             time.sleep(max(0.0, when - time.monotonic()))
             action()
@@ -340,6 +354,8 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
     except BaseException:
         clients.close()
         raise
+    if marks.get("probe1") is not None:
+        samples.append((marks["rss"], marks["probe1"].buffered_traces))
     wall = s.duration
     cpu = marks["cpu1"] - marks["cpu0"]
     spans = result.acked_spans
@@ -357,6 +373,7 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
         "machine_cores": (marks["busy1"] - marks["busy0"]) / wall,
         "loadavg_at_end": marks["load1"],
         "rss_bytes": marks["rss"],
+        "rss_max_bytes": max(rss_samples),
         "idle_rss_bytes": run.idle_rss,
         "latency_ms": {"p50": _ms(_percentile(result.latencies, 50)), "p99": _ms(_percentile(result.latencies, 99))},
         "sink_mb_per_s": (marks["sink1"]["bytes"] - marks["sink0"]["bytes"]) / wall / 1e6,
@@ -364,7 +381,8 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
     row["other_cores"] = max(0.0, row["machine_cores"] - row["target_cores"] - row["clients_cores"])
     if marks.get("stages1"):
         # recohop: seconds per second inside each stage (recohop_stage_seconds_total), i.e. cores per stage.
-        row["stage_cores"] = {k: (v - marks["stages0"].get(k, 0.0)) / wall for k, v in marks["stages1"].items()}
+        span = marks["t1"] - marks["t0"]  # the reads bracket the window (just before and just after)
+        row["stage_cores"] = {k: (v - marks["stages0"].get(k, 0.0)) / span for k, v in marks["stages1"].items()}
     if run.spec.budget is not None:
         row["budget"] = {"traces": run.spec.budget.traces, "max_bytes": run.spec.budget.max_bytes,
                          "block_on_overflow": run.spec.budget.block, "why": run.spec.budget.why}
@@ -633,22 +651,22 @@ def run_peer(workload: Workload, workload_file: Path, s: PeerSettings,
     finally:
         sink.stop()
     if s.binding and full:
-        # A capture sink: which special traces were kept under the binding budget.
+        # A capture sink per row (the replay's fresh ids repeat from row to row, and the sink counts distinct
+        # traces): which special traces were kept under the binding budget.
         truth = s.workdir / "ground_truth.json"
         truth.write_text(json.dumps({"specials": {t[4:].hex(): k for t, k in workload.special_ids.items()}}))
-        sink = procs.start_sink(s.workdir / "sink_capture", capture=truth)
-        try:
-            for system in s.systems:
-                if system not in full:
-                    continue
-                variants = [False, True] if system == "otelcol" else [False]
-                for block in variants:
-                    budget = binding_budget(full[system], workload, s, fit[system], block)
-                    name = f"{system}_full_binding" + ("_block" if block else "")
+        for system in s.systems:
+            if system not in full:
+                continue
+            for block in ([False, True] if system == "otelcol" else [False]):
+                budget = binding_budget(full[system], workload, s, fit[system], block)
+                name = f"{system}_full_binding" + ("_block" if block else "")
+                sink = procs.start_sink(s.workdir / f"sink_{name}", capture=truth)
+                try:
                     rows.append(run_row(RowSpec(name, system, True, budget, "binding"), sink, workload_file,
                                         workload, s, key, notes, log, capture=True))
-        finally:
-            sink.stop()
+                finally:
+                    sink.stop()
     agreement = None
     if s.agreement:
         spans_per_request = round(workload.total_spans / len(workload.requests))
