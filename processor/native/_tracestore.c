@@ -26,6 +26,7 @@ typedef struct chunk {
     struct chunk *next;
     int32_t gid;
     uint32_t len, cap;
+    uint32_t reserve;             /* intake scratch: bytes this request will append (0 outside intake) */
     uint8_t *data;
 } chunk_t;
 
@@ -35,10 +36,12 @@ typedef struct entry {
     struct entry *prev, *next;    /* all entries, first-seen order */
     struct entry *rprev, *rnext;  /* entries with a root, first-root order */
     chunk_t *chunks, *logs;
+    chunk_t *pending;             /* intake scratch: new chunks, linked at commit (NULL outside intake) */
     double first, root_seen;      /* root_seen < 0: no root yet */
     int64_t nbytes;
     uint64_t start, end, hits, present, classes;
     int32_t nspans, nlogs, max_severity;
+    int32_t adding;               /* intake scratch: spans this request adds (0 outside intake) */
     int32_t root_gid;
     uint32_t root_at, root_len;
     uint8_t error, exception, has_res, selected, in_roots, root_pending, full_pending;
@@ -231,8 +234,8 @@ static int grow_table(Store *s) {
     return 1;
 }
 
-static entry_t *new_entry(Store *s, const uint8_t *tid, double now) {
-    if (s->count >= s->tcap && !grow_table(s)) return NULL;
+/* A new entry, not yet in the table: intake allocates every entry a request needs before it changes anything. */
+static entry_t *alloc_entry(Store *s, const uint8_t *tid, double now) {
     entry_t *e = PyMem_Calloc(1, sizeof(entry_t) + sizeof(int64_t) * (size_t)s->nnames);
     if (!e) return NULL;
     memcpy(e->tid, tid, 16);
@@ -241,32 +244,30 @@ static entry_t *new_entry(Store *s, const uint8_t *tid, double now) {
     e->root_gid = -1;
     e->start = UINT64_MAX;
     for (Py_ssize_t i = 0; i < s->nnames; i++) e->durs[i] = -1;
-    size_t b = tid_hash(&s->hkey, tid) & (s->tcap - 1), chain = 0;
+    return e;
+}
+
+/* Puts an allocated entry into the table and the first-seen list (the table must have room: cannot fail). */
+static void link_entry(Store *s, entry_t *e) {
+    size_t b = tid_hash(&s->hkey, e->tid) & (s->tcap - 1), chain = 0;
     e->hnext = s->table[b];
     s->table[b] = e;
     for (entry_t *o = e->hnext; o && chain <= CHAIN_MAX; o = o->hnext) chain++;
     e->prev = s->tail;
+    e->next = NULL;
     if (s->tail) s->tail->next = e; else s->head = e;
     s->tail = e;
     s->count++;
     if (chain > CHAIN_MAX) rekey(s);
-    return e;
 }
 
-/* Roots that arrived in one scope pass join the first-root list, and traces that reached max_spans_per_trace
- * join `full`, in the order their traces first appear in that scope (what the Python buffer does, which takes a
- * scope's spans trace by trace), so both decide traces that came in the same request in the same order.
- * Returns 0, or -1 on a Python error. */
-static int end_scope_pass(Store *s, entry_t **order, size_t *norder, double now, PyObject *full) {
-    int rc = 0;
+/* Roots that arrived in one scope pass join the first-root list in the order their traces first appear in that
+ * scope (what the Python buffer does, which takes a scope's spans trace by trace), so both decide traces that
+ * came in the same request in the same order. (Traces that reached max_spans_per_trace are listed the same way
+ * by intake's reserve pass.) */
+static void end_scope_pass(Store *s, entry_t **order, size_t *norder, double now) {
     for (size_t k = 0; k < *norder; k++) {
         entry_t *e = order[k];
-        if (e->full_pending) {
-            e->full_pending = 0;
-            PyObject *t = PyBytes_FromStringAndSize((const char *)e->tid, 16);
-            if (!t || PyList_Append(full, t) < 0) rc = -1;
-            Py_XDECREF(t);
-        }
         if (!e->root_pending) continue;
         e->root_pending = 0;
         if (e->in_roots) continue;
@@ -278,15 +279,23 @@ static int end_scope_pass(Store *s, entry_t **order, size_t *norder, double now,
         s->rtail = e;
     }
     *norder = 0;
-    return rc;
 }
 
+/* The largest `intern` answer (gid * 2 + flag) taken: gids index an int32 refs array. */
+#define MAX_GID_CODE 0x7FFFFFFFLL
+
+/* Adds delta to a group's chunk count, growing the table on demand; -1 with a Python error when gid is out of
+ * range (a negative gid would never end the doubling) or memory is short. */
 static int ref_gid(Store *s, int32_t gid, int delta) {
+    if (gid < 0) {
+        PyErr_SetString(PyExc_ValueError, "a group id >= 0");
+        return -1;
+    }
     if ((size_t)gid >= s->nrefs) {
         size_t n = s->nrefs ? s->nrefs : 64;
         while (n <= (size_t)gid) n *= 2;
         int32_t *refs = PyMem_Realloc(s->refs, n * sizeof(int32_t));
-        if (!refs) return -1;
+        if (!refs) { PyErr_NoMemory(); return -1; }
         memset(refs + s->nrefs, 0, (n - s->nrefs) * sizeof(int32_t));
         s->refs = refs;
         s->nrefs = n;
@@ -295,40 +304,42 @@ static int ref_gid(Store *s, int32_t gid, int delta) {
     return s->refs[gid];
 }
 
-/* The chunk of group gid in list *head, created (and the group referenced) on demand. */
-static chunk_t *chunk_for(Store *s, chunk_t **head, int32_t gid) {
-    chunk_t *c = *head, *last = NULL;
-    for (; c; last = c, c = c->next)
-        if (c->gid == gid) return c;
-    if (ref_gid(s, gid, 1) < 0) return NULL;
-    c = PyMem_Calloc(1, sizeof(chunk_t));
-    if (!c) { s->refs[gid]--; return NULL; }
-    c->gid = gid;
-    if (last) last->next = c; else *head = c;
-    return c;
+/* Grows a chunk's capacity to at least need bytes (its contents unchanged); 0 when memory is short. */
+static int chunk_reserve(chunk_t *c, size_t need) {
+    if (need <= c->cap) return 1;
+    if (need > UINT32_MAX) return 0;
+    size_t cap = c->cap + c->cap / 2;
+    if (cap < need) cap = need;
+    if (cap < 256) cap = 256;
+    if (cap > UINT32_MAX) cap = UINT32_MAX;
+    uint8_t *d = PyMem_Realloc(c->data, cap);
+    if (!d) return 0;
+    c->data = d;
+    c->cap = (uint32_t)cap;
+    return 1;
 }
 
-/* Appends a field-2 framed child; returns the offset of its framing or -1 (no memory). */
-static int64_t chunk_append(chunk_t *c, const uint8_t *data, size_t len) {
-    size_t need = (size_t)c->len + 1 + wire_varint_size(len) + len;
-    if (need > UINT32_MAX) return -1;
-    if (need > c->cap) {
-        size_t cap = c->cap + c->cap / 2;
-        if (cap < need) cap = need;
-        if (cap < 256) cap = 256;
-        if (cap > UINT32_MAX) cap = UINT32_MAX;
-        uint8_t *d = PyMem_Realloc(c->data, cap);
-        if (!d) return -1;
-        c->data = d;
-        c->cap = (uint32_t)cap;
-    }
-    int64_t at = c->len;
+/* Appends a field-2 framed child into capacity reserved beforehand (cannot fail); returns the offset of the framing. */
+static uint32_t chunk_put(chunk_t *c, const uint8_t *data, size_t len) {
+    uint32_t at = c->len;
     uint8_t *o = c->data + c->len;
     *o++ = 0x12;
     o += wire_put_varint(o, len);
     memcpy(o, data, len);
-    c->len = (uint32_t)need;
+    c->len = (uint32_t)(o + len - c->data);
     return at;
+}
+
+/* Frees an entry's pending chunks (intake undo: they were never counted in refs). */
+static void free_pending(entry_t *e) {
+    chunk_t *c = e->pending;
+    while (c) {
+        chunk_t *n = c->next;
+        PyMem_Free(c->data);
+        PyMem_Free(c);
+        c = n;
+    }
+    e->pending = NULL;
 }
 
 static void free_chunks(Store *s, chunk_t *c, PyObject *released) {
@@ -624,9 +635,13 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     span_t *spans = NULL;
     scope_ref *scopes = NULL;
     int32_t *gids = NULL;
-    entry_t **order = NULL;
+    entry_t **order = NULL, **targets = NULL, **fresh = NULL, **fresh_tab = NULL;
+    chunk_t **span_chunk = NULL, **touched = NULL;
+    uint8_t *scope_used = NULL;
+    size_t fresh_cap = 16;
     PyObject *result = NULL, *full = NULL, *late = NULL, *unused = NULL;
     Py_ssize_t nspans = 0, nscopes = 0, span_cap = 0, scope_cap = 0, invalid = 0, dropped = 0, added = 0;
+    Py_ssize_t nfresh = 0, ntouched = 0;
     int malformed = 0;
 
     /* pass 1: validate the whole request and read every span's facts (no state changes) */
@@ -690,10 +705,12 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     }
     for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
         PyObject *g = PyObject_CallFunctionObjArgs(intern, headers[2 * i], headers[2 * i + 1], NULL);
-        long v = g ? PyLong_AsLong(g) : -1;
+        long long v = g ? PyLong_AsLongLong(g) : -1;
         Py_XDECREF(g);
-        if (v < 0) {
-            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "intern must return a gid * 2 + flag >= 0");
+        if (v == -1 && PyErr_Occurred()) {
+            malformed = -1;
+        } else if (v < 0 || v > MAX_GID_CODE) { /* checked, never narrowed: a gid indexes the refs array */
+            PyErr_SetString(PyExc_ValueError, "intern must return a gid * 2 + flag in [0, 2**31)");
             malformed = -1;
         } else {
             gids[i] = (int32_t)v;
@@ -704,97 +721,201 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     if (malformed < 0) goto out;
     if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
     for (Py_ssize_t i = 0; i < nscopes; i++)
-        if (ref_gid(s, gids[i] >> 1, 0) < 0) { PyErr_NoMemory(); goto out; }
+        if (ref_gid(s, gids[i] >> 1, 0) < 0) goto out;
 
+    /* pass 2: resolve every span's trace and reserve all memory the request needs; nothing visible changes
+     * here (new entries are not linked yet, new chunks wait on their entry's `pending` list, existing chunks
+     * only grow their capacity), so a failure undoes the scratch fields and returns with the store as it was */
     if (!(full = PyList_New(0)) || !(late = PyList_New(0)) || !(unused = PyList_New(0))) goto out;
-
-    /* pass 2: buffer */
-    entry_t *last = NULL;
-    const uint8_t *last_tid = NULL;
+    targets = PyMem_Calloc((size_t)nspans + 1, sizeof(entry_t *));
+    span_chunk = PyMem_Calloc((size_t)nspans + 1, sizeof(chunk_t *));
+    touched = PyMem_Malloc(sizeof(chunk_t *) * (size_t)(nspans + 1));
+    fresh = PyMem_Malloc(sizeof(entry_t *) * (size_t)(nspans + 1));
     order = PyMem_Malloc(sizeof(entry_t *) * (size_t)(nspans + 1));
-    if (!order) { PyErr_NoMemory(); goto out; }
-    size_t norder = 0;
-    int32_t cur_scope = -1;
-    for (Py_ssize_t i = 0; i < nspans; i++) {
-        span_t *sp = &spans[i];
-        if (sp->scope != cur_scope) {
-            if (end_scope_pass(s, order, &norder, now, full) < 0) goto out;
-            cur_scope = sp->scope;
-            s->serial++;
-        }
-        if (!sp->valid) { invalid++; continue; }
-        int32_t gid = gids[sp->scope] >> 1;
-        entry_t *e;
-        if (last && last_tid && memcmp(last_tid, sp->tid, 16) == 0) {
-            e = last;
-        } else {
-            e = find_entry(s, sp->tid);
-            if (!e) {
-                int32_t code = cache_get(s, sp->tid);
-                if (code >= 0) {
-                    if (code & 1) {
-                        PyObject *item = late_item(gid, sp->data, sp->len, sp->root, code);
-                        if (!item || PyList_Append(late, item) < 0) { Py_XDECREF(item); goto out; }
-                        Py_DECREF(item);
-                    } else {
-                        dropped++;
-                    }
-                    last = NULL;
-                    continue;
-                }
-                e = new_entry(s, sp->tid, now);
-                if (!e) { PyErr_NoMemory(); goto out; }
-            }
-            last = e;
-            last_tid = sp->tid;
-        }
-        if (e->mark != s->serial) {
-            e->mark = s->serial;
-            order[norder++] = e;
-        }
-        chunk_t *ch = chunk_for(s, &e->chunks, gid);
-        if (!ch) { PyErr_NoMemory(); goto out; }
-        if (gids[sp->scope] & 1) e->has_res = 1;
-        int64_t at = chunk_append(ch, sp->data, sp->len);
-        if (at < 0) { PyErr_NoMemory(); goto out; }
-        if (sp->root) {
-            e->root_gid = gid;
-            e->root_at = (uint32_t)at;
-            e->root_len = (uint32_t)sp->len;
-            if (!e->in_roots) e->root_pending = 1;
-        }
-        e->nspans++;
-        e->nbytes += (int64_t)sp->len;
-        s->nbytes += (int64_t)sp->len;
-        s->nspans++;
-        added++;
-        e->error |= sp->error;
-        e->exception |= sp->exception;
-        if (sp->start < e->start) e->start = sp->start;
-        if (sp->end > e->end) e->end = sp->end;
-        if (sp->name_index >= 0 && sp->end >= sp->start) {
-            uint64_t diff = sp->end - sp->start; /* past int64 it stays "longer than any threshold" */
-            int64_t took = diff > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)diff;
-            if (took > e->durs[sp->name_index]) e->durs[sp->name_index] = took;
-        }
-        e->hits |= sp->hits;
-        e->present |= sp->present;
-        e->classes |= sp->classes;
-        if (e->nspans == s->max_spans) e->full_pending = 1;
+    scope_used = PyMem_Calloc((size_t)nscopes + 1, 1);
+    while (fresh_cap < (size_t)nspans * 2 + 2) fresh_cap <<= 1;
+    fresh_tab = PyMem_Calloc(fresh_cap, sizeof(entry_t *));
+    if (!targets || !span_chunk || !touched || !fresh || !order || !scope_used || !fresh_tab) {
+        PyErr_NoMemory();
+        goto undo;
     }
-    if (end_scope_pass(s, order, &norder, now, full) < 0) goto out;
+    {
+        entry_t *last = NULL;
+        size_t norder = 0;
+        int32_t cur_scope = -1;
+        for (Py_ssize_t i = 0; i <= nspans; i++) {
+            span_t *sp = i < nspans ? &spans[i] : NULL;
+            if (!sp || sp->scope != cur_scope) {
+                /* traces that reach max_spans in this scope pass, in first-appearance order */
+                for (size_t k = 0; k < norder; k++) {
+                    entry_t *e = order[k];
+                    if (!e->full_pending) continue;
+                    e->full_pending = 0;
+                    PyObject *t = PyBytes_FromStringAndSize((const char *)e->tid, 16);
+                    if (!t || PyList_Append(full, t) < 0) { Py_XDECREF(t); goto undo; }
+                    Py_DECREF(t);
+                }
+                norder = 0;
+                if (!sp) break;
+                cur_scope = sp->scope;
+                s->serial++;
+            }
+            if (!sp->valid) { invalid++; continue; }
+            int32_t gid = gids[sp->scope] >> 1;
+            entry_t *e;
+            if (last && memcmp(last->tid, sp->tid, 16) == 0) {
+                e = last;
+            } else {
+                e = find_entry(s, sp->tid);
+                if (!e) {
+                    size_t mask = fresh_cap - 1, b = (size_t)tid_hash(&s->hkey, sp->tid) & mask;
+                    while (fresh_tab[b] && memcmp(fresh_tab[b]->tid, sp->tid, 16) != 0) b = (b + 1) & mask;
+                    e = fresh_tab[b];
+                    if (!e) {
+                        int32_t code = cache_get(s, sp->tid);
+                        if (code >= 0) {
+                            if (code & 1) {
+                                PyObject *item = late_item(gid, sp->data, sp->len, sp->root, code);
+                                if (!item || PyList_Append(late, item) < 0) { Py_XDECREF(item); goto undo; }
+                                Py_DECREF(item);
+                            } else {
+                                dropped++;
+                            }
+                            last = NULL;
+                            continue;
+                        }
+                        if (!(e = alloc_entry(s, sp->tid, now))) { PyErr_NoMemory(); goto undo; }
+                        fresh_tab[b] = e;
+                        fresh[nfresh++] = e;
+                    }
+                }
+                last = e;
+            }
+            if (e->mark != s->serial) {
+                e->mark = s->serial;
+                order[norder++] = e;
+            }
+            chunk_t *ch = e->chunks;
+            while (ch && ch->gid != gid) ch = ch->next;
+            if (!ch) {
+                chunk_t *tail = NULL;
+                for (ch = e->pending; ch && ch->gid != gid; ch = ch->next) tail = ch;
+                if (!ch) {
+                    if (!(ch = PyMem_Calloc(1, sizeof(chunk_t)))) { PyErr_NoMemory(); goto undo; }
+                    ch->gid = gid;
+                    if (tail) tail->next = ch; else e->pending = ch;
+                }
+            }
+            if (!ch->reserve) touched[ntouched++] = ch;
+            uint64_t grow = ch->reserve + 1 + wire_varint_size(sp->len) + sp->len;
+            if ((uint64_t)ch->len + grow > UINT32_MAX) { PyErr_NoMemory(); goto undo; }
+            ch->reserve = grow;
+            targets[i] = e;
+            span_chunk[i] = ch;
+            scope_used[sp->scope] = 1;
+            added++;
+            if (e->nspans + ++e->adding == s->max_spans) e->full_pending = 1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < ntouched; k++)
+        if (!chunk_reserve(touched[k], (size_t)touched[k]->len + (size_t)touched[k]->reserve)) {
+            PyErr_NoMemory();
+            goto undo;
+        }
+    while (s->count + (size_t)nfresh > s->tcap)
+        if (!grow_table(s)) { PyErr_NoMemory(); goto undo; }
+    /* groups this request leaves without any buffered chunk (reported once; refs marks restored in `undo`) */
+    for (Py_ssize_t i = 0; i < nscopes; i++)
+        if (scope_used[i] && s->refs[gids[i] >> 1] == 0) s->refs[gids[i] >> 1] = -2;
     for (Py_ssize_t i = 0; i < nscopes; i++) {
         int32_t gid = gids[i] >> 1;
-        if (s->refs[gid] == 0) {
-            s->refs[gid] = -1; /* reported once */
-            PyObject *g = PyLong_FromLong(gid);
-            if (!g || PyList_Append(unused, g) < 0) { Py_XDECREF(g); goto out; }
-            Py_DECREF(g);
-        }
+        if (s->refs[gid] != 0) continue;
+        s->refs[gid] = -1;
+        PyObject *g = PyLong_FromLong(gid);
+        if (!g || PyList_Append(unused, g) < 0) { Py_XDECREF(g); goto undo; }
+        Py_DECREF(g);
     }
     for (Py_ssize_t i = 0; i < nscopes; i++)
         if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
     result = Py_BuildValue("(OOnnOn)", full, late, dropped, invalid, unused, added);
+    if (!result) goto undo;
+
+    /* pass 3: commit (cannot fail: every allocation was made above) */
+    for (Py_ssize_t k = 0; k < nfresh; k++) link_entry(s, fresh[k]);
+    for (Py_ssize_t i = 0; i < nspans; i++) {
+        entry_t *e = targets[i];
+        if (!e || !e->pending) continue;
+        chunk_t **at = &e->chunks;
+        while (*at) at = &(*at)->next;
+        *at = e->pending;
+        for (chunk_t *c = e->pending; c; c = c->next) s->refs[c->gid]++;
+        e->pending = NULL;
+    }
+    {
+        size_t norder = 0;
+        int32_t cur_scope = -1;
+        for (Py_ssize_t i = 0; i < nspans; i++) {
+            span_t *sp = &spans[i];
+            entry_t *e = targets[i];
+            if (sp->scope != cur_scope) {
+                end_scope_pass(s, order, &norder, now);
+                cur_scope = sp->scope;
+                s->serial++;
+            }
+            if (!e) continue;
+            if (e->mark != s->serial) {
+                e->mark = s->serial;
+                order[norder++] = e;
+            }
+            chunk_t *ch = span_chunk[i];
+            if (gids[sp->scope] & 1) e->has_res = 1;
+            uint32_t at = chunk_put(ch, sp->data, sp->len);
+            if (sp->root) {
+                e->root_gid = ch->gid;
+                e->root_at = at;
+                e->root_len = (uint32_t)sp->len;
+                if (!e->in_roots) e->root_pending = 1;
+            }
+            e->nspans++;
+            e->nbytes += (int64_t)sp->len;
+            s->nbytes += (int64_t)sp->len;
+            s->nspans++;
+            e->error |= sp->error;
+            e->exception |= sp->exception;
+            if (sp->start < e->start) e->start = sp->start;
+            if (sp->end > e->end) e->end = sp->end;
+            if (sp->name_index >= 0 && sp->end >= sp->start) {
+                uint64_t diff = sp->end - sp->start; /* past int64 it stays "longer than any threshold" */
+                int64_t took = diff > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)diff;
+                if (took > e->durs[sp->name_index]) e->durs[sp->name_index] = took;
+            }
+            e->hits |= sp->hits;
+            e->present |= sp->present;
+            e->classes |= sp->classes;
+            e->adding = 0;
+        }
+        end_scope_pass(s, order, &norder, now);
+    }
+    for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
+    goto out;
+
+undo: /* the store as it was: scratch fields cleared, pending chunks and unlinked entries freed */
+    Py_CLEAR(result);
+    for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
+    for (Py_ssize_t i = 0; targets && i < nspans; i++) {
+        entry_t *e = targets[i];
+        if (!e) continue;
+        e->adding = 0;
+        e->full_pending = 0;
+        free_pending(e);
+    }
+    for (Py_ssize_t k = 0; k < nfresh; k++) {
+        free_pending(fresh[k]);
+        PyMem_Free(fresh[k]);
+    }
+    if (scope_used)
+        for (Py_ssize_t i = 0; i < nscopes; i++)
+            if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
 out:
     Py_XDECREF(full);
     Py_XDECREF(late);
@@ -803,6 +924,12 @@ out:
     PyMem_Free(scopes);
     PyMem_Free(gids);
     PyMem_Free(order);
+    PyMem_Free(targets);
+    PyMem_Free(span_chunk);
+    PyMem_Free(touched);
+    PyMem_Free(fresh);
+    PyMem_Free(fresh_tab);
+    PyMem_Free(scope_used);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -816,14 +943,31 @@ static PyObject *Store_add_log(Store *s, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*iy*id", &tid, &gid, &data, &severity, &now)) return NULL;
     PyObject *result = NULL;
     if (tid.len != 16 || gid < 0) { PyErr_SetString(PyExc_ValueError, "a 16-byte trace id and a gid"); goto out; }
-    entry_t *e = find_entry(s, tid.buf);
+    /* allocate first (entry, chunk, capacity, refs slot), change state last: a failure changes nothing */
+    entry_t *e = find_entry(s, tid.buf), *fresh = NULL;
     if (!e) {
         int32_t code = cache_get(s, tid.buf);
         if (code >= 0) { result = PyLong_FromLong(code); goto out; }
-        if (!(e = new_entry(s, tid.buf, now))) { PyErr_NoMemory(); goto out; }
+        if (s->count >= s->tcap && !grow_table(s)) { PyErr_NoMemory(); goto out; }
+        if (!(e = fresh = alloc_entry(s, tid.buf, now))) { PyErr_NoMemory(); goto out; }
     }
-    chunk_t *ch = chunk_for(s, &e->logs, gid);
-    if (!ch || chunk_append(ch, data.buf, (size_t)data.len) < 0) { PyErr_NoMemory(); goto out; }
+    chunk_t *ch = e->logs, *tail = NULL, *made = NULL;
+    for (; ch && ch->gid != gid; ch = ch->next) tail = ch;
+    if (!ch && !(ch = made = PyMem_Calloc(1, sizeof(chunk_t)))) PyErr_NoMemory();
+    if (ch && made) ch->gid = gid;
+    if (!ch || ref_gid(s, gid, 0) < 0 ||
+        !chunk_reserve(ch, (size_t)ch->len + 1 + wire_varint_size((uint64_t)data.len) + (size_t)data.len)) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        if (made) { PyMem_Free(made->data); PyMem_Free(made); }
+        PyMem_Free(fresh);
+        goto out;
+    }
+    if (fresh) link_entry(s, fresh);
+    if (made) {
+        if (tail) tail->next = made; else e->logs = made;
+        s->refs[gid]++;
+    }
+    chunk_put(ch, data.buf, (size_t)data.len);
     e->nbytes += data.len;
     s->nbytes += data.len;
     e->nlogs++;
@@ -915,6 +1059,18 @@ static PyObject *batch_result(Store *s, const uint8_t *reasons) {
     return Py_BuildValue("(NNN)", recs, durs, why);
 }
 
+/* Ends the current batch without deciding it: its traces stay buffered, unchanged, and can be selected again. */
+static void batch_reset(Store *s) {
+    for (Py_ssize_t i = 0; i < s->nbatch; i++) s->batch[i]->selected = 0;
+    s->nbatch = 0;
+}
+
+/* A selection that fails part-way leaves no batch open. */
+static PyObject *batch_done(Store *s, PyObject *res) {
+    if (!res) batch_reset(s);
+    return res;
+}
+
 static int batch_open(Store *s) {
     if (s->nbatch) {
         PyErr_SetString(PyExc_RuntimeError, "the previous batch was not finished");
@@ -945,11 +1101,12 @@ static PyObject *Store_select_due(Store *s, PyObject *args) {
             reasons[s->nbatch - 1] = (uint8_t)pass;
         }
     }
-    PyObject *res = batch_result(s, reasons);
+    PyObject *res = batch_done(s, batch_result(s, reasons));
     PyMem_Free(reasons);
     return res;
 nomem:
     PyMem_Free(reasons);
+    batch_reset(s);
     PyErr_NoMemory();
     return NULL;
 }
@@ -982,11 +1139,12 @@ static PyObject *Store_select_relieve(Store *s, PyObject *args) {
         bytes -= e->nbytes;
         traces--;
     }
-    PyObject *res = batch_result(s, reasons);
+    PyObject *res = batch_done(s, batch_result(s, reasons));
     PyMem_Free(reasons);
     return res;
 nomem:
     PyMem_Free(reasons);
+    batch_reset(s);
     PyErr_NoMemory();
     return NULL;
 }
@@ -1000,17 +1158,17 @@ static PyObject *Store_select_ids(Store *s, PyObject *args) {
         PyObject *t = PyList_GET_ITEM(ids, i);
         if (!PyBytes_Check(t) || PyBytes_GET_SIZE(t) != 16) continue;
         entry_t *e = find_entry(s, (const uint8_t *)PyBytes_AS_STRING(t));
-        if (e && !batch_add(s, e)) return PyErr_NoMemory();
+        if (e && !batch_add(s, e)) { batch_reset(s); return PyErr_NoMemory(); }
     }
-    return batch_result(s, NULL);
+    return batch_done(s, batch_result(s, NULL));
 }
 
 static PyObject *Store_select_all(Store *s, PyObject *noargs) {
     READY(s);
     if (!batch_open(s)) return NULL;
     for (entry_t *e = s->head; e; e = e->next)
-        if (!batch_add(s, e)) return PyErr_NoMemory();
-    return batch_result(s, NULL);
+        if (!batch_add(s, e)) { batch_reset(s); return PyErr_NoMemory(); }
+    return batch_done(s, batch_result(s, NULL));
 }
 
 static PyObject *chunk_list(chunk_t *c) {
@@ -1059,6 +1217,19 @@ static PyObject *Store_finish(Store *s, PyObject *args) {
     s->nbatch = 0;
     PyBuffer_Release(&codes);
     return released;
+}
+
+/* abort(): ends the open batch undecided (its traces stay buffered); a no-op without one. */
+static PyObject *Store_abort(Store *s, PyObject *noargs) {
+    READY(s);
+    batch_reset(s);
+    Py_RETURN_NONE;
+}
+
+/* batch_size() -> traces in the open batch (0: none open). */
+static PyObject *Store_batch_size(Store *s, PyObject *noargs) {
+    READY(s);
+    return PyLong_FromSsize_t(s->nbatch);
 }
 
 /* snapshot() -> [(kind 0 spans | 1 logs, gid, bytes)] of every buffered trace, first-seen order. */
@@ -1153,6 +1324,8 @@ static PyMethodDef Store_methods[] = {
     {"select_all", (PyCFunction)Store_select_all, METH_NOARGS, "Batch every buffered trace."},
     {"batch_chunks", (PyCFunction)Store_batch_chunks, METH_VARARGS, "The bytes of one batched trace."},
     {"finish", (PyCFunction)Store_finish, METH_VARARGS, "Cache the batch's decisions and free it."},
+    {"abort", (PyCFunction)Store_abort, METH_NOARGS, "End the open batch undecided (its traces stay)."},
+    {"batch_size", (PyCFunction)Store_batch_size, METH_NOARGS, "Traces in the open batch (0: none)."},
     {"snapshot", (PyCFunction)Store_snapshot, METH_NOARGS, "Every buffered chunk (write-ahead log)."},
     {"ids", (PyCFunction)Store_ids, METH_NOARGS, "Buffered trace ids, first-seen order."},
     {"refcount", (PyCFunction)Store_refcount, METH_VARARGS, "Buffered chunks of a group."},

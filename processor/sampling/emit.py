@@ -62,6 +62,22 @@ class Outbox:
                 self.logs.setdefault(groups[gid], []).append(bytes(chunk))
             self.nlogs += entry.nlogs
 
+    def checkpoint(self) -> tuple[dict[Group, int], dict[Group, int], int, int]:
+        """What the outbox holds now, for `rollback`: a batch whose decisions are not recorded must not send
+        anything (its traces stay buffered and are sent once, when a later batch decides them)."""
+        return ({g: len(c) for g, c in self.spans.items()}, {g: len(c) for g, c in self.logs.items()},
+                self.nspans, self.nlogs)
+
+    def rollback(self, mark: tuple[dict[Group, int], dict[Group, int], int, int]) -> None:
+        spans, logs, self.nspans, self.nlogs = mark
+        for held, kept in ((self.spans, spans), (self.logs, logs)):
+            for group in list(held):
+                n = kept.get(group, 0)
+                if n:
+                    del held[group][n:]
+                else:
+                    del held[group]
+
     def _mark(self, decision: Decision) -> bytes:
         """The serialized `sampling.policy` attribute (Span field 9) for a deciding policy, cached."""
         marks = self._marks

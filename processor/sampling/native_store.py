@@ -422,8 +422,21 @@ class NativeBuffer:
     def add_span_bytes(self, raw: bytes, now: float, late: Late) -> list[bytes] | None:
         """Buffer a serialized request; the ids of traces that reached max_spans come back (None: bytes the
         store does not understand, nothing was buffered)."""
-        done = self.store.intake(raw, now, self._intern)
+        made: list[int] = []
+        known = self.groups._next
+
+        def intern(res_field: bytes, scope_field: bytes) -> int:
+            code = self._intern(res_field, scope_field)
+            if code >> 1 >= known:
+                made.append(code >> 1)
+            return code
+        try:
+            done = self.store.intake(raw, now, intern)
+        except BaseException:
+            self.groups_gone(made)  # a refused request changes nothing: not even the groups it named
+            raise
         if done is None:
+            self.groups_gone(made)
             return None
         full, late_spans, late.dropped_spans, late.invalid_spans, unused, _added = done
         if late_spans:

@@ -10,7 +10,7 @@ wal: {dir, fsync, fsync_interval, max_bytes}}` (the write-ahead log: see `proces
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from processor.sampling.cache import DecisionCache
 from processor.sampling.decide import EARLY_REASONS, RELIEVE_TO, Readiness
 from processor.sampling.emit import Outbox
 from processor.sampling.loglimit import UntracedLogLimits, read_limits
-from processor.sampling.native_store import Facts, Layout, NativeBuffer, NativeCache
+from processor.sampling.native_store import RECORD, Facts, Layout, NativeBuffer, NativeCache
 from processor.sampling.native_store import available as native_store_available
 from processor.sampling.policies.policyset import Decision, PolicySet
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE, load_policy_file
@@ -34,6 +34,11 @@ from processor.sampling.wal import LOGS, TRACES, Decided, WalSettings, WriteAhea
 from processor.sampling.wire import field
 from processor.schema import value
 from processor.stages.base import Emitted, LogsRequest, Stage, StageContext, TracesRequest
+
+# Where a fault can happen (`recohop_sampling_faults_total{step}`): intake (refused whole, nothing changed), then
+# per decision batch: select, facts, decide (both decided on_error), emit, finish (batch aborted: its traces stay
+# buffered for the next selection), publish (after the decisions are recorded: only bookkeeping is lost).
+FAULT_STEPS = ("intake", "select", "facts", "decide", "emit", "finish", "publish")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0, 5.0, 10.0, 15.0, 30.0)
 
@@ -96,7 +101,7 @@ class LatencyHistogram:
 class SamplingMetrics:
     """Self-metrics; decision counts are tallied in plain dicts on the hot path and published per batch."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, policies: PolicySet | None = None) -> None:
         self.buffer_traces = Gauge("recohop_sampling_buffer_traces", "Traces waiting for a decision",
                                    registry=registry)
         self.buffer_bytes = Gauge("recohop_sampling_buffer_bytes",
@@ -113,6 +118,19 @@ class SamplingMetrics:
             registry.register(self.latency)
         self.logs = Counter("recohop_sampling_logs", "Log records by sampling outcome", ["outcome"],
                             registry=registry)
+        # Every outcome the policy file can give and every early reason exist at 0 from start: a healthy hop
+        # answers "0 decided early" instead of "no data".
+        if policies is not None:
+            outcomes = [(p.name, "keep") for p in policies.keeps] + [(p.name, "drop") for p in policies.drops]
+            for decision in (policies.no_match, policies.on_error):
+                outcomes.append((decision.policy, "keep" if decision.kept else "drop"))
+            for policy, outcome in outcomes:
+                self.decisions.labels(policy, outcome)
+        for reason in EARLY_REASONS:
+            self.decided_early.labels(reason)
+        self.faults = Counter("recohop_sampling_faults", "Exceptions met by tail sampling, by step (the stage goes on)",
+                              ["step"], registry=registry)
+        self.fault_steps = {step: self.faults.labels(step) for step in FAULT_STEPS}
         self.late_keep = self.late_spans.labels("keep")
         self.late_drop = self.late_spans.labels("drop")
         self.log_outcomes = {o: self.logs.labels(o) for o in
@@ -156,7 +174,7 @@ class TailSampling(Stage):
             self.buffer = TraceBuffer(policies.needs, settings.max_spans_per_trace)
             self.cache = DecisionCache[Decision](settings.decision_cache_size)
         self.out = Outbox()
-        self.metrics = SamplingMetrics(ctx.registry)
+        self.metrics = SamplingMetrics(ctx.registry, policies)
         self.log_limits: UntracedLogLimits | None = None
         self.wal: WriteAheadLog | None = None
         # Decisions of this call, logged as one record (None: no write-ahead log configured).
@@ -178,14 +196,19 @@ class TailSampling(Stage):
         now = self.clock()
         if self.native is not None:
             late = Late()
-            full = self.native.add_span_bytes(raw, now, late)
-            if full is None:  # bytes upb accepted but the store does not read (e.g. unknown field kinds)
-                full = self._canonical_intake(raw, now, late)
+            store = self.native.store
+            try:  # transactional: an exception here leaves the store as it was, and the request is refused
+                full = self.native.add_span_bytes(raw, now, late)
+                if full is None:  # bytes upb accepted but the store does not read (e.g. unknown field kinds)
+                    full = self._canonical_intake(raw, now, late)
+            except Exception as exc:
+                self._fault("intake", exc)
+                raise
             if late.invalid_spans:
                 self.ctx.reject(late.invalid_spans, "spans without a valid 16-byte trace id")
             self._late(late)
             if full:
-                self._decide_native(self.native.store.select_ids(full), ("max_spans",), now)
+                self._decide_native(lambda: store.select_ids(full), ("max_spans",), now)
             self._relieve(now)
             self._gauges()
             self._wal_decisions()
@@ -193,8 +216,12 @@ class TailSampling(Stage):
         roots: list[TraceEntry] = []
         full: list[TraceEntry] = []
         late = Late()
-        if self.buffer.add_span_bytes(raw, now, self.cache, roots, full, late) is None:
-            self.buffer.add_spans(TracesRequest.FromString(raw), now, self.cache, roots, full, late)
+        try:
+            if self.buffer.add_span_bytes(raw, now, self.cache, roots, full, late) is None:
+                self.buffer.add_spans(TracesRequest.FromString(raw), now, self.cache, roots, full, late)
+        except Exception as exc:
+            self._fault("intake", exc)
+            raise
         if late.invalid_spans:
             self.ctx.reject(late.invalid_spans, "spans without a valid 16-byte trace id")
         if roots:
@@ -235,6 +262,11 @@ class TailSampling(Stage):
         self._wal_decisions()
         return self.out.take_logs()
 
+    def _fault(self, step: str, exc: BaseException) -> None:
+        """Count and log an exception the stage survives (the caller leaves the buffer consistent)."""
+        self.metrics.fault_steps[step].inc()
+        self.ctx.log.error("tail sampling: %s failed (%s: %s); the stage goes on", step, type(exc).__name__, exc)
+
     def _late(self, late: Late) -> None:
         if late.spans:
             self.metrics.late_keep.inc(len(late.spans))
@@ -257,24 +289,25 @@ class TailSampling(Stage):
             store = self.native.store
             traces, nbytes, _ = store.stats()
             if nbytes > self.settings.max_bytes or traces > self.settings.max_traces:
-                self._decide_native(store.select_relieve(int(self.settings.max_bytes * RELIEVE_TO),
-                                                         int(self.settings.max_traces * RELIEVE_TO)),
+                max_bytes = int(self.settings.max_bytes * RELIEVE_TO)
+                max_traces = int(self.settings.max_traces * RELIEVE_TO)
+                self._decide_native(lambda: store.select_relieve(max_bytes, max_traces),
                                     ("max_bytes", "max_traces"), now)
             return
         reason = self.ready.over_budget(self.buffer)
         while reason is not None:
             entry = self.ready.next_to_relieve(self.buffer)
-            if entry is None:
-                break
-            self._decide(entry, now, reason)
+            if entry is None or not self._decide(entry, now, reason):
+                break  # nothing left, or a trace that could not be sent stays: retried on the next call
             reason = self.ready.over_budget(self.buffer, RELIEVE_TO)
 
-    def _decide(self, entry: TraceEntry, now: float, reason: str) -> None:
-        self._decide_all(((entry, reason),), now)
+    def _decide(self, entry: TraceEntry, now: float, reason: str) -> int:
+        return self._decide_all(((entry, reason),), now)
 
-    def _decide_all(self, due: Iterable[tuple[TraceEntry, str]], now: float) -> None:
-        """Decide each listed trace once (an entry listed twice, or already decided, is skipped). This runs once
-        per trace, so everything it calls is looked up once per batch."""
+    def _decide_all(self, due: Iterable[tuple[TraceEntry, str]], now: float) -> int:
+        """Decide each listed trace once (an entry listed twice, or already decided, is skipped); returns how
+        many were decided. A trace whose bytes cannot be handed on stays buffered, undecided (decision_wait lists
+        it again). This runs once per trace, so everything it calls is looked up once per batch."""
         traces = self.buffer.traces
         complete = self.buffer.complete
         decide = self.policies.decide
@@ -287,6 +320,8 @@ class TailSampling(Stage):
         tally = metrics.tally
         observe = metrics.latency.observe
         publish = self.bus.publish
+        out = self.out
+        decided = 0
         for entry, reason in due:
             trace_id = entry.trace_id
             if traces.get(trace_id) is not entry:
@@ -296,50 +331,113 @@ class TailSampling(Stage):
                     complete(entry)
                 decision = decide(entry, now)
             except Exception as exc:  # never wedge the buffer on one trace: keep it and go on
-                self.ctx.log.error("tail sampling could not evaluate a trace (%s); keeping it", type(exc).__name__)
+                self._fault("decide", exc)
                 decision = self.policies.on_error
-            cache_put(trace_id, decision)
-            if wal_decided is not None:
-                wal_decided.append((trace_id, decision.kept, decision.policy))
             if decision.kept:
-                add_trace(entry, decision, by_id)
-            if entry.nlogs:
-                metrics.log_outcomes["kept" if decision.kept else "dropped"].inc(entry.nlogs)
+                mark = out.checkpoint()
+                try:
+                    add_trace(entry, decision, by_id)
+                except Exception as exc:
+                    out.rollback(mark)
+                    self._fault("emit", exc)
+                    continue
+            cache_put(trace_id, decision)
             remove(entry)
-            tally[decision] = tally.get(decision, 0) + 1
-            observe(now - entry.first)
-            if reason in EARLY_REASONS:
-                metrics.early[reason] = metrics.early.get(reason, 0) + 1
-            publish(trace_id, decision.kept, decision.policy)
+            decided += 1
+            try:
+                if wal_decided is not None:
+                    wal_decided.append((trace_id, decision.kept, decision.policy))
+                if entry.nlogs:
+                    metrics.log_outcomes["kept" if decision.kept else "dropped"].inc(entry.nlogs)
+                tally[decision] = tally.get(decision, 0) + 1
+                observe(now - entry.first)
+                if reason in EARLY_REASONS:
+                    metrics.early[reason] = metrics.early.get(reason, 0) + 1
+                publish(trace_id, decision.kept, decision.policy)
+            except Exception as exc:
+                self._fault("publish", exc)
+        return decided
 
-    def _decide_native(self, batch: tuple[bytes, bytes, bytes], reasons: tuple[str, ...], now: float) -> None:
-        """`_decide_all` for a batch selected by the native store: policies evaluated over arrays, only kept
-        traces' bytes come back to Python, then the store caches the decisions and frees the entries."""
+    def _decide_native(self, select: Callable[[], tuple[bytes, bytes, bytes]], reasons: tuple[str, ...],
+                       now: float) -> None:
+        """Select a batch in the native store and decide it. The batch is always closed: finished with its
+        decisions, or aborted (its traces stay buffered for the next selection) when its kept traces could not
+        be handed on or the store refused the decisions. Faults are counted, never raised: the request or timer
+        that triggered the decision has already been taken."""
+        store = self._native().store
+        try:
+            batch = select()
+        except Exception as exc:
+            self._fault("select", exc)
+            store.abort()
+            return
+        try:
+            self._decide_batch(batch, reasons, now)
+        finally:
+            store.abort()  # a no-op once finished
+
+    def _native(self) -> NativeBuffer:
         native = self.native
         assert native is not None
+        return native
+
+    def _decide_batch(self, batch: tuple[bytes, bytes, bytes], reasons: tuple[str, ...], now: float) -> None:
+        """`_decide_all` for a batch selected by the native store: policies evaluated over arrays, only kept
+        traces' bytes come back to Python, then the store caches the decisions and frees the entries."""
+        native = self._native()
         raw, durs, why = batch
         store = native.store
         if not raw:
             store.finish(b"")
             return
-        facts = Facts(raw, durs, native.layout, store.batch_chunks, native.groups)
         decider = native.decider
+        recs = np.frombuffer(raw, dtype=RECORD)
+        n = len(recs)
+        step = "facts"
+        facts: Facts | None = None
         try:
+            facts = Facts(raw, durs, native.layout, store.batch_chunks, native.groups)
+            step = "decide"
             slots = decider.decide(facts, now)
         except Exception as exc:  # never wedge the buffer: keep the batch (as the per-trace path does)
-            self.ctx.log.error("tail sampling could not evaluate a batch (%s); keeping it", type(exc).__name__)
-            slots = np.full(facts.n, decider.on_error, dtype=np.int32)
+            self._fault(step, exc)
+            slots = np.full(n, decider.on_error, dtype=np.int32)
         if len(self._kept) < len(decider.decisions):
             self._kept = decider.kept_array()
         kept = self._kept[slots]
         decisions = decider.decisions
-        recs = facts.recs
         nspans, nlogs = recs["nspans"], recs["nlogs"]
-        by_id = native.groups.by_id
-        add_trace = self.out.add_trace
-        for row in np.flatnonzero(kept).tolist():
-            add_trace(native.entry(row, facts.tid(row), int(nspans[row]), int(nlogs[row])),
-                      decisions[slots[row]], by_id)
+        size = RECORD.itemsize
+        mark = self.out.checkpoint()
+        try:
+            by_id = native.groups.by_id
+            add_trace = self.out.add_trace
+            for row in np.flatnonzero(kept).tolist():
+                at = row * size
+                add_trace(native.entry(row, raw[at:at + 16], int(nspans[row]), int(nlogs[row])),
+                          decisions[slots[row]], by_id)
+        except Exception as exc:
+            self.out.rollback(mark)
+            self._fault("emit", exc)
+            return
+        try:
+            released = store.finish((slots * 2 + kept).astype(np.int32).tobytes())
+        except Exception as exc:
+            self.out.rollback(mark)
+            self._fault("finish", exc)
+            return
+        try:
+            self._decided_batch(raw, released, slots, kept, recs, why, reasons, now)
+        except Exception as exc:
+            self._fault("publish", exc)
+
+    def _decided_batch(self, raw: bytes, released: list[int], slots: np.ndarray, kept: np.ndarray,
+                       recs: np.ndarray, why: bytes, reasons: tuple[str, ...], now: float) -> None:
+        """Bookkeeping once a batch's decisions are recorded: groups, metrics, the decision bus, the WAL."""
+        native = self._native()
+        native.groups_gone(released)
+        decisions = native.decider.decisions
+        nlogs = recs["nlogs"]
         if nlogs.any():
             kept_logs = int(nlogs[kept].sum())
             dropped_logs = int(nlogs.sum()) - kept_logs
@@ -347,14 +445,13 @@ class TailSampling(Stage):
                 self.metrics.log_outcomes["kept"].inc(kept_logs)
             if dropped_logs:
                 self.metrics.log_outcomes["dropped"].inc(dropped_logs)
-        native.groups_gone(store.finish((slots * 2 + kept).astype(np.int32).tobytes()))
         tally = self.metrics.tally
         counts = np.bincount(slots, minlength=len(decisions))
         for slot in np.flatnonzero(counts).tolist():
             tally[decisions[slot]] = tally.get(decisions[slot], 0) + int(counts[slot])
         self.metrics.latency.observe_many(now - recs["first"])
         if len(reasons) == 1:
-            counted = {reasons[0]: facts.n}
+            counted = {reasons[0]: len(recs)}
         else:
             found = np.bincount(np.frombuffer(why, dtype=np.uint8), minlength=len(reasons))
             counted = {reasons[i]: int(found[i]) for i in np.flatnonzero(found).tolist()}
@@ -362,12 +459,13 @@ class TailSampling(Stage):
             if reason in EARLY_REASONS:
                 self.metrics.early[reason] = self.metrics.early.get(reason, 0) + count
         if self.bus.has_listeners() or self._wal_decided is not None:
-            ids = [facts.tid(row) for row in range(facts.n)]
+            size = RECORD.itemsize
+            ids = [raw[at:at + 16] for at in range(0, len(raw), size)]
             kept_list = kept.tolist()
             names = [decisions[slot].policy for slot in slots.tolist()]
-            self.bus.publish_batch(ids, kept_list, names)
             if self._wal_decided is not None:
                 self._wal_decided.extend(zip(ids, kept_list, names, strict=True))
+            self.bus.publish_batch(ids, kept_list, names)
 
     def _canonical_intake(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """A request the store did not read: its canonical encoding without unknown fields (what the Python
@@ -383,9 +481,9 @@ class TailSampling(Stage):
 
     def flush(self, now: float) -> Emitted | None:
         if self.native is not None:
-            self._decide_native(self.native.store.select_due(now, self.settings.root_grace,
-                                                             self.settings.decision_wait),
-                                ("root_grace", "decision_wait"), now)
+            store = self.native.store
+            grace, wait = self.settings.root_grace, self.settings.decision_wait
+            self._decide_native(lambda: store.select_due(now, grace, wait), ("root_grace", "decision_wait"), now)
             self._gauges()
             self._wal_decisions()
             if self.wal is not None:
@@ -401,14 +499,17 @@ class TailSampling(Stage):
     def shutdown(self) -> Emitted | None:
         now = self.clock()
         if self.native is not None:
-            self._decide_native(self.native.store.select_all(), ("shutdown",), now)
+            self._decide_native(self.native.store.select_all, ("shutdown",), now)
         else:
             for entry in list(self.buffer.traces.values()):
                 self._decide(entry, now, "shutdown")
         self.ready.forget()
         self._gauges()
-        if self.wal is not None:  # everything is decided and handed on: a restart must not send it again
-            self.wal.close(clean=True)
+        if self.wal is not None:
+            # Everything decided and handed on: a restart must not send it again. Traces a fault kept in the
+            # buffer are not lost: the log stays for the next start to replay.
+            self._wal_decisions()
+            self.wal.close(clean=not self.buffer.traces)
             self.wal = None
         return self._take()
 
