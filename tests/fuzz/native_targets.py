@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 for extra in (HERE.parent, HERE.parent / "sampling", HERE.parent / "spanmetrics", HERE.parents[1]):  # + bench/
     if str(extra) not in sys.path:
         sys.path.append(str(extra))
-os.environ.setdefault("RECOHOP_PSEUDONYM_KEY", "fuzz-pseudonym-key-0123456789")
+PSEUDONYM_KEY = "fuzz-pseudonym-key-0123456789"  # set only while a redaction stage is built (never leaks)
 
 from google.protobuf.message import DecodeError  # noqa: E402
 from noncanonical import reencode  # noqa: E402
@@ -154,15 +154,17 @@ _redaction: dict[int, tuple[Any, Any, CollectorRegistry, CollectorRegistry]] = {
 def _redaction_stage(rules: dict[str, Any], native: bool, registry: CollectorRegistry) -> Any:
     from processor.stages.redaction import build
 
-    saved = os.environ.get("RECOHOP_NATIVE")
-    os.environ["RECOHOP_NATIVE"] = "1" if native else "0"
+    overrides = {"RECOHOP_NATIVE": "1" if native else "0", "RECOHOP_PSEUDONYM_KEY": PSEUDONYM_KEY}
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
     try:
         stage = build(Node({"type": "redaction", **copy.deepcopy(rules)}, "<fuzz>"), StageContext(registry=registry))
     finally:
-        if saved is None:
-            os.environ.pop("RECOHOP_NATIVE", None)
-        else:
-            os.environ["RECOHOP_NATIVE"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     assert (getattr(stage, "native", None) is not None) == native
     return stage
 

@@ -52,7 +52,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def env() -> dict[str, str]:
     """The user's environment: nothing pointing into the checkout."""
-    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RECOHOP_NATIVE")}
+    out = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RECOHOP_NATIVE", "RECOHOP_REQUIRE_NATIVE")}
     out["RECOHOP_PSEUDONYM_KEY"] = KEY
     return out
 
