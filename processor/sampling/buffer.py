@@ -2,7 +2,7 @@
 (resource, scope) group, plus the few per-trace facts the policies need. Per span only what must be read
 from the message is read on arrival (trace id, root or not, ERROR status, start/end when a trace-duration
 policy exists); attribute values, named-span durations and exception events are read once per trace at
-decision time from the bytes (`complete`), so ordinary spans never touch their attribute messages.
+decision time by parsing the trace's spans once (`complete`: this is the reference path).
 
 Memory: a span costs its wire size plus a 1-3 byte field prefix inside one `bytearray` per (trace, group);
 resources and scopes are stored once per distinct group, not per span. The budget is counted in serialized bytes.
@@ -18,33 +18,18 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from processor.native import load as load_native
-from processor.sampling.policies.attribute import encoded_key
 from processor.sampling.policies.base import Needs
-from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, span_attribute_values, split_children
+from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, split_children
 
 _TABLE = len(CHILD_PREFIX)
 _native = load_native("sampling")
 ERROR = 2  # Status.STATUS_CODE_ERROR
-EXCEPTION_EVENT = b"\x12\x09exception"  # Event.name == "exception" as serialized
 ERROR_CODE = b"\x18\x02"  # Status.code == ERROR as serialized (also an int attribute == 2: then confirmed)
 
 
 def any_value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
-
-
-def _duration_after(chunk: bytearray, at: int) -> int | None:
-    """end - start of the span whose name field ends at `at`: in canonical encoding the name (field 5) is
-    followed by kind (field 6, optional), start (field 7, fixed64) and end (field 8, fixed64). None when the
-    bytes are not laid out like that (then the caller parses the spans)."""
-    if at < len(chunk) and chunk[at] == 0x30:
-        at += 2  # SpanKind is < 128: one-byte varint
-    if at + 18 > len(chunk) or chunk[at] != 0x39 or chunk[at + 9] != 0x41:
-        return None
-    start = int.from_bytes(chunk[at + 1:at + 9], "little")
-    end = int.from_bytes(chunk[at + 10:at + 18], "little")
-    return end - start if end >= start else None
 
 
 class Group:
@@ -197,11 +182,8 @@ class TraceBuffer:
         self.max_spans = max_spans_per_trace
         self.wanted_names = frozenset(needs.span_names)
         # Facts read from a trace's bytes at decision time (see `complete`).
-        self.name_patterns = tuple((name, field(5, name.encode())) for name in sorted(needs.span_names))
-        self.key_plans = tuple(
-            (key, encoded_key(key), tuple(sorted(gates)) if gates is not None else None)
-            for key, gates in sorted(needs.span_key_gates.items()))
-        self.exception_trigger = EXCEPTION_EVENT if needs.exception_events else None
+        self.wanted_keys = frozenset(needs.span_keys) | frozenset(needs.span_key_gates)
+        self.wants_exception = needs.exception_events
         # What the native intake reads per span: (utf-8 pattern, label) pairs.
         self.native_names = tuple((name.encode(), name) for name in sorted(needs.span_names))
         self.native_keys = tuple(
@@ -393,59 +375,33 @@ class TraceBuffer:
         return added
 
     def complete(self, entry: TraceEntry) -> None:
-        """Read the remaining facts from the trace's bytes, once, before deciding, without parsing spans:
-        named-span durations and the attributes policies name are decoded where their byte patterns occur
-        (`wire.span_attribute_values`); a chunk is parsed only to confirm an `exception` event or when a
-        named span is not laid out as expected. The chunk holds our own `SerializeToString` output, so
-        patterns are upb's canonical encoding."""
+        """Read the remaining facts from the trace's spans, once, before deciding: named-span durations, the
+        attributes policies name, `exception` events. The spans are parsed, so values are read as the parser
+        reads them (a KeyValue carrying unknown fields, which upb keeps in place, or fields in any order):
+        this is the reference path, where being right matters more than speed."""
         if entry.scanned:
             return  # the native intake read these facts on arrival
+        names, keys = self.wanted_names, self.wanted_keys
+        exceptions = self.wants_exception
         for chunk in entry.chunks.values():
-            unsure = False
-            for name, pattern in self.name_patterns:
-                at = chunk.find(pattern)
-                while at >= 0:
-                    took = _duration_after(chunk, at + len(pattern))
-                    if took is None:
-                        unsure = True  # not laid out as expected: read this chunk's spans below
-                    else:
+            for span in ScopeSpans.FromString(bytes(chunk)).spans:
+                if names and span.name in names:
+                    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                    if end >= start:
                         durations = entry.durations
                         if durations is None:
                             durations = entry.durations = {}
-                        if took > durations.get(name, -1):
-                            durations[name] = took
-                    at = chunk.find(pattern, at + 1)
-            for key, pattern, gates in self.key_plans:
-                if gates is not None:
-                    for gate in gates:
-                        if gate in chunk:
-                            break
-                    else:
-                        continue  # none of the tested values occurs: nothing to read for this key
-                values = span_attribute_values(chunk, pattern)
-                if values:
-                    found = entry.span_attrs
-                    if found is None:
-                        found = entry.span_attrs = {}
-                    found.setdefault(key, []).extend(values)
-            if unsure or (self.exception_trigger is not None and not entry.exception
-                          and self.exception_trigger in chunk):
-                self._read_spans(entry, chunk, unsure)
-
-    def _read_spans(self, entry: TraceEntry, chunk: bytearray, names_too: bool) -> None:
-        names = self.wanted_names if names_too else ()
-        for span in ScopeSpans.FromString(bytes(chunk)).spans:
-            if names:
-                name = span.name
-                if name in names:
-                    took = span.end_time_unix_nano - span.start_time_unix_nano
-                    durations = entry.durations
-                    if durations is None:
-                        durations = entry.durations = {}
-                    if took > durations.get(name, -1):
-                        durations[name] = took
-            if not entry.exception and span.events:
-                entry.exception = any(event.name == "exception" for event in span.events)
+                        if end - start > durations.get(span.name, -1):
+                            durations[span.name] = end - start
+                if keys:
+                    for kv in span.attributes:
+                        if kv.key in keys:
+                            found = entry.span_attrs
+                            if found is None:
+                                found = entry.span_attrs = {}
+                            found.setdefault(kv.key, []).append(any_value(kv.value))
+                if exceptions and not entry.exception and span.events:
+                    entry.exception = any(event.name == "exception" for event in span.events)
 
     def add_logs(self, request: Any, now: float, cache: Any, late: Late,
                  passed: list[tuple[Group, bytes, int]]) -> int:
