@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from otlp_peers import REPO_ROOT
+from otlp_peers import REPO_ROOT, stop_process
 
 BUILD_SCRIPT = REPO_ROOT / "collector-config" / "otelcol" / "build.sh"
 # `make test` sets it: there a missing collector is a failure, not a skip.
@@ -48,13 +48,7 @@ class OtelcolProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (the collector drains its queues), SIGKILL only when it does not exit in time."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, timeout)
 
 
 def _healthy(url: str) -> bool:

@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from processor.retryinfo import retry_status
 from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGNALS
@@ -122,6 +124,31 @@ class CaptureServer:
             self.server.stop(0).wait()
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (a hop or collector flushes and drains), SIGKILL only when it does not exit in time."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Prometheus text at `url` as {'name{label="v",...}': value} (labels sorted); {} when it does not answer."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return {}
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
 @dataclass
 class HopProcess:
     proc: subprocess.Popen
@@ -130,13 +157,7 @@ class HopProcess:
     log_path: Path
 
     def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -6,15 +6,12 @@ from __future__ import annotations
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from processor.otlp_values import varint as otlp_varint
+
 
 def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    """A varint as protobuf writes it; negative values as their 64-bit two's complement (10 bytes)."""
+    return otlp_varint(value & ((1 << 64) - 1))
 
 
 def field_bytes(number: int, payload: bytes) -> bytes:

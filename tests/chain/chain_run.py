@@ -11,14 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from otelcol_fixture import OtelcolProcess, start_otelcol
-from otlp_peers import REPO_ROOT, free_port
-from prometheus_client.parser import text_string_to_metric_families
+from otlp_peers import REPO_ROOT, free_port, scrape_metrics, stop_process
 
 from processor import otlpjson, render
 from processor.localprom import LocalPrometheus, start_prometheus
@@ -69,28 +67,15 @@ class RecohopProcess:
         self.proc.wait(10)
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
     def log(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.work.glob("recohop.*.log")))
 
     def metrics(self) -> dict[str, float]:
         """Every sample on /metrics as 'name{labels}' -> value."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}"] = sample.value
-        return out
+        return scrape_metrics(self.metrics_url)
 
 
 def render_recohop(work: Path, name: str, backend: str) -> RecohopProcess:

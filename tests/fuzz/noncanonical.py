@@ -15,6 +15,7 @@ import random
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from wire_encodings import varint as canonical_varint
 
 MESSAGE = FieldDescriptor.TYPE_MESSAGE
 VARINT_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
@@ -24,12 +25,7 @@ VARINT_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDes
 
 def varint(value: int, overlong: int = 0) -> bytes:
     """A varint, padded with `overlong` extra continuation bytes (still at most 10 bytes: the parser's limit)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    out = bytearray(canonical_varint(value))
     pad = min(overlong, 10 - len(out))
     if pad > 0:
         out[-1] |= 0x80

@@ -8,11 +8,8 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from processor import otlpjson
 
@@ -165,20 +162,6 @@ class GrpcWireTap:
             except OSError:
                 pass
             s.close()
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Prometheus text at `url` as {'name{label="v",...}': value} (labels sorted); {} when it does not answer."""
-    try:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-    except OSError:
-        return {}
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
 
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 import pytest
-from interop_peers import GrpcWireTap, leaves, log_entries, scrape, total
+from interop_peers import GrpcWireTap, leaves, log_entries, total
 from interop_sdk import data_points_of, log_records_of, send_logs, send_metrics, send_traces, spans_of
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
@@ -39,6 +39,7 @@ from opentelemetry.proto.common.v1.common_pb2 import (
     KeyValueList,
 )
 from otlp_peers import CaptureServer, HopProcess, free_port, wait_until
+from otlp_peers import scrape_metrics as scrape
 
 from processor import otlpjson
 from processor.receiver import OVERLOAD_RETRY_AFTER, QUEUE_FULL_RETRY_AFTER
