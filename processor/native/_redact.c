@@ -28,6 +28,9 @@
  * possible_kinds(text: bytes) -> bitmask of detector kinds that could match, or None when not valid UTF-8.
  * The memo tables are indexed by a keyed hash (hash.h), so no client can make their lookups slow.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -85,7 +88,11 @@ static hmac_ctx *hmac_keyed(const uint8_t *key, size_t n) {
 }
 
 /* Detector kinds, in processor/redaction/detectors.py:KINDS order. */
-enum { K_BEARER, K_JWT, K_EMAIL, K_IBAN, K_CARD, K_IPV6, K_IPV4, K_PHONE, N_KINDS };
+enum { K_BEARER, K_JWT, K_EMAIL, K_IBAN, K_CARD, K_IPV6, K_IPV4, K_PHONE, K_SECRET, K_SSN, K_MAC, K_GEO, K_COOKIE,
+       K_CUSTOM, N_KINDS };
+/* Not a kind but a prefilter bit: the text may hold an encoded form (%xx, &entity;, non-ASCII such as full-width
+ * digits) that the detectors decode and rescan. */
+#define K_ENCODED N_KINDS
 
 /* What a key's rule does (key_action codes). */
 enum { A_CLEAN, A_SCAN, A_DROP, A_MASK, A_PSEUDO, A_GEN, A_GEN_IP, A_OTHER, N_ACTIONS };
@@ -110,7 +117,9 @@ static void init_byte_class(void) {
         else if (b >= 'A' && b <= 'Z') c = C_UPPER;
         else if (b == '-' || b == '_') c = 0;
         else c = C_OTHER;
-        if (b == '@' || b == ':' || b == '.' || b == 'e' || b == 'E') c |= C_SPECIAL;
+        if (b == '@' || b == ':' || b == '.' || b == 'e' || b == 'E' || b == '=' || b == '%' || b == '&' ||
+            b == 'A' || b == 'B' || b == '_' || b == '-')
+            c |= C_SPECIAL;
         byte_class[b] = c;
     }
 }
@@ -118,9 +127,23 @@ static void init_byte_class(void) {
 /* Bitmask of the kinds possible_kinds() in detectors.py could report for this UTF-8 text (a superset: exact
  * for ASCII, more kinds for other text), 0 when the text is shorter than 3 characters (Detectors.scan skips
  * those); -1 when the bytes are not valid UTF-8. */
+/* 1 when p[i] ('_', '-', 'A' or 'B') starts or ends a secret's marker (detectors.py: _SECRET_MARK). */
+static int secret_mark(const uint8_t *p, size_t n, size_t i) {
+    uint8_t b = p[i];
+    if (b == 'A') return n - i >= 4 && (memcmp(p + i + 1, "KIA", 3) == 0 || memcmp(p + i + 1, "SIA", 3) == 0);
+    if (b == 'B') return n - i >= 5 && (memcmp(p + i + 1, "asic", 4) == 0 || memcmp(p + i + 1, "ASIC", 4) == 0);
+    if (b == '-') return i >= 4 && memcmp(p + i - 4, "xox", 3) == 0 && p[i - 1] && memchr("abposr", p[i - 1], 6);
+    /* '_' */
+    if (i >= 3 && p[i - 3] == 'g' && p[i - 2] == 'h' && p[i - 1] && memchr("pousr", p[i - 1], 5)) return 1;
+    if (i >= 6 && memcmp(p + i - 6, "github", 6) == 0 && n - i >= 5 && memcmp(p + i + 1, "pat_", 4) == 0)
+        return 1;
+    return i >= 2 && (p[i - 2] == 's' || p[i - 2] == 'r') && p[i - 1] == 'k' && n - i >= 6 &&
+           memcmp(p + i + 1, "live_", 5) == 0;
+}
+
 static int possible(const uint8_t *p, size_t n) {
-    size_t digits = 0, colons = 0, dots = 0, chars = n;
-    int at = 0, jwt = 0, bearer = 0;
+    size_t digits = 0, colons = 0, dots = 0, dashes = 0, chars = n;
+    int at = 0, jwt = 0, bearer = 0, eq = 0, enc = 0, secret = 0;
     unsigned seen = 0;
     size_t i = 0;
     while (i < n) {
@@ -136,6 +159,12 @@ static int possible(const uint8_t *p, size_t n) {
             if (b == '@') at = 1;
             else if (b == ':') colons++;
             else if (b == '.') dots++;
+            else if (b == '=') eq = 1;
+            else if (b == '%' || b == '&') enc = 1;
+            else if (b == 'A' || b == 'B' || b == '_' || b == '-') {
+                if (b == '-') dashes++;
+                if (!secret) secret = secret_mark(p, n, i);
+            }
             else if (b == 'e') {
                 if (n - i >= 3 && p[i + 1] == 'y' && p[i + 2] == 'J') jwt = 1;
                 else if (n - i >= 5 && memcmp(p + i + 1, "arer", 4) == 0) bearer = 1;
@@ -168,14 +197,21 @@ static int possible(const uint8_t *p, size_t n) {
     if (jwt) kinds |= 1 << K_JWT;
     if (bearer) kinds |= 1 << K_BEARER;
     if (colons >= 2) kinds |= 1 << K_IPV6;
+    if (colons >= 5 || dashes >= 5) kinds |= 1 << K_MAC;
+    if (eq) kinds |= 1 << K_SECRET | 1 << K_COOKIE;
+    if (secret) kinds |= 1 << K_SECRET;
+    kinds |= 1 << K_CUSTOM; /* operator patterns: no prefilter (only enabled when configured) */
     int ascii = !(seen & C_HIGH);
+    if (enc || !ascii) kinds |= 1 << K_ENCODED;
     int lower = ascii && (seen & C_LOWER) && !(seen & C_UPPER); /* non-ASCII: assume not (more kinds) */
     /* detectors.py returns early for one lowercase token of word characters and dashes */
     if (lower && !(seen & C_OTHER)) return kinds;
     if (digits >= 7) {
         kinds |= 1 << K_PHONE;
+        if (digits >= 9) kinds |= 1 << K_SSN;
         if (digits >= 13) kinds |= 1 << K_CARD;
     }
+    if (digits >= 8 && dots >= 2) kinds |= 1 << K_GEO;
     if (digits >= 4 && dots >= 3) kinds |= 1 << K_IPV4;
     if (digits >= 2 && chars >= 15 && !lower) kinds |= 1 << K_IBAN;
     return kinds;
@@ -279,6 +315,8 @@ typedef struct {
     table keys, kvs, texts, pseudos;
     /* per call */
     const uint8_t *buf;
+    const uint8_t *ctx; /* the span (or resource spans) an attribute belongs to: where its raw value may recur */
+    size_t ctx_len;
     edit *edits;
     size_t n_edits, cap_edits;
     uint8_t *scratch;
@@ -451,6 +489,7 @@ typedef struct {
     int kind;
     const uint8_t *data;
     size_t len;
+    uint64_t value; /* V_BOOL, V_INT, V_DOUBLE */
 } any_parts;
 
 /* 1 when the AnyValue holds at most one field, of a known kind with its proper wire type. */
@@ -467,8 +506,9 @@ static int split_any(const uint8_t *p, size_t n, any_parts *av) {
     }
     if (r < 0 || f.number < 1 || f.number > 7 || f.wtype != wtypes[f.number]) return 0;
     av->kind = (int)f.number;
-    av->data = f.data;
-    av->len = f.len;
+    av->data = f.wtype == 2 ? f.data : p;
+    av->len = f.wtype == 2 ? f.len : 0;
+    av->value = f.wtype == 2 ? 0 : f.value;
     return next_field(&c, &f) == 0;
 }
 
@@ -646,6 +686,21 @@ static int generic_kv(Scanner *sc, const wire_field *f, long *changed) {
     return rc;
 }
 
+/* 1 when an int64 (a varint's two's complement) or double could hold a card number: at least 13 digits
+ * (redactor.py: BIG_NUMBER), so the Python path scans its decimal form. */
+static int big_number(const any_parts *av) {
+    if (av->kind == V_INT) {
+        int64_t s = (int64_t)av->value;
+        return s >= 1000000000000LL || s <= -1000000000000LL;
+    }
+    if (av->kind == V_DOUBLE) {
+        double d;
+        memcpy(&d, &av->value, 8);
+        return d >= 1e12 || d <= -1e12;
+    }
+    return 0;
+}
+
 static int value_clean(Scanner *sc, const uint8_t *p, size_t n, int depth);
 
 /* 1 when nothing in a kvlist/array payload needs work (every nested key and value checked), 0 when Python must
@@ -690,9 +745,44 @@ static int value_clean(Scanner *sc, const uint8_t *p, size_t n, int depth) {
     case V_ARRAY:
     case V_KVLIST:
         return nested_clean(sc, &av, depth);
+    case V_INT:
+    case V_DOUBLE:
+        return !big_number(&av);
     default:
         return 1;
     }
+}
+
+/* The decimal text of a V_INT (as Python's str(int) writes it) into out; its length. */
+static size_t int_text(const any_parts *av, char out[24]) {
+    return (size_t)snprintf(out, 24, "%lld", (long long)(int64_t)av->value);
+}
+
+/* 1 when the raw value of an attribute a rule drops, masks or pseudonymises recurs elsewhere in its span (or,
+ * for resource and scope attributes, its resource spans): the Python path then scrubs it there (redactor.py:
+ * identity scrubbing), so give up. Values shorter than 3 bytes are not scrubbed. */
+static int identity_recurs(Scanner *sc, const any_parts *av) {
+    char num[24];
+    const uint8_t *v;
+    size_t n;
+    if (av->kind == V_STRING) {
+        v = av->data;
+        n = av->len;
+    } else if (av->kind == V_INT) {
+        n = int_text(av, num);
+        v = (const uint8_t *)num;
+    } else {
+        return 0;
+    }
+    if (n < 3 || !sc->ctx) return 0;
+    const uint8_t *at = sc->ctx, *end = sc->ctx + sc->ctx_len;
+    while (at + n <= end) {
+        const uint8_t *hit = memmem(at, (size_t)(end - at), v, n);
+        if (!hit) break;
+        if (hit != v) return 1; /* an occurrence other than the value itself */
+        at = hit + 1;
+    }
+    return 0;
 }
 
 /* IPv4 a.b.c.d (ASCII digits, 1-3 each, <= 255, nothing around it) -> "a.b.c.0/24" as actions.py writes it;
@@ -763,10 +853,12 @@ static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
             Py_DECREF(res);
             return rc;
         }
+        if (big_number(&av)) return generic_kv(sc, f, changed);
         int v = value_clean(sc, kp.val, kp.vallen, 0);
         if (v < 0) return -1;
         return v ? 1 : generic_kv(sc, f, changed);
     }
+    if ((code == A_DROP || code == A_MASK || code == A_PSEUDO) && identity_recurs(sc, &av)) return 0;
     if (code == A_DROP) {
         if (!delete_field(sc, f)) return -1;
         sc->rule_hits[rule]++;
@@ -868,8 +960,23 @@ static int walk_resource(Scanner *sc, const uint8_t *p, size_t n, long *changed)
     return walk_attrs_only(sc, p, n, changed, 1);
 }
 
+/* InstrumentationScope: name (1) and version (2) through the detectors, attributes (3). */
 static int walk_scope(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
-    return walk_attrs_only(sc, p, n, changed, 3);
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r, names = 0, versions = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        if (f.number == 1 || f.number == 2) {
+            if (f.wtype != 2 || (f.number == 1 ? names++ : versions++)) return 0;
+            if (f.len) k = do_text(sc, &f, changed);
+        } else if (f.number == 3) {
+            if (f.wtype != 2) return 0;
+            k = do_kv(sc, &f, changed);
+        }
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
 }
 
 static int walk_link(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
@@ -912,11 +1019,19 @@ static int walk_status(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
 static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
     wire_cur c = wire_span(p, n);
     wire_field f;
-    int r, names = 0, statuses = 0;
+    int r, names = 0, statuses = 0, states = 0;
     long changed = 0;
+    const uint8_t *outer = sc->ctx;
+    size_t outer_len = sc->ctx_len;
+    sc->ctx = p;
+    sc->ctx_len = n;
     while ((r = next_field(&c, &f)) == 1) {
         int k = 1;
         switch (f.number) {
+        case 3: /* trace_state */
+            if (f.wtype != 2 || states++) return 0;
+            if (f.len) k = do_text(sc, &f, &changed);
+            break;
         case 5:
             if (f.wtype != 2 || names++) return 0;
             k = do_text(sc, &f, &changed);
@@ -942,6 +1057,8 @@ static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
         }
         if (k <= 0) return k;
     }
+    sc->ctx = outer;
+    sc->ctx_len = outer_len;
     if (r < 0) return 0;
     if (changed) {
         sc->spans_touched++;
@@ -989,6 +1106,8 @@ static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *chang
 }
 
 static int walk_resource_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
+    sc->ctx = p; /* resource and scope attributes: their raw values may recur anywhere in the resource spans */
+    sc->ctx_len = n;
     return walk_pair(sc, p, n, walk_resource, walk_scope_spans);
 }
 
@@ -1038,6 +1157,8 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     }
     sc->busy = 1;
     sc->buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    sc->ctx = NULL;
+    sc->ctx_len = 0;
     size_t n = (size_t)PyBytes_GET_SIZE(arg);
     sc->n_edits = 0;
     sc->scratch_len = 0;
@@ -1168,7 +1289,7 @@ static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
         }
     }
     sc->pseudonym_length = length;
-    sc->kinds_mask = mask & ((1 << N_KINDS) - 1);
+    sc->kinds_mask = mask & ((1 << (N_KINDS + 1)) - 1);
     sc->summary = summary;
     sc->n_rules = n_rules;
     tab_clear(&sc->keys);

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 
 ACTIONS = ("pseudonymise", "drop", "mask", "generalise", "keep")
-GENERALISE_KINDS = ("ip", "age", "geo")
+GENERALISE_KINDS = ("ip", "age", "geo", "coord")
 DEFAULT_AGE_BANDS = (18, 25, 35, 45, 55, 65)
 
 _ISO_SUBDIVISION = re.compile(r"^([A-Za-z]{2})-[A-Za-z0-9]{1,3}$")
@@ -93,3 +93,16 @@ def generalise_geo(value: object) -> str:
         if last and not any(ch.isdigit() for ch in last):
             return last.upper() if _COUNTRY.match(last) else last
     return "<geo>"
+
+
+def generalise_coord(value: object) -> str:
+    """A latitude or longitude -> one decimal (about 11 km): where, roughly, not which house; else `<geo>`."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return "<geo>"
+    try:
+        number = float(value)
+    except ValueError:
+        return "<geo>"
+    if not -180.0 <= number <= 180.0:
+        return "<geo>"
+    return f"{round(number, 1):.1f}"

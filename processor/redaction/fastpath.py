@@ -215,6 +215,13 @@ class FastTraces:
                    for kv in attrs)
 
     def process(self, request: TracesRequest) -> None:
+        """The message walk (`Redactor.traces`): identity scrubbing, trace_state and scope names need the whole
+        span and resource, which the per-attribute sets below do not see (the C scanner is the fast path)."""
+        self.redactor.traces(request)
+
+    def process_attributes_only(self, request: TracesRequest) -> None:
+        """The set-based pass of attributes, names, status, events and links (no identity scrubbing,
+        trace_state or scope names): kept for its differential tests."""
         r = self.redactor
         flat = FlatRequest.FromString(request.SerializeToString())
         for rs, flat_rs in zip(request.resource_spans, flat.resource_spans, strict=True):

@@ -27,6 +27,7 @@ from processor.redaction.redactor import DROP, Redactor
 A_CLEAN, A_SCAN, A_DROP, A_MASK, A_PSEUDO, A_GEN, A_GEN_IP, A_OTHER = range(8)
 
 KIND_IDS = {kind: i for i, kind in enumerate(KINDS)}
+ENCODED_BIT = 1 << len(KINDS)  # the prefilter's "may hold an encoded form" bit (detectors.may_be_encoded)
 
 Outcome = tuple[bytes | None, int, tuple[int, ...], tuple[int, ...]]
 
@@ -60,6 +61,8 @@ class NativeTraces:
                 text = key.decode("utf-8")
             except UnicodeDecodeError:
                 return A_OTHER, 0, None  # kv_outcome then fails to parse it and the Python path decides
+            if scan is not None and scan(text) is not None:
+                return A_OTHER, 0, None  # the key itself holds something: Redactor.keyvalue rewrites it
             rule = rules.lookup(text)
             if rule is None:
                 return A_SCAN, 0, None
@@ -105,7 +108,8 @@ class NativeTraces:
         pseudonymiser = redactor.pseudonymiser
         self.scanner = module.Scanner(
             key_action, kv_outcome, text_outcome,
-            kinds_mask(redactor.detectors.kinds) if redactor.detectors.enabled else 0,
+            (kinds_mask(redactor.detectors.kinds) | (ENCODED_BIT if redactor.detectors.decode else 0))
+            if redactor.detectors.enabled else 0,
             bool(redactor.summary),
             pseudonymiser.digest if pseudonymiser is not None else None,
             pseudonymiser.key if pseudonymiser is not None else None,

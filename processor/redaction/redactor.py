@@ -4,12 +4,20 @@ Works on the protobuf messages in place (no dicts): attributes are looked up by 
 (`RuleSet.lookup` caches), strings go through `Detectors.scan` (prefiltered, cached), and only the fields
 that carry text are read. Counts what it did per rule and per detector for the stage's self-metrics; never
 keeps or logs a value.
+
+Beyond values: attribute keys, span names, trace_state (spans and links), scope name and version, metric name,
+description and unit, bytes values, and integers or doubles of 13+ digits (a card number sent as a number) go
+through the detectors too. Identity scrubbing: the raw value of every attribute a rule pseudonymises, masks or
+drops is remembered per resource and per span (its events and links included) and per log record, and any other
+occurrence of it there (a log body "user-12345 clicked", a span name, a URL path) is replaced by its pseudonym
+(or the rule's mask text), so the output never shows a pseudonym next to the raw id.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -21,6 +29,23 @@ from processor.stages.base import LogsRequest, MetricsRequest, TracesRequest
 DROP = -1  # `keyvalue` result: remove the attribute
 
 MAX_DEPTH = 64  # nested kvlist/array values deeper than this are replaced, not walked
+BIG_NUMBER = 10**12  # ints/doubles this large (13+ digits) are scanned as text (_redact.c: big_number)
+IDENTITY_MIN = 3  # shorter raw identity values are not scrubbed from text (too many innocent matches)
+IDENTITY_ACTIONS = frozenset(("pseudonymise", "mask", "drop"))
+
+Identities = dict[str, str]  # raw value -> what replaces it in text
+
+
+def scrubber(ids: Identities) -> Callable[[str], tuple[str, int]]:
+    """Replace each raw identity value where it stands as a token of its own (not inside a longer
+    alphanumeric run: `user-12345` yes, `123456` no), longest first."""
+    alternatives = "|".join(re.escape(raw) for raw in sorted(ids, key=len, reverse=True))
+    pattern = re.compile(f"(?<![0-9A-Za-z])(?:{alternatives})(?![0-9A-Za-z])")
+
+    def scrub(text: str) -> tuple[str, int]:
+        return pattern.subn(lambda m: ids[m.group()], text)
+
+    return scrub
 
 
 def python_value(value: AnyValue) -> object:
@@ -38,13 +63,14 @@ class Redactor:
 
     def __init__(self, rules: RuleSet, pseudonymiser: Pseudonymiser | None) -> None:
         self.rules = rules
-        self.detectors = Detectors(rules.detector_kinds)
+        self.detectors = Detectors(rules.detector_kinds, rules.blocked_values, rules.phone_regions, rules.decode)
         self.scan = self.detectors.scan if self.detectors.enabled else None
         self.pseudonymiser = pseudonymiser
         self.summary = rules.summary_attribute
         self.rule_hits: Counter[str] = Counter()
         self.detector_hits: Counter[str] = Counter()
         self.spans_touched = 0
+        self._ids: Identities | None = None  # collecting identities (per resource / span / log record)
 
     # ------------------------------------------------------------------ values
 
@@ -74,6 +100,19 @@ class Redactor:
             if which == "kvlist_value":
                 return self.attributes(value.kvlist_value.values, depth + 1)
             return sum(self.value(item, depth + 1) for item in value.array_value.values)
+        if (which == "int_value" or which == "double_value") and self.scan is not None:
+            number = getattr(value, which)
+            if not -BIG_NUMBER < number < BIG_NUMBER:
+                if which == "double_value":
+                    if not float(number).is_integer():
+                        return 0
+                    number = int(number)
+                new = self._text(str(number))
+                if new is None:
+                    return 0
+                value.string_value = new
+                return 1
+            return 0
         if which == "bytes_value" and self.scan is not None:
             try:
                 text = value.bytes_value.decode("utf-8")
@@ -100,17 +139,91 @@ class Redactor:
             value.string_value = rule.generalise(python_value(value))
 
     def keyvalue(self, kv: KeyValue, depth: int = 0) -> int:
-        """Key rule, else detectors, on one attribute: values changed, or DROP when it must go."""
+        """Key rule, else detectors, on one attribute: values changed, or DROP when it must go. The key itself
+        goes through the detectors too (its rule is the raw key's)."""
         rule = self.rules.lookup(kv.key)
+        renamed = 0
+        if self.scan is not None:
+            new_key = self._text(kv.key)
+            if new_key is not None:
+                kv.key = new_key
+                renamed = 1
         if rule is None:
-            return self.value(kv.value, depth)
+            return renamed + self.value(kv.value, depth)
         if rule.action == "keep":
-            return self.value(kv.value, depth) if rule.scan else 0
+            return renamed + (self.value(kv.value, depth) if rule.scan else 0)
         self.rule_hits[rule.name] += 1
+        raw = self._identity(kv.value) if self._ids is not None and depth == 0 else None
         if rule.action == "drop":
+            if raw is not None:
+                self._ids[raw] = rule.mask_with  # type: ignore[index]
             return DROP
         self._apply(rule, kv.value)
-        return 1
+        if raw is not None:
+            self._ids[raw] = kv.value.string_value if rule.action == "pseudonymise" else rule.mask_with  # type: ignore[index]
+        return renamed + 1
+
+    @staticmethod
+    def _identity(value: AnyValue) -> str | None:
+        """The raw text of a value a rule acts on, when it could recur in free text (str or int, 3+ chars)."""
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            text = value.string_value
+        elif which == "int_value":
+            text = str(value.int_value)
+        else:
+            return None
+        return text if len(text) >= IDENTITY_MIN else None
+
+    # ------------------------------------------------------------------ identity scrubbing
+
+    def _scrub_value(self, value: AnyValue, scrub: Callable[[str], tuple[str, int]], depth: int = 0) -> int:
+        which = value.WhichOneof("value")
+        if which == "string_value":
+            new, n = scrub(value.string_value)
+            if n:
+                value.string_value = new
+                return 1
+            return 0
+        if depth >= MAX_DEPTH:
+            return 0
+        if which == "kvlist_value":
+            return self._scrub_attributes(value.kvlist_value.values, scrub, depth + 1)
+        if which == "array_value":
+            return sum(self._scrub_value(item, scrub, depth + 1) for item in value.array_value.values)
+        return 0
+
+    def _scrub_attributes(self, kvs: Iterable[KeyValue], scrub: Callable[[str], tuple[str, int]],
+                          depth: int = 0) -> int:
+        return sum(self._scrub_value(kv.value, scrub, depth) for kv in kvs)
+
+    @staticmethod
+    def _scrub_field(message, name: str, scrub: Callable[[str], tuple[str, int]]) -> int:
+        text = getattr(message, name)
+        if not text:
+            return 0
+        new, n = scrub(text)
+        if n:
+            setattr(message, name, new)
+            return 1
+        return 0
+
+    def _scrub_span(self, span, ids: Identities) -> int:
+        """Every text of a span (attributes, name, trace_state, status, events, links) without the raw ids."""
+        scrub = scrubber(ids)
+        changed = self._scrub_attributes(span.attributes, scrub)
+        changed += self._scrub_field(span, "name", scrub) + self._scrub_field(span, "trace_state", scrub)
+        changed += self._scrub_field(span.status, "message", scrub)
+        for event in span.events:
+            changed += self._scrub_field(event, "name", scrub) + self._scrub_attributes(event.attributes, scrub)
+        for link in span.links:
+            changed += self._scrub_field(link, "trace_state", scrub) + self._scrub_attributes(link.attributes, scrub)
+        return changed
+
+    def _scrub_scope(self, scope, scrub: Callable[[str], tuple[str, int]]) -> None:
+        self._scrub_field(scope, "name", scrub)
+        self._scrub_field(scope, "version", scrub)
+        self._scrub_attributes(scope.attributes, scrub)
 
     def attributes(self, kvs: Iterable[KeyValue], depth: int = 0) -> int:
         """Every attribute of a list (drops removed); returns how many attributes changed."""
@@ -133,16 +246,40 @@ class Redactor:
     # ------------------------------------------------------------------ traces
 
     def span(self, span) -> None:  # opentelemetry.proto.trace.v1.trace_pb2.Span
+        outer = self._ids
+        self._ids = {} if outer is None else dict(outer)  # the resource's identities, plus the span's own
         changed = self.attributes(span.attributes) if len(span.attributes) else 0
-        self.finish_span(span, changed + self.span_extras(span))
+        changed += self.span_extras(span)
+        if self._ids:
+            changed += self._scrub_span(span, self._ids)
+        self._ids = outer
+        self.finish_span(span, changed)
+
+    def _text_field(self, message, name: str) -> int:
+        """Detectors on one string field of a message: 1 when it changed."""
+        text = getattr(message, name)
+        if not text:
+            return 0
+        new = self._text(text)
+        if new is None:
+            return 0
+        setattr(message, name, new)
+        return 1
+
+    def scope(self, scope) -> None:
+        """An InstrumentationScope: name, version and attributes."""
+        self._text_field(scope, "name")
+        self._text_field(scope, "version")
+        self.attributes(scope.attributes)
 
     def span_extras(self, span) -> int:
-        """Everything of a span but its attributes: name, status message, events, links."""
+        """Everything of a span but its attributes: name, trace_state, status message, events, links."""
         changed = 0
         new = self._text(span.name)
         if new is not None:
             span.name = new
             changed += 1
+        changed += self._text_field(span, "trace_state")
         if span.status.message:
             new = self._text(span.status.message)
             if new is not None:
@@ -155,6 +292,7 @@ class Redactor:
                 changed += 1
             changed += self.attributes(event.attributes)
         for link in span.links:
+            changed += self._text_field(link, "trace_state")
             changed += self.attributes(link.attributes)
         return changed
 
@@ -169,20 +307,37 @@ class Redactor:
     def traces(self, request: TracesRequest) -> None:
         """The slow path: every span walked through the message (fastpath.py gives the same result)."""
         for rs in request.resource_spans:
-            self.attributes(rs.resource.attributes)
+            ids = self._resource(rs.resource, [ss.scope for ss in rs.scope_spans])
+            self._ids = ids or None
             for ss in rs.scope_spans:
-                self.attributes(ss.scope.attributes)
                 for span in ss.spans:
                     self.span(span)
+            self._ids = None
+
+    def _resource(self, resource, scopes: list) -> Identities:
+        """Resource and scopes (identities collected, then scrubbed from their own texts); the identities."""
+        self._ids = ids = {}
+        self.attributes(resource.attributes)
+        for scope in scopes:
+            self.scope(scope)
+        self._ids = None
+        if ids:
+            scrub = scrubber(ids)
+            self._scrub_attributes(resource.attributes, scrub)
+            for scope in scopes:
+                self._scrub_scope(scope, scrub)
+        return ids
 
     # ------------------------------------------------------------------ metrics and logs
 
     def metrics(self, request: MetricsRequest) -> None:
         for rm in request.resource_metrics:
-            self.attributes(rm.resource.attributes)
+            self._resource(rm.resource, [sm.scope for sm in rm.scope_metrics])
             for sm in rm.scope_metrics:
-                self.attributes(sm.scope.attributes)
                 for metric in sm.metrics:
+                    self._text_field(metric, "name")
+                    self._text_field(metric, "description")
+                    self._text_field(metric, "unit")
                     if len(metric.metadata):
                         self.attributes(metric.metadata)
                     field = metric.WhichOneof("data")
@@ -196,15 +351,19 @@ class Redactor:
 
     def logs(self, request: LogsRequest) -> None:
         for rl in request.resource_logs:
-            self.attributes(rl.resource.attributes)
+            resource_ids = self._resource(rl.resource, [sl.scope for sl in rl.scope_logs])
             for sl in rl.scope_logs:
-                self.attributes(sl.scope.attributes)
                 for record in sl.log_records:
+                    self._ids = dict(resource_ids)
                     if len(record.attributes):
                         self.attributes(record.attributes)
                     if record.HasField("body"):
                         self.value(record.body)
-                    if record.event_name:
-                        new = self._text(record.event_name)
-                        if new is not None:
-                            record.event_name = new
+                    self._text_field(record, "event_name")
+                    ids, self._ids = self._ids, None
+                    if ids:
+                        scrub = scrubber(ids)
+                        self._scrub_attributes(record.attributes, scrub)
+                        if record.HasField("body"):
+                            self._scrub_value(record.body, scrub)
+                        self._scrub_field(record, "event_name", scrub)

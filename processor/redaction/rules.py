@@ -9,13 +9,18 @@ Schema (a rules file, or the same keys inline in the hop config's redaction stag
     pseudonym: {key_env: RECOHOP_PSEUDONYM_KEY, key_file: PATH, prefix: p_, length: 16}
     rules:                           # first match wins
       - key: user.id | glob: "user.*" | regex: "^enduser\\."   # exactly one
+        ignore_case: false           # key/glob/regex matched case-insensitively (or write (?i) in a regex)
         action: pseudonymise | drop | mask | generalise | keep
         name: ...                    # metric label (default: the pattern)
         prefix: u_                   # pseudonymise
         with: "<email>"              # mask
-        as: ip | age | geo           # generalise; `bands: [18, 25, ...]` for age
-        detectors: true              # keep: still run the value detectors (default true)
-    detectors: true | false | {kinds: [email, phone, card, ipv4, ipv6, jwt, bearer, iban]}
+        as: ip | age | geo | coord   # generalise; `bands: [18, 25, ...]` for age
+        detectors: true              # keep: still run the value detectors (default true); false = a per-key
+                                     # exception (versions, span ids, order ids: never rewritten)
+    detectors: true | false | {kinds: [...], phone_regions: [US, GB, DE, FR], decode: true}
+    blocked_values:                  # operator patterns (like otelcol's blocked_values), after the detectors
+      - "ORD-[0-9]{6}"               # a regex; matches become <redacted>
+      - {regex: "...", with: "<order>", ignore_case: false}
     summary_attribute: false         # add redaction.redacted.count to spans that were changed
 """
 
@@ -35,23 +40,45 @@ from processor.redaction.actions import (
     DEFAULT_AGE_BANDS,
     GENERALISE_KINDS,
     Guarded,
+    generalise_coord,
     generalise_geo,
     generalise_ip,
     make_age,
 )
-from processor.redaction.detectors import KINDS
+from processor.redaction.detectors import DEFAULT_PHONE_REGIONS, KINDS, PHONE_REGIONS, TAGS, CustomPattern
 from processor.redaction.pseudonym import DEFAULT_KEY_ENV, KeySource
 
-RULES_KEYS = ("mode", "otherwise", "mask_text", "pseudonym", "rules", "detectors", "summary_attribute")
+RULES_KEYS = ("mode", "otherwise", "mask_text", "pseudonym", "rules", "detectors", "summary_attribute",
+              "blocked_values")
 SUMMARY_ATTRIBUTE = "redaction.redacted.count"
+BUILT_IN_KINDS = tuple(k for k in KINDS if k != "custom")  # `custom` is on when blocked_values are set
 
-# The mission default: user and end-user attributes pseudonymised, client IPs cut to their network, and every
-# detector on. `collector-config/redaction/default.yaml` is the same rules as a file (a test keeps them equal).
+# Keys whose semantic convention says they are not personal (versions, span/trace ids, build numbers, batch and
+# order ids): never rewritten, so `1.2.3.4` stays a version and a Luhn-valid order id stays an id.
+NOT_PERSONAL_KEYS = (r"(?i)(?:^|[._])(?:[a-z]*version|build(?:[._]?(?:id|number|num))?|(?:parent[._]?)?span[._]?id"
+                     r"|trace[._]?id|trace[._]?flags|batch[._]?id|order[._]?id)$")
+# The common spellings of user and customer identifiers: user_id, userId, app.user.id, customer.id, ...
+IDENTITY_KEYS = (r"(?i)(?:^|[._])(?:(?:end[._]?)?user|customer|cust|member|subscriber|buyer|shopper|patient|visitor"
+                 r"|username|login|e[._]?mail|phone|msisdn|mobile)"
+                 r"(?:[._]?(?:id|ids|name|email|mail|login|handle|uuid|guid|key|phone|number|no|address))?$")
+# Keys that hold credentials whatever their value looks like (headers included: http.request.header.cookie).
+SECRET_KEYS = (r"(?i)(?:^|[._\-])(?:password|passwd|pwd|secret|client[._\-]?secret|api[._\-]?key|apikey"
+               r"|access[._\-]?token|auth[._\-]?token|refresh[._\-]?token|id[._\-]?token|authorization|cookie"
+               r"|set[._\-]cookie|private[._\-]?key)$")
+COORDINATE_KEYS = r"(?i)(?:^|[._])(?:lat|latitude|lon|lng|longitude)$"
+
+# The mission default: not-personal keys left alone, user and customer identifiers pseudonymised (any common
+# spelling), credential keys masked, coordinates and client IPs coarsened, and every detector on.
+# `collector-config/redaction/default.yaml` is the same rules as a file (a test keeps them equal).
 DEFAULT_RULES: dict[str, Any] = {
     "mode": "denylist",
     "rules": [
-        {"glob": "user.*", "action": "pseudonymise", "prefix": "u_"},
-        {"glob": "enduser.*", "action": "pseudonymise", "prefix": "u_"},
+        {"regex": NOT_PERSONAL_KEYS, "action": "keep", "detectors": False, "name": "not-personal"},
+        {"glob": "user.*", "ignore_case": True, "action": "pseudonymise", "prefix": "u_"},
+        {"glob": "enduser.*", "ignore_case": True, "action": "pseudonymise", "prefix": "u_"},
+        {"regex": IDENTITY_KEYS, "action": "pseudonymise", "prefix": "u_", "name": "identifiers"},
+        {"regex": SECRET_KEYS, "action": "mask", "with": "<secret>", "name": "credentials"},
+        {"regex": COORDINATE_KEYS, "action": "generalise", "as": "coord", "name": "coordinates"},
         {"key": "client.address", "action": "generalise", "as": "ip"},
         {"key": "http.client_ip", "action": "generalise", "as": "ip"},
     ],
@@ -85,6 +112,9 @@ class RuleSet:
     key_source: KeySource
     pseudonym_length: int
     pseudonymising_rule: str | None = None
+    blocked_values: tuple[CustomPattern, ...] = ()
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    decode: bool = True
     _cache: dict[str, Rule | None] = field(default_factory=dict)
 
     CACHE_MAX = 16384
@@ -120,12 +150,16 @@ def _pattern(node: Node) -> tuple[Callable[[str], bool], str]:
     text = node.str(kind)
     if not text:
         raise node.error(kind, "a non-empty pattern")
+    fold = node.bool("ignore_case", False)
     if kind == "key":
+        if fold:
+            folded = text.casefold()
+            return (lambda key: key.casefold() == folded), text
         return text.__eq__, text
     if kind == "glob":
-        return re.compile(fnmatch.translate(text)).match, text
+        return re.compile(fnmatch.translate(text), re.IGNORECASE if fold else 0).match, text
     try:
-        compiled = re.compile(text)
+        compiled = re.compile(text, re.IGNORECASE if fold else 0)
     except re.error as exc:
         raise node.error("regex", f"a valid regular expression ({exc.msg} at position {exc.pos})", text) from None
     return (lambda key: compiled.search(key) is not None), text
@@ -151,7 +185,7 @@ def _rule(node: Node, mask_text: str, default_prefix: str) -> tuple[Callable[[st
                 raise node.error("bands", "at least two increasing positive integers (band lower bounds)", bands)
             fn = make_age(bands)
         else:
-            fn = generalise_ip if kind == "ip" else generalise_geo
+            fn = {"ip": generalise_ip, "geo": generalise_geo, "coord": generalise_coord}[kind]
         rule = Rule(name, action, generalise=Guarded(fn, f"<{kind}>"))
     elif action == "keep":
         rule = Rule(name, action, scan=node.bool("detectors", True))
@@ -161,18 +195,53 @@ def _rule(node: Node, mask_text: str, default_prefix: str) -> tuple[Callable[[st
     return matches, rule
 
 
-def _detector_kinds(node: Node) -> tuple[str, ...]:
+def _detector_kinds(node: Node) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(kinds, phone regions, decode)."""
     value = node.raw("detectors", True)
     if isinstance(value, bool):
-        return KINDS if value else ()
+        return (BUILT_IN_KINDS if value else ()), DEFAULT_PHONE_REGIONS, True
     det = node.child("detectors")
     enabled = det.bool("enabled", True)
-    kinds = det.str_list("kinds", list(KINDS))
+    kinds = det.str_list("kinds", list(BUILT_IN_KINDS))
     for i, kind in enumerate(kinds):
         if kind not in KINDS:
             raise ConfigError(det.file, f"{det.key_path('kinds')}[{i}]", "one of " + ", ".join(KINDS), kind)
+    regions = det.str_list("phone_regions", list(DEFAULT_PHONE_REGIONS))
+    for i, region in enumerate(regions):
+        if region not in PHONE_REGIONS:
+            raise ConfigError(det.file, f"{det.key_path('phone_regions')}[{i}]",
+                              "one of " + ", ".join(PHONE_REGIONS), region)
+    decode = det.bool("decode", True)
     det.done()
-    return tuple(kinds) if enabled else ()
+    return (tuple(kinds) if enabled else ()), tuple(regions), decode
+
+
+def _blocked_values(node: Node) -> tuple[CustomPattern, ...]:
+    """Operator value patterns: a regex string, or {regex, with, ignore_case}."""
+    found: list[CustomPattern] = []
+    for i, item in enumerate(node.list("blocked_values")):
+        where = f"{node.key_path('blocked_values')}[{i}]"
+        if isinstance(item, str):
+            text, tag, flags = item, TAGS["custom"], 0
+        elif isinstance(item, dict):
+            child = Node(item, node.file, where)
+            text = child.str("regex")
+            tag = child.str("with", TAGS["custom"])
+            flags = re.IGNORECASE if child.bool("ignore_case", False) else 0
+            child.done()
+        else:
+            raise ConfigError(node.file, where, "a regex, or {regex: ..., with: ...}", item)
+        if not text:
+            raise ConfigError(node.file, where, "a non-empty regex", text)
+        try:
+            compiled = re.compile(text, flags)
+        except re.error as exc:
+            raise ConfigError(node.file, where, f"a valid regular expression ({exc.msg} at position {exc.pos})",
+                              text) from None
+        if compiled.search(""):
+            raise ConfigError(node.file, where, "a regex that cannot match the empty string", text)
+        found.append(CustomPattern(compiled, tag))
+    return tuple(found)
 
 
 def _key_source(node: Node) -> tuple[KeySource, str, int]:
@@ -210,11 +279,13 @@ def parse_rules(node: Node) -> RuleSet:
         if rule.action == "pseudonymise" and pseudonymising is None:
             pseudonymising = f"{child.path} ({rule.name}) pseudonymises"
     otherwise = Rule("allowlist.otherwise", otherwise_action, mask_with=mask_text) if mode == "allowlist" else None
+    kinds, regions, decode = _detector_kinds(node)
     return RuleSet(
-        file=node.file, mode=mode, rules=rules, otherwise=otherwise, detector_kinds=_detector_kinds(node),
+        file=node.file, mode=mode, rules=rules, otherwise=otherwise, detector_kinds=kinds,
         summary_attribute=node.bool("summary_attribute", False), key_source=key_source,
         pseudonym_length=length,
-        pseudonymising_rule=pseudonymising)
+        pseudonymising_rule=pseudonymising, blocked_values=_blocked_values(node), phone_regions=regions,
+        decode=decode)
 
 
 def load_rules_file(path: str | Path) -> RuleSet:

@@ -26,7 +26,7 @@ def recohop(*args: str, key: str | None = KEY) -> subprocess.CompletedProcess[st
 
 def test_check_valid_files_and_reports_key_state() -> None:
     ok = recohop("redact", "check", str(DEFAULT))
-    assert ok.returncode == 0 and ": ok (denylist; 2 generalise, 2 pseudonymise" in ok.stdout
+    assert ok.returncode == 0 and ": ok (denylist; 3 generalise, 1 keep, 1 mask, 3 pseudonymise" in ok.stdout
     assert "RECOHOP_PSEUDONYM_KEY (set)" in ok.stdout and KEY not in ok.stdout
     missing = recohop("redact", "check", str(EXAMPLE), key=None)
     assert missing.returncode == 0 and "NOT SET" in missing.stdout

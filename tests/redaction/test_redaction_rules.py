@@ -39,7 +39,10 @@ def write(tmp_path: Path, text: str) -> Path:
     ("pseudonym:\n  key: hunter2hunter2hunter2\n", "pseudonym.key", "key_env or key_file"),
     ("pseudonym:\n  key_env: K\n  key_file: k.txt\n", "pseudonym.key_file", "either key_env or key_file"),
     ("pseudonym:\n  length: 4\n", "pseudonym.length", "an integer >= 8"),
-    ("detectors:\n  kinds: [email, ssn]\n", "detectors.kinds[1]", "one of bearer, jwt, email"),
+    ("detectors:\n  kinds: [email, passport]\n", "detectors.kinds[1]", "one of bearer, jwt, email"),
+    ("detectors:\n  phone_regions: [US, XX]\n", "detectors.phone_regions[1]", "one of US, GB"),
+    ("blocked_values: ['(x']\n", "blocked_values[0]", "a valid regular expression"),
+    ("blocked_values: ['x*']\n", "blocked_values[0]", "cannot match the empty string"),
     ("summary_attribute: yes please\n", "summary_attribute", "true or false"),
     ("colour: red\n", "colour", "a known key"),
 ])
@@ -94,8 +97,9 @@ def test_default_file_equals_builtin_default_and_example_is_valid() -> None:
     builtin = yaml.safe_load(DEFAULT_CONFIG.read_text())["pipeline"]
     assert {"type": "redaction", "rules": "builtin:redaction/default.yaml"} in builtin  # the one file, no copy
     default = load_rules_file(CONFIG_DIR / "default.yaml")
-    assert [r.name for _, r in default.rules] == ["user.*", "enduser.*", "client.address", "http.client_ip"]
-    assert len(default.detector_kinds) == 8
+    assert [r.name for _, r in default.rules] == ["not-personal", "user.*", "enduser.*", "identifiers", "credentials",
+                                                  "coordinates", "client.address", "http.client_ip"]
+    assert len(default.detector_kinds) == 13  # every built-in kind (custom: only with blocked_values)
     example = load_rules_file(CONFIG_DIR / "example.yaml")
     assert {r.action for _, r in example.rules} == {"pseudonymise", "drop", "mask", "generalise", "keep"}
     node = default_stage_node()
