@@ -21,7 +21,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("preview", help="render the overview dashboard from a Prometheus into a PNG")
     p.add_argument("--prometheus", required=True, help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--range", default="30m", dest="window", help="time range shown (e.g. 30m, 2h)")
+    p.add_argument("--range", default="30m", dest="window", help="time range shown (e.g. 30m, 2h), ending now")
+    p.add_argument("--scrape-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="the Prometheus scrape interval, for $__rate_interval as Grafana computes it (default 15)")
+    p.add_argument("--rate-interval", metavar="DURATION",
+                   help="use this window for $__rate_interval instead (e.g. 10s for a one-minute history)")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE[,VALUE]",
                    help="template variable value (default: All); repeatable")
     p.set_defaults(func=_preview)
@@ -50,7 +54,8 @@ def _parse_vars(pairs: list[str]) -> dict[str, list[str]]:
 def _preview(args: argparse.Namespace) -> int:
     from dashboards.preview import render
 
-    with_data = render(args.prometheus, args.out, _parse_vars(args.var), args.window)
+    with_data = render(args.prometheus, args.out, _parse_vars(args.var), args.window,
+                       scrape_interval=args.scrape_interval, rate_interval=args.rate_interval)
     print(f"{args.out}: {with_data} panels with data")
     return 0 if with_data else 1
 

@@ -25,10 +25,13 @@ STAGE_DURATION_BUCKET = "reco_stage_duration_seconds_bucket"
 SPAN_CALLS = "traces_span_metrics_calls_total"
 SPAN_DURATION_BUCKET = "traces_span_metrics_duration_seconds_bucket"
 
-# Offline model evaluation gauges from `python -m recommender evaluate --prom` (labelled model_version, k).
-MODEL_NDCG_AT_10 = "reco_model_ndcg"  # labelled k="10" by the recommender's evaluation
+# Model quality, served by the recommendation service's own /metrics for every model version it loads
+# (recommender/quality.py): offline evaluation gauges labelled model_version and k, and timestamps.
+MODEL_NDCG = "reco_model_ndcg"
 MODEL_COVERAGE = "reco_model_catalog_coverage"
 MODEL_DIVERSITY = "reco_model_intra_list_diversity"
+MODEL_TRAINED = "reco_model_trained_timestamp_seconds"  # labelled model_version: staleness is time() - this
+MODEL_K = "10"  # the cut-off the panels show (NDCG@10)
 
 # Hop self-metrics.
 HOP_RECEIVED = "recohop_received_items_total"

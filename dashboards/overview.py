@@ -11,6 +11,7 @@ from dashboards import contract as c
 from dashboards import recording as r
 from dashboards.panels import (
     FULL,
+    QUARTER,
     RATE,
     THIRD,
     dashboard,
@@ -35,9 +36,13 @@ VARIANT = 'variant=~"$variant"'
 
 
 def _ratio(numerator: str, denominator: str, labels: str) -> str:
-    """Re-sum two recorded (placement, variant) rates under the dashboard filters, then divide."""
-    num = f"sum by ({labels}) ({selector(numerator, PLACEMENT, VARIANT)})"
-    den = f"sum by ({labels}) ({selector(denominator, PLACEMENT, VARIANT)})"
+    """Two counters' rates over `$__rate_interval` under the dashboard filters, summed by `labels`, divided.
+
+    Not the recorded 5m rates (the alerts use those): conversions follow clicks by seconds, so over a history
+    shorter than the window a 5m ratio climbs for minutes towards the true value; a window that fits the
+    range shown reads true after one window."""
+    num = f"sum by ({labels}) (rate({selector(numerator, PLACEMENT, VARIANT)}[{RATE}]))"
+    den = f"sum by ({labels}) (rate({selector(denominator, PLACEMENT, VARIANT)}[{RATE}]))"
     return f"{num} / {den}"
 
 
@@ -92,15 +97,15 @@ def _traffic() -> list[g.Panel]:
 
 def _business() -> list[g.Panel]:
     return [
-        timeseries("CTR by placement", targets((_ratio(r.CLICKS_RATE, r.IMPRESSIONS_RATE, "placement"),
+        timeseries("CTR by placement", targets((_ratio(c.CLICKS, c.IMPRESSIONS, "placement"),
                                                 "{{placement}}")),
                    "percentunit", thresholds=lower_limit(a.CTR_MIN), w=THIRD,
-                   description="Clicks / impressions from the recorded rates (alert below 5 %)."),
-        timeseries("Conversion rate by placement", targets((_ratio(r.CONVERSIONS_RATE, r.CLICKS_RATE, "placement"),
+                   description="Clicks / impressions (the alert, on recorded 5m rates, fires below 5 %)."),
+        timeseries("Conversion rate by placement", targets((_ratio(c.CONVERSIONS, c.CLICKS, "placement"),
                                                             "{{placement}}")),
                    "percentunit", w=THIRD, description="Conversions / clicks."),
         timeseries("Revenue by placement",
-                   targets((f"sum by (placement) ({selector(r.REVENUE_RATE, PLACEMENT, VARIANT)}) * 3600",
+                   targets((f"sum by (placement) (rate({selector(c.REVENUE, PLACEMENT, VARIANT)}[{RATE}])) * 3600",
                             "{{placement}}")), "short", w=THIRD, description="Attributed revenue per hour."),
         timeseries("Cold-start rate",
                    targets((share(c.REQUESTS, 'cold_start="true"', RATE, (), SERVICE, PLACEMENT, VARIANT),
@@ -119,11 +124,11 @@ def _business() -> list[g.Panel]:
 def _ab() -> list[g.Panel]:
     generate = 'stage="reco.generate"'
     return [
-        timeseries("A/B CTR by variant", targets((_ratio(r.CLICKS_RATE, r.IMPRESSIONS_RATE, "variant"),
+        timeseries("A/B CTR by variant", targets((_ratio(c.CLICKS, c.IMPRESSIONS, "variant"),
                                                   "{{variant}}")),
                    "percentunit", thresholds=lower_limit(a.CTR_MIN), w=THIRD),
         timeseries("A/B conversion rate by variant",
-                   targets((_ratio(r.CONVERSIONS_RATE, r.CLICKS_RATE, "variant"), "{{variant}}")),
+                   targets((_ratio(c.CONVERSIONS, c.CLICKS, "variant"), "{{variant}}")),
                    "percentunit", w=THIRD),
         timeseries("A/B reco.generate p95 by variant",
                    targets((_recorded_stage_quantile(0.95, generate, ("variant",)), "{{variant}}")), "s",
@@ -132,16 +137,25 @@ def _ab() -> list[g.Panel]:
 
 
 def _model_quality() -> list[g.Panel]:
+    """What the recommendation service reports for the model versions it has loaded (its own /metrics)."""
     good = steps("red", (0.2, "yellow"), (0.4, "green"))
-    return [
-        gauge(title, targets((f"max by (model_version) ({metric})", "{{model_version}}"), instant=True),
-              "percentunit", thresholds=good, description=text)
+    k = f'k="{c.MODEL_K}"'
+    gauges = [
+        gauge(title, targets((f"max by (model_version) ({selector(metric, k)})", "{{model_version}}"),
+                             instant=True),
+              "percentunit", thresholds=good, description=text, w=QUARTER)
         for title, metric, text in (
-            ("Model NDCG@10", c.MODEL_NDCG_AT_10, "Offline NDCG@10 of the deployed model versions."),
-            ("Model catalogue coverage", c.MODEL_COVERAGE, "Share of the catalogue ever recommended."),
-            ("Model diversity", c.MODEL_DIVERSITY, "Intra-list diversity of the recommendations."),
+            ("Model NDCG@10", c.MODEL_NDCG, "Offline NDCG@10 (held-out split) of each model version the service "
+                                            "has loaded."),
+            ("Model catalogue coverage", c.MODEL_COVERAGE, "Share of the catalogue in any offline top-10 list."),
+            ("Model diversity", c.MODEL_DIVERSITY, "Intra-list diversity (share of category-distinct pairs)."),
         )
     ]
+    age = timeseries("Model age since training",
+                     targets((f"time() - max by (model_version) ({c.MODEL_TRAINED})", "{{model_version}}")),
+                     "s", w=QUARTER, h=6,
+                     description="Staleness of the serving weights: time since each loaded version was trained.")
+    return [*gauges, age]
 
 
 def build(trace_datasource_uid: str = "tempo") -> g.Dashboard:
@@ -150,7 +164,7 @@ def build(trace_datasource_uid: str = "tempo") -> g.Dashboard:
         ("Traffic and errors", _traffic()),
         ("Business outcomes by placement", _business()),
         ("A/B comparison", _ab()),
-        ("Model quality (offline evaluation)", _model_quality()),
+        ("Model quality (served versions, offline evaluation)", _model_quality()),
     ])
     variables = [
         datasource_var(),

@@ -13,6 +13,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"  # Grafana's rate window: at least four scrape intervals
 HALF = 12
 THIRD = 8
+QUARTER = 6
 FULL = 24
 
 
@@ -67,21 +68,36 @@ def timeseries(title: str, queries: list[PromTarget], unit: str, *, description:
         stacking={"mode": "normal", "group": "A"} if stacked else {}, fillOpacity=30 if stacked else 0,
         legendDisplayMode="table", legendPlacement="right" if w == FULL else "bottom", legendCalcs=["mean", "max"],
         tooltipMode="multi", gridPos=g.GridPos(h=h, w=w, x=0, y=0),
+        extraJson={"options": {"legend": {"showLegend": True}}},  # required since Grafana 9; grafanalib omits it
     )
 
 
+@attr.s
+class Gauge(g.GaugePanel):
+    """A Grafana 10 gauge: grafanalib's GaugePanel writes pre-v7 field options (`calcs`, `override` in the
+    field defaults), so the whole fieldConfig is written here, as Grafana's schema has it."""
+
+    def to_json_data(self) -> dict:
+        data = super().to_json_data()
+        data["fieldConfig"] = {
+            "defaults": {"unit": self.format, "min": self.min, "max": self.max, "mappings": [],
+                         "thresholds": {"mode": "absolute", "steps": self.thresholds}},
+            "overrides": [],
+        }
+        return data
+
+
 def gauge(title: str, queries: list[PromTarget], unit: str, *, description: str = "", thresholds: list[dict],
-          max_value: float = 1.0, w: int = THIRD, h: int = 6) -> g.GaugePanel:
-    """A Grafana 10 gauge (grafanalib's GaugePanel writes pre-v7 options, so the options are set here)."""
-    return g.GaugePanel(
+          max_value: float = 1.0, w: int = THIRD, h: int = 6) -> Gauge:
+    return Gauge(
         title=title, description=description, dataSource=DATASOURCE, targets=queries, format=unit,
         min=0, max=max_value, thresholds=thresholds, gridPos=g.GridPos(h=h, w=w, x=0, y=0),
         extraJson={
             "options": {
                 "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                 "showThresholdLabels": False, "showThresholdMarkers": True,
+                "orientation": "auto", "sizing": "auto", "minVizHeight": 75, "minVizWidth": 75,
             },
-            "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": thresholds}}},
         },
     )
 

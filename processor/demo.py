@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
 
 from processor import otlpjson
 from processor.config import load_config
@@ -47,28 +46,6 @@ def total(registry: CollectorRegistry, name: str, **match: str) -> float:
     return sum(v for labels, v in samples(registry, name) if all(labels.get(k) == m for k, m in match.items()))
 
 
-class ModelQualityCollector:
-    """Serves the recommender's offline evaluation as gauges (what a textfile collector would do)."""
-
-    def __init__(self, summary: dict) -> None:
-        self.summary = summary
-
-    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
-        from recommender.evaluate import prometheus_text  # the recommender's own export format
-
-        families: dict[str, GaugeMetricFamily] = {}
-        for line in prometheus_text(self.summary).splitlines():
-            if not line or line.startswith("#"):
-                continue
-            name_labels, value = line.rsplit(" ", 1)
-            name, _, labels = name_labels.partition("{")
-            pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
-            pairs = {k: v.strip('"') for k, v in pairs.items()}
-            family = families.setdefault(name, GaugeMetricFamily(name, name, labels=sorted(pairs)))
-            family.add_metric([pairs[k] for k in sorted(pairs)], float(value))
-        yield from families.values()
-
-
 def kept_trace_ids(sink_dir: Path) -> set[str]:
     """Hex trace ids of every span in the file sink's OTLP/JSON lines."""
     ids: set[str] = set()
@@ -83,10 +60,10 @@ def kept_trace_ids(sink_dir: Path) -> set[str]:
 def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
              progress=print) -> DemoResult:  # noqa: ANN001 - a print-like callable
     from dashboards.build import write as build_dashboards
-    from recommender.data import generate
-    from recommender.evaluate import offline_summary
     from recommender.faults import Faults
+    from recommender.quality import ModelQualityMetrics, offline_evaluation
     from recommender.simulate import run as simulate
+    from recommender.simulate import world_and_arms
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(None)
@@ -99,12 +76,12 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
         old.unlink()
 
     progress("training the recommender's two model versions and evaluating them offline ...")
-    summary = offline_summary(generate(seed=seed), seed=seed)
+    world_and_arms(seed)  # the serving models (cached): trained before the traffic the preview shows starts
+    summary = offline_evaluation(seed)
     (out_dir / "model-eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    quality = CollectorRegistry()
-    quality.register(ModelQualityCollector(summary))
-    quality_server, _ = start_http_server(0, addr="127.0.0.1", registry=quality)
-    quality_target = f"127.0.0.1:{quality_server.server_port}"
+    # The recommendation service's own /metrics: it publishes each model version it loads with its quality.
+    quality = ModelQualityMetrics()
+    quality_target = f"127.0.0.1:{quality.serve('127.0.0.1:0')}"
 
     hop = Hop(cfg).start()
     progress(f"recohop (built-in default pipeline: {', '.join(s.name for s in hop.pipeline.stages)}) on "
@@ -125,10 +102,11 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
     def drive() -> None:
         truth_box["truth"] = simulate(hop.endpoint, rps=rps, duration=duration, seed=seed,
                                       faults=Faults.parse(faults), pace=True,
-                                      ground_truth=str(out_dir / "ground-truth.json"))
+                                      ground_truth=str(out_dir / "ground-truth.json"), quality=quality)
 
     driver = threading.Thread(target=drive, name="simulator", daemon=True)
     started = time.monotonic()
+    started_at = time.time()  # the preview shows the run from here on
     progress(f"simulating {duration:.0f}s of recommendation traffic at {rps:.0f} req/s with faults {faults}")
     try:
         driver.start()
@@ -146,7 +124,7 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
             from dashboards.preview import render as render_preview
 
             preview_path = out_dir / "recommender-overview.png"
-            render_preview(prom.url, preview_path, window=f"{max(duration * 1.5, 120):.0f}s")
+            render_preview(prom.url, preview_path, **preview_window(started_at, time.time(), duration))
         else:
             figures_prom, preview_path = {}, None
         registry = hop.registry
@@ -154,9 +132,19 @@ def run_demo(out_dir: Path, duration: float, rps: float, seed: int, faults: str,
         hop.stop()
         if prom is not None:
             prom.stop()
-        quality_server.shutdown()
+        quality.close()
     truth = truth_box["truth"].to_dict()
     return _report(out_dir, registry, truth, figures_prom, dashboards_dir, preview_path)
+
+
+def preview_window(started_at: float, end: float, duration: float, scrape_interval: float = 1.0) -> dict:
+    """The preview's range and rate window for a short run: from the run's start to `end` (nothing before
+    it to show), rates over a quarter of the run (Prometheus here scrapes every second), so constant traffic
+    reads as a flat line after the first window instead of climbing through a 5-minute window."""
+    from dashboards.preview import short_run_rate_window
+
+    return {"window": f"{max(int(end - started_at) + 1, 10)}s", "end": end, "scrape_interval": scrape_interval,
+            "rate_interval": short_run_rate_window(duration, scrape_interval)}
 
 
 def _poll(done: Callable[[], bool], timeout: float) -> bool:

@@ -8,6 +8,11 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 SIGNAL_ITEMS = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
+# Label values known before the first event: their series are exported at 0 from start, so a healthy hop's
+# trouble panels and alerts read 0 rather than "no data" (indistinguishable from a broken scrape).
+REFUSAL_REASONS = ("unauthenticated", "malformed", "rejected", "internal_error", "invalid", "backpressure")
+EXPORT_FAILURE_REASONS = ("retries_exhausted", "shutdown", "internal")  # plus gRPC codes of non-retryable errors
+SPILL_OPS = ("written", "delivered", "corrupt")
 
 
 @dataclass
@@ -27,7 +32,7 @@ class HopMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> HopMetrics:
-        return cls(
+        metrics = cls(
             received=Counter("recohop_received_items", "Items received, by signal", ["signal"],
                              registry=registry),
             refused=Counter("recohop_refused_items", "Items refused at the receiver, by reason",
@@ -53,6 +58,17 @@ class HopMetrics:
             spill_records=Counter("recohop_spill_records", "Disk queue records written, delivered, corrupt",
                                   ["op"], registry=registry),
         )
+        for signal in SIGNAL_ITEMS.values():
+            for per_signal in (metrics.received, metrics.refused_requests, metrics.exported, metrics.export_retries,
+                               metrics.partial_rejected):
+                per_signal.labels(signal)
+            for reason in REFUSAL_REASONS:
+                metrics.refused.labels(signal, reason)
+            for reason in EXPORT_FAILURE_REASONS:
+                metrics.export_failed.labels(signal, reason)
+        for op in SPILL_OPS:
+            metrics.spill_records.labels(op)
+        return metrics
 
 
 def serve_metrics(registry: CollectorRegistry, endpoint: str) -> WSGIServer:

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--pace", action="store_true",
                      help="spread requests over real time (default: as fast as possible, timestamps ending now)")
     sim.add_argument("--service-url", help="call a `serve` process over HTTP instead of in-process")
+    sim.add_argument("--arrivals", choices=("poisson", "even"), default="poisson",
+                     help="poisson (independent users) or even (constant offered load)")
+    sim.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve the in-process service's model quality on /metrics while the run lasts")
 
     srv = sub.add_parser("serve", help="the recommendation service behind HTTP (for cross-process A/B)")
     srv.add_argument("--endpoint", default="127.0.0.1:4317")
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--seed", type=int, default=0)
     srv.add_argument("--faults", type=_faults, default=Faults())
     srv.add_argument("--drift-after", type=float, default=0.0, help="seconds after start that drift begins")
+    srv.add_argument("--metrics-listen", metavar="HOST:PORT",
+                     help="serve the loaded models' offline quality and training time on /metrics (port 0: any)")
 
     ev = sub.add_parser("evaluate", help="offline NDCG/coverage/diversity per model version")
     ev.add_argument("--seed", type=int, default=0)
@@ -58,17 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "simulate":
+        from recommender.quality import ModelQualityMetrics
         from recommender.simulate import run
 
-        truth = run(None if args.dry_run else args.endpoint, args.rps, args.duration, args.seed, args.faults,
-                    service_url=args.service_url, pace=args.pace, ground_truth=args.ground_truth,
-                    dry_run=args.dry_run)
+        quality = ModelQualityMetrics() if args.metrics_listen else None
+        if quality is not None:
+            host = args.metrics_listen.rpartition(":")[0] or "127.0.0.1"
+            print(f"metrics on {host}:{quality.serve(args.metrics_listen)}", flush=True)
+        try:
+            truth = run(None if args.dry_run else args.endpoint, args.rps, args.duration, args.seed, args.faults,
+                        service_url=args.service_url, pace=args.pace, ground_truth=args.ground_truth,
+                        dry_run=args.dry_run, quality=quality, arrivals=args.arrivals)
+        finally:
+            if quality is not None:
+                quality.close()
         print(truth.summary())
         return 0
     if args.command == "serve":
         from recommender.http_service import serve
 
-        return serve(args.endpoint, args.port, args.seed, args.faults, args.drift_after)
+        return serve(args.endpoint, args.port, args.seed, args.faults, args.drift_after, args.metrics_listen)
     if args.command == "evaluate":
         from recommender.evaluate import offline_summary, prometheus_text, write_summary
 

@@ -1,8 +1,8 @@
 """Offline evaluation on a held-out split, and its export for the dashboards' model-quality gauges.
 
-Chosen export: a JSON summary (`write_summary`) plus the same numbers as a Prometheus text-exposition
-file (`prometheus_text`), so node_exporter's textfile collector or a static scrape can serve them as
-`reco_model_*{model_version=...}` gauges.
+Exports: a JSON summary (`write_summary`) and the same numbers as a Prometheus text-exposition file
+(`prometheus_text`). The service itself serves them, for the versions it loads, on its own /metrics
+(`recommender/quality.py`), which is what the dashboards read.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def write_summary(summary: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-_GAUGES = {  # summary key → (metric name, help)
+QUALITY_GAUGES = {  # summary key → (metric name, help); also what the service serves (quality.py)
     "ndcg@{k}": ("reco_model_ndcg", "Offline NDCG@k on the held-out split."),
     "precision@{k}": ("reco_model_precision", "Offline precision@k."),
     "recall@{k}": ("reco_model_recall", "Offline recall@k."),
@@ -108,7 +108,7 @@ def prometheus_text(summary: dict) -> str:
     """Render the summary as Prometheus text exposition (gauges labelled model_version and k)."""
     k = summary["k"]
     lines: list[str] = []
-    for key, (name, help_text) in _GAUGES.items():
+    for key, (name, help_text) in QUALITY_GAUGES.items():
         key = key.format(k=k)
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
         for version, metrics in sorted(summary["models"].items()):

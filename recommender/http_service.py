@@ -92,24 +92,35 @@ class HttpClient:
         self._conn.close()
 
 
-def serve(endpoint: str, port: int, seed: int, faults: Faults, drift_after_s: float | None = None) -> int:
-    """Run until interrupted; prints `listening on 127.0.0.1:PORT` once ready."""
+def serve(endpoint: str, port: int, seed: int, faults: Faults, drift_after_s: float | None = None,
+          metrics_listen: str | None = None) -> int:
+    """Run until interrupted; prints `listening on 127.0.0.1:PORT` once ready, then `metrics on HOST:PORT`
+    when `metrics_listen` serves the loaded models' quality (offline evaluation, training time)."""
+    from recommender.quality import ModelQualityMetrics, offline_evaluation
     from recommender.simulate import world_and_arms
 
     world, arms = world_and_arms(seed)
     provider = make_provider(endpoint=endpoint, seed=seed + 1)
-    service = RecommendationService(world, arms, provider.get_tracer(SCOPE, "0.1.0"), faults, seed)
+    quality = ModelQualityMetrics() if metrics_listen else None
+    evaluation = offline_evaluation(seed) if quality is not None else None
+    service = RecommendationService(world, arms, provider.get_tracer(SCOPE, "0.1.0"), faults, seed, quality,
+                                    evaluation)
     if faults.drift:
         service.drift_from_ns = time.time_ns() + int((drift_after_s or 0.0) * 1e9)
     server = make_server(service, port)
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
+    if quality is not None and metrics_listen:
+        host = metrics_listen.rpartition(":")[0] or "127.0.0.1"
+        print(f"metrics on {host}:{quality.serve(metrics_listen)}", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if quality is not None:
+            quality.close()
         provider.force_flush()
         provider.shutdown()
     return 0

@@ -6,7 +6,8 @@ solved in padded batches with one `np.linalg.solve` call each, so the cost is ~n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -103,6 +104,7 @@ class FactorModel:
     version: str
     user_factors: np.ndarray
     item_factors: np.ndarray
+    trained_at: float = field(default_factory=time.time)  # unix seconds: the service exports its staleness
 
     @classmethod
     def fit(cls, version: str, inter: Interactions, cfg: ALSConfig) -> FactorModel:
@@ -127,6 +129,7 @@ class PopularityModel:
 
     counts: np.ndarray
     version: str = "popularity"
+    trained_at: float = field(default_factory=time.time)  # unix seconds
 
     @classmethod
     def fit(cls, inter: Interactions) -> PopularityModel:

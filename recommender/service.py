@@ -8,7 +8,7 @@ diversity post-processing) is done for every request.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -20,6 +20,7 @@ from recommender.data import CATEGORIES, World
 from recommender.experiment import assign_variant, extract, variant_of
 from recommender.faults import Faults
 from recommender.model import FactorModel, PopularityModel, top_n
+from recommender.quality import ModelQualityMetrics
 
 GENERATE = "reco.generate"
 HISTORY = "reco.fetch_user_history"
@@ -109,7 +110,10 @@ class RecommendationService:
     """Serves recommendations for the two A/B arms, with fallback, faults and full tracing."""
 
     def __init__(self, world: World, arms: dict[str, FactorModel], tracer: Tracer, faults: Faults | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, quality: ModelQualityMetrics | None = None,
+                 evaluation: Mapping | None = None) -> None:
+        """`quality`: where the loaded model versions are published, with their offline `evaluation` (an
+        `evaluate.offline_summary`) when given."""
         self.world = world
         self.arms = arms
         self.popularity = PopularityModel.fit(world.interactions)
@@ -120,9 +124,13 @@ class RecommendationService:
         self.rng = random.Random(f"service:{seed}")
         perm = np.random.default_rng(seed + 7919).permutation(world.catalog.n_items)
         # Silent drift: an embedding table that no longer lines up with item ids (a broken refresh job).
-        self._stale = {v: FactorModel(m.version, m.user_factors, m.item_factors[perm]) for v, m in arms.items()}
+        self._stale = {v: FactorModel(m.version, m.user_factors, m.item_factors[perm], m.trained_at)
+                       for v, m in arms.items()}
         self.drift_from_ns: int | None = None  # set by whoever runs the drift scenario
         self._request_seq = 0
+        if quality is not None:  # the models are loaded: say which, how good offline, and how old
+            for model in (*arms.values(), self.popularity):
+                quality.loaded(model.version, model.trained_at, evaluation)
 
     # -- one recommendation ------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from recommender.experiment import inject
 from recommender.faults import PLACEMENTS, Faults
 from recommender.groundtruth import GroundTruth
 from recommender.model import FactorModel, train_arms
+from recommender.quality import ModelQualityMetrics, offline_evaluation
 from recommender.service import CLICK, CONVERSION, RecommendationService, RecoOutcome, user_id, user_index
 from recommender.telemetry import SCOPE, SeededIdGenerator, make_provider
 
@@ -63,8 +64,16 @@ class InProcess:
         pass
 
 
-def _arrivals(rng: np.random.Generator, rps: float, duration: float) -> np.ndarray:
-    """Poisson arrival offsets in seconds within [0, duration)."""
+ARRIVALS = ("poisson", "even")
+
+
+def _arrivals(rng: np.random.Generator, rps: float, duration: float, kind: str = "poisson") -> np.ndarray:
+    """Arrival offsets in seconds within [0, duration): Poisson (independent users), or `even` (one every
+    1/rps seconds: constant offered load, so any rate panel over it must draw a flat line)."""
+    if kind == "even":
+        return np.arange(int(np.ceil(rps * duration))) / rps
+    if kind != "poisson":
+        raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {kind!r}")
     gaps = rng.exponential(1.0 / rps, int(rps * duration * 1.3) + 20)
     times = np.cumsum(gaps) - gaps[0]
     while times[-1] < duration:
@@ -75,18 +84,21 @@ def _arrivals(rng: np.random.Generator, rps: float, duration: float) -> np.ndarr
 def run(endpoint: str | None, rps: float, duration: float, seed: int = 0, faults: Faults | None = None, *,
         exporter: SpanExporter | None = None, provider: TracerProvider | None = None,
         service_url: str | None = None, pace: bool = False, ground_truth: str | None = None,
-        dry_run: bool = False) -> GroundTruth:
+        dry_run: bool = False, quality: ModelQualityMetrics | None = None,
+        arrivals: str = "poisson") -> GroundTruth:
     """Simulate `duration` seconds of traffic at `rps`; return (and optionally write) the ground truth.
 
     Spans go to `provider` if given, else to `exporter`, else OTLP gRPC at `endpoint`; `dry_run` creates
     spans that go nowhere (same seeded ids and ground truth as a real run). `pace` spreads requests over
-    real time; otherwise they are sent as fast as possible with timestamps ending now.
+    real time; otherwise they are sent as fast as possible with timestamps ending now. `quality`: the
+    in-process service publishes the model versions it loads there, with their offline evaluation (over
+    HTTP the service process has its own, `serve --metrics-listen`). `arrivals`: poisson or even.
     """
     faults = faults or Faults()
     world, arms = world_and_arms(seed)
     rng = np.random.default_rng(seed)
-    arrivals = _arrivals(rng, rps, duration)
-    n = len(arrivals)
+    offsets = _arrivals(rng, rps, duration, arrivals)
+    n = len(offsets)
     activity = np.bincount(world.interactions.users, minlength=len(world.new_users))
     weights = np.where(world.new_users, 1.0, 1.0 + np.log1p(activity))
     users = rng.choice(len(weights), size=n, p=weights / weights.sum())
@@ -104,7 +116,8 @@ def run(endpoint: str | None, rps: float, duration: float, seed: int = 0, faults
 
         transport = HttpClient(service_url)
     else:
-        service = RecommendationService(world, arms, tracer, faults, seed)
+        evaluation = offline_evaluation(seed) if quality is not None else None
+        service = RecommendationService(world, arms, tracer, faults, seed, quality, evaluation)
         transport = InProcess(service)
 
     truth = GroundTruth(seed, rps, duration, asdict(faults))
@@ -123,7 +136,7 @@ def run(endpoint: str | None, rps: float, duration: float, seed: int = 0, faults
             transport.feedback(kind, out, fb.item, fb.position, at, fb.revenue if kind == CONVERSION else None)
             (truth.add_click if kind == CLICK else truth.add_conversion)(out, fb, window)
 
-    for offset, u, p in zip(arrivals.tolist(), users.tolist(), placements.tolist(), strict=True):
+    for offset, u, p in zip(offsets.tolist(), users.tolist(), placements.tolist(), strict=True):
         start_ns = t0 + int(offset * 1e9)
         if pace:
             delay = offset - (time.perf_counter() - wall0)
@@ -156,7 +169,8 @@ def run(endpoint: str | None, rps: float, duration: float, seed: int = 0, faults
     wall = time.perf_counter() - wall0  # includes exporting every span
     truth.run = {"paced": pace, "wall_seconds": round(wall, 3),
                  "achieved_rps": round(truth.requests / wall, 1) if wall > 0 else None,
-                 "transport": "http" if service_url else "in-process", "exported": not dry_run}
+                 "transport": "http" if service_url else "in-process", "exported": not dry_run,
+                 "arrivals": arrivals}
     if ground_truth:
         truth.write(ground_truth)
     return truth

@@ -33,7 +33,8 @@ COLD_START_RATE = 0.10
 FALLBACK_RATE = 0.15
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 LATENCY_SHARES = (0.05, 0.15, 0.3, 0.25, 0.15, 0.06, 0.03, 0.01)  # share of observations per bucket; sums to 1
-MODEL_QUALITY = {c.MODEL_NDCG_AT_10: 0.31, c.MODEL_COVERAGE: 0.62, c.MODEL_DIVERSITY: 0.47}
+MODEL_QUALITY = {c.MODEL_NDCG: 0.31, c.MODEL_COVERAGE: 0.62, c.MODEL_DIVERSITY: 0.47}
+MODEL_AGE_SECONDS = 3600.0
 
 
 def ctr(placement: str, variant: str | None = None) -> float:
@@ -91,9 +92,12 @@ class SyntheticContract(Collector):
         yield from (requests, impressions, clicks, conversions, revenue, cache, stages)
         yield from self._span_metrics(t)
         for name, value in MODEL_QUALITY.items():
-            gauge = GaugeMetricFamily(name, "", labels=["model_version"])
-            gauge.add_metric(["v1"], value)
+            gauge = GaugeMetricFamily(name, "", labels=["model_version", "k"])
+            gauge.add_metric(["v1", c.MODEL_K], value)
             yield gauge
+        trained = GaugeMetricFamily(c.MODEL_TRAINED, "", labels=["model_version"])
+        trained.add_metric(["v1"], self.start - MODEL_AGE_SECONDS)
+        yield trained
         yield from self._hop(t)
 
     def _span_metrics(self, t: float) -> Iterator:
