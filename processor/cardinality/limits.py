@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from processor.config_node import ConfigError, Node
+from processor.redaction.labels import redact_label
 from processor.schema import value
 
 OVERFLOW_LABEL = "otel_metric_overflow"  # Prometheus label of the overflow series
@@ -148,8 +149,9 @@ class SeriesLimiter:
         self.metric = metric
         self.limit = limit
         self.admitted: set[Hashable] = set()
-        self._active = self_metrics.active.labels(metric)
-        self._folded = self_metrics.folded.labels(metric)
+        label = redact_label(metric)  # a metric name holding PII must not reach /metrics as a label
+        self._active = self_metrics.active.labels(label)
+        self._folded = self_metrics.folded.labels(label)
         self._overflow_used = False
 
     def admit(self, key: Hashable) -> bool:

@@ -979,8 +979,23 @@ static int walk_scope(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     return r == 0 ? 1 : 0;
 }
 
+/* Link: trace_state (3) through the detectors, attributes (4). */
 static int walk_link(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
-    return walk_attrs_only(sc, p, n, changed, 4);
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r, states = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        int k = 1;
+        if (f.number == 3) {
+            if (f.wtype != 2 || states++) return 0;
+            if (f.len) k = do_text(sc, &f, changed);
+        } else if (f.number == 4) {
+            if (f.wtype != 2) return 0;
+            k = do_kv(sc, &f, changed);
+        }
+        if (k <= 0) return k;
+    }
+    return r == 0 ? 1 : 0;
 }
 
 static int walk_event(Scanner *sc, const uint8_t *p, size_t n, long *changed) {

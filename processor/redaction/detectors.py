@@ -62,7 +62,7 @@ _PATTERNS: dict[str, str] = {
     # Plus-addressing and dots in the local part; unicode letters via \w.
     # The lookbehind lets a match start only where a local-part run starts: linear, not quadratic, on long runs.
     # Quoted local parts ("jane doe"@x.org) and internationalised domains (unicode labels and TLDs, punycode).
-    "email": (r"(?<![\w.%+\-])(?:[\w.%+\-]+|\"[^\"\r\n@]{1,64}\")@[\w\-]+(?:\.[\w\-]+)*"
+    "email": (r"(?:(?<![\w.%+\-])[\w.%+\-]+|\"[^\"\r\n@]{1,64}\")@[\w\-]+(?:\.[\w\-]+)*"
               r"\.(?:[^\W\d_]{2,}|xn--[a-z0-9\-]{2,})"),
     "iban": r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{1,4}){3,8}\b",
     # Written cards start with a 4-digit group; 13-19 digits with single space/dash separators.

@@ -153,7 +153,8 @@ class Redactor:
         if rule.action == "keep":
             return renamed + (self.value(kv.value, depth) if rule.scan else 0)
         self.rule_hits[rule.name] += 1
-        raw = self._identity(kv.value) if self._ids is not None and depth == 0 else None
+        identity = self._ids is not None and depth == 0 and rule.action in IDENTITY_ACTIONS
+        raw = self._identity(kv.value) if identity else None
         if rule.action == "drop":
             if raw is not None:
                 self._ids[raw] = rule.mask_with  # type: ignore[index]

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.utils import floatToGoString
 
+from processor.redaction.labels import redact_labels
 from processor.spanmetrics.aggregate import MetricSnapshot
 from processor.spanmetrics.derive import Deriver
 
@@ -22,21 +23,22 @@ def to_prometheus(snapshot: MetricSnapshot) -> Metric:
     if snapshot.kind == "counter":
         family = Metric(snapshot.name.removesuffix("_total"), snapshot.help, "counter")
         for point in snapshot.points:
-            family.add_sample(snapshot.name, point.labels, point.value)
+            family.add_sample(snapshot.name, redact_labels(point.labels), point.value)
         return family
     family = Metric(snapshot.name, snapshot.help, "histogram")
     les = [floatToGoString(b) for b in snapshot.bounds] + ["+Inf"]
     for point in snapshot.points:
+        labels = redact_labels(point.labels)  # span names and attribute values: no PII on /metrics
         cumulative = 0
         for i, count in enumerate(point.buckets):
             cumulative += count
             ex = point.exemplars.get(i)
             exemplar = None if ex is None else PromExemplar(
                 {"trace_id": ex.trace_id.hex(), "span_id": ex.span_id.hex()}, ex.value, ex.time_unix_nano / 1e9)
-            family.add_sample(snapshot.name + "_bucket", {**point.labels, "le": les[i]}, cumulative,
+            family.add_sample(snapshot.name + "_bucket", {**labels, "le": les[i]}, cumulative,
                               exemplar=exemplar)
-        family.add_sample(snapshot.name + "_count", point.labels, cumulative)
-        family.add_sample(snapshot.name + "_sum", point.labels, point.value)
+        family.add_sample(snapshot.name + "_count", labels, cumulative)
+        family.add_sample(snapshot.name + "_sum", labels, point.value)
     return family
 
 
