@@ -15,14 +15,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
-from processor.native import load as load_native
 from processor.sampling.policies.base import Needs
-from processor.sampling.wire import CHILD_PREFIX, child_prefix, field, split_children
+from processor.sampling.wire import CHILD_PREFIX, child_prefix, field
 
 _TABLE = len(CHILD_PREFIX)
-_native = load_native("sampling")
 ERROR = 2  # Status.STATUS_CODE_ERROR
 ERROR_CODE = b"\x18\x02"  # Status.code == ERROR as serialized (also an int attribute == 2: then confirmed)
 
@@ -30,6 +28,35 @@ ERROR_CODE = b"\x18\x02"  # Status.code == ERROR as serialized (also an int attr
 def any_value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind in ("string_value", "bool_value", "int_value", "double_value") else None
+
+
+def read_spans(chunks: Iterable[bytes | bytearray], names: frozenset[str], keys: frozenset[str],
+               exceptions: bool) -> tuple[dict[str, int] | None, dict[str, list[Any]] | None, bool]:
+    """(longest duration per wanted span name, values per wanted span attribute key, any `exception` event) of
+    the spans in `chunks` (ScopeSpans field 2 entries). The spans are parsed, so values are read as the parser
+    reads them (a KeyValue carrying unknown fields, which upb keeps in place, or fields in any order): this is
+    the reference path, where being right matters more than speed. Both buffers read a trace's values here."""
+    durations: dict[str, int] | None = None
+    attrs: dict[str, list[Any]] | None = None
+    exception = False
+    for chunk in chunks:
+        for span in ScopeSpans.FromString(bytes(chunk)).spans:
+            if names and span.name in names:
+                start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                if end >= start:
+                    if durations is None:
+                        durations = {}
+                    if end - start > durations.get(span.name, -1):
+                        durations[span.name] = end - start
+            if keys:
+                for kv in span.attributes:
+                    if kv.key in keys:
+                        if attrs is None:
+                            attrs = {}
+                        attrs.setdefault(kv.key, []).append(any_value(kv.value))
+            if exceptions and not exception and span.events:
+                exception = any(event.name == "exception" for event in span.events)
+    return durations, attrs, exception
 
 
 class Group:
@@ -131,8 +158,7 @@ class TraceEntry:
     """One buffered trace: its bytes per group and the facts policies read (see `policies.base.TraceView`)."""
 
     __slots__ = ("trace_id", "first", "root_at", "root", "nspans", "nbytes", "chunks", "log_chunks", "nlogs",
-                 "error", "exception", "max_severity", "start", "end", "durations", "span_attrs", "res_attrs",
-                 "scanned")
+                 "error", "exception", "max_severity", "start", "end", "durations", "span_attrs", "res_attrs")
 
     def __init__(self, trace_id: bytes, now: float) -> None:
         self.trace_id = trace_id
@@ -154,9 +180,6 @@ class TraceEntry:
         self.durations: dict[str, int] | None = None
         self.span_attrs: dict[str, list[Any]] | None = None
         self.res_attrs: dict[str, list[Any]] | None = None
-        # True while every span came through the native intake, which reads the decision facts on arrival
-        # (then `complete` has nothing left to read).
-        self.scanned = True
 
     def gids(self) -> list[int]:
         return [*self.chunks, *(self.log_chunks or ())]
@@ -184,11 +207,6 @@ class TraceBuffer:
         # Facts read from a trace's bytes at decision time (see `complete`).
         self.wanted_keys = frozenset(needs.span_keys) | frozenset(needs.span_key_gates)
         self.wants_exception = needs.exception_events
-        # What the native intake reads per span: (utf-8 pattern, label) pairs.
-        self.native_names = tuple((name.encode(), name) for name in sorted(needs.span_names))
-        self.native_keys = tuple(
-            (key.encode(), key, None if gates is None else tuple(sorted(gates)))
-            for key, gates in ((key, needs.span_key_gates.get(key)) for key in sorted(needs.span_keys)))
 
     def _chunk(self, entry: TraceEntry, chunks: dict[int, bytearray], group: Group) -> bytearray:
         chunk = chunks[group.gid] = bytearray()
@@ -199,116 +217,14 @@ class TraceBuffer:
                 attrs.setdefault(key, []).extend(values)
         return chunk
 
-    def add_span_bytes(self, raw: bytes, now: float, cache: Any, roots: list[TraceEntry],
-                       full: list[TraceEntry], late: Late) -> int | None:
-        """`add_spans` for a serialized request, through the native scanner (`processor/native/_sampling.c`):
-        the spans come grouped per (resource, scope, trace) with the facts policies read, so the Python here
-        runs once per trace, not per span. None when the scanner is not built or did not understand the
-        bytes (the caller then parses and uses `add_spans`)."""
-        if _native is None:
-            return None
-        scanned = _native.scan(raw, self.native_names, self.native_keys)
-        if scanned is None:
-            return None
-        scopes, late.invalid_spans, _ = scanned
-        traces = self.traces
-        cache_get = cache.get
-        max_spans = self.max_spans
-        touched: list[Group] = []
-        added = added_bytes = 0
-        for res_field, scope_field, runs in scopes:
-            group = self.groups.intern_fields(res_field, scope_field)
-            touched.append(group)
-            gid = group.gid
-            for (trace_id, chunk, nspans, size, root_at, root_len, error, exception, start, end, durations,
-                 attrs) in runs:
-                entry = traces.get(trace_id)
-                if entry is None:
-                    decision = cache_get(trace_id)
-                    if decision is not None:
-                        self._late_chunk(late, group, chunk, decision)
-                        continue
-                    # The common case, a trace's first spans: its facts are the run's facts.
-                    entry = traces[trace_id] = TraceEntry(trace_id, now)
-                    entry.chunks = {gid: bytearray(chunk)}
-                    group.refs += 1
-                    if group.res_attrs:
-                        entry.res_attrs = {key: list(values) for key, values in group.res_attrs.items()}
-                    if root_at >= 0:
-                        entry.root_at = now
-                        entry.root = (gid, root_at, root_len)
-                        roots.append(entry)
-                    entry.nbytes = size
-                    entry.nspans = nspans
-                    entry.error = error
-                    entry.exception = exception
-                    entry.start = start
-                    entry.end = end
-                    entry.durations = durations
-                    entry.span_attrs = attrs
-                    added_bytes += size
-                    added += nspans
-                    if nspans >= max_spans:
-                        full.append(entry)
-                    continue
-                chunks = entry.chunks
-                held = chunks.get(gid)
-                if held is None:
-                    held = self._chunk(entry, chunks, group)
-                if root_at >= 0:
-                    entry.root_at = now
-                    entry.root = (gid, len(held) + root_at, root_len)
-                    roots.append(entry)
-                held += chunk
-                entry.nbytes += size
-                added_bytes += size
-                added += nspans
-                before = entry.nspans
-                entry.nspans = before + nspans
-                if error:
-                    entry.error = True
-                if exception:
-                    entry.exception = True
-                if start < entry.start:
-                    entry.start = start
-                if end > entry.end:
-                    entry.end = end
-                if durations is not None:
-                    if entry.durations is None:
-                        entry.durations = durations
-                    else:
-                        known = entry.durations
-                        for name, took in durations.items():
-                            if took > known.get(name, -1):
-                                known[name] = took
-                if attrs is not None:
-                    if entry.span_attrs is None:
-                        entry.span_attrs = attrs
-                    else:
-                        found = entry.span_attrs
-                        for key, values in attrs.items():
-                            found.setdefault(key, []).extend(values)
-                if before < max_spans <= entry.nspans:
-                    full.append(entry)
-        self.groups.forget_unused(touched)
-        self.nbytes += added_bytes
-        return added
-
-    @staticmethod
-    def _late_chunk(late: Late, group: Group, chunk: bytes, decision: Any) -> None:
-        """Spans of an already-decided trace (rare): kept ones go on one by one, as the Python intake does."""
-        if not decision.kept:
-            late.dropped_spans += len(split_children(chunk))
-            return
-        for data in split_children(chunk):
-            late.spans.append((group, data, not Span.FromString(data).parent_span_id, decision))
-
     def add_spans(self, request: Any, now: float, cache: Any, roots: list[TraceEntry],
                   full: list[TraceEntry], late: Late) -> int:
         """Buffer every span of a traces request; returns the number of spans buffered.
-        Root spans' traces are appended to `roots`, traces that reached max_spans_per_trace to `full`.
-        Per span only the trace id, parent id (and start/end when a trace-duration policy exists) are read;
-        everything else is read from the trace's bytes at decision time (`complete`)."""
+        Per (resource, scope) the spans are taken trace by trace, traces in first-seen order (a "run"), as the
+        native store takes them: a trace with a root span in the run is appended to `roots` once, one that
+        reached max_spans_per_trace to `full`, so both buffers see roots and full traces in the same order
+        (readiness and relief follow it). Per span only the trace id, parent id, status (and start/end when a
+        trace-duration policy exists) are read; the rest at decision time (`complete`)."""
         traces = self.traces
         cache_get = cache.get
         touched: list[Group] = []
@@ -322,53 +238,57 @@ class TraceBuffer:
                 group = self.groups.intern(resource, rs.schema_url, ss.scope, ss.schema_url)
                 touched.append(group)
                 gid = group.gid
-                last_id = None
+                runs: dict[bytes, list[Any]] = {}
                 for span in ss.spans:
-                    trace_id = span.trace_id
-                    if trace_id != last_id:  # spans of one trace often come together: skip two lookups
-                        entry = traces.get(trace_id)
-                        if entry is None and (len(trace_id) != 16 or not any(trace_id)):
-                            late.invalid_spans += 1
-                            last_id = None
+                    run = runs.get(span.trace_id)
+                    if run is None:
+                        run = runs[span.trace_id] = []
+                    run.append(span)
+                for trace_id, run in runs.items():
+                    entry = traces.get(trace_id)
+                    if entry is None:
+                        if len(trace_id) != 16 or not any(trace_id):
+                            late.invalid_spans += len(run)
                             continue
-                    data = span.SerializeToString()
-                    if trace_id != last_id:
-                        if entry is None:
-                            decision = cache_get(trace_id)
-                            if decision is not None:
-                                if decision.kept:
-                                    late.spans.append((group, data, not span.parent_span_id, decision))
-                                else:
-                                    late.dropped_spans += 1
-                                last_id = None
-                                continue
-                            entry = traces[trace_id] = TraceEntry(trace_id, now)
-                        entry.scanned = False
-                        chunk = entry.chunks.get(gid)
-                        if chunk is None:
-                            chunk = self._chunk(entry, entry.chunks, group)
-                        last_id = trace_id
-                    n = len(data)
-                    if not span.parent_span_id:
+                        decision = cache_get(trace_id)
+                        if decision is not None:
+                            if decision.kept:
+                                late.spans.extend((group, span.SerializeToString(), not span.parent_span_id,
+                                                   decision) for span in run)
+                            else:
+                                late.dropped_spans += len(run)
+                            continue
+                        entry = traces[trace_id] = TraceEntry(trace_id, now)
+                    chunk = entry.chunks.get(gid)
+                    if chunk is None:
+                        chunk = self._chunk(entry, entry.chunks, group)
+                    root = None
+                    for span in run:
+                        data = span.SerializeToString()
+                        n = len(data)
+                        if not span.parent_span_id:
+                            root = (gid, len(chunk), n)
+                        chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
+                        chunk += data
+                        entry.nbytes += n
+                        added_bytes += n
+                        if ERROR_CODE in data and span.status.code == ERROR:  # C substring test first
+                            entry.error = True
+                        if need_times:
+                            start = span.start_time_unix_nano
+                            end = span.end_time_unix_nano
+                            if start < entry.start:
+                                entry.start = start
+                            if end > entry.end:
+                                entry.end = end
+                    if root is not None:
                         entry.root_at = now
-                        entry.root = (gid, len(chunk), n)
+                        entry.root = root
                         roots.append(entry)
-                    chunk += CHILD_PREFIX[n] if n < _TABLE else child_prefix(n)
-                    chunk += data
-                    entry.nbytes += n
-                    added_bytes += n
-                    added += 1
-                    entry.nspans += 1
-                    if ERROR_CODE in data and span.status.code == ERROR:  # C substring test first
-                        entry.error = True
-                    if need_times:
-                        start = span.start_time_unix_nano
-                        end = span.end_time_unix_nano
-                        if start < entry.start:
-                            entry.start = start
-                        if end > entry.end:
-                            entry.end = end
-                    if entry.nspans == max_spans:
+                    before = entry.nspans
+                    entry.nspans = before + len(run)
+                    added += len(run)
+                    if before < max_spans <= entry.nspans:
                         full.append(entry)
         self.groups.forget_unused(touched)
         self.nbytes += added_bytes
@@ -376,32 +296,25 @@ class TraceBuffer:
 
     def complete(self, entry: TraceEntry) -> None:
         """Read the remaining facts from the trace's spans, once, before deciding: named-span durations, the
-        attributes policies name, `exception` events. The spans are parsed, so values are read as the parser
-        reads them (a KeyValue carrying unknown fields, which upb keeps in place, or fields in any order):
-        this is the reference path, where being right matters more than speed."""
-        if entry.scanned:
-            return  # the native intake read these facts on arrival
-        names, keys = self.wanted_names, self.wanted_keys
-        exceptions = self.wants_exception
-        for chunk in entry.chunks.values():
-            for span in ScopeSpans.FromString(bytes(chunk)).spans:
-                if names and span.name in names:
-                    start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                    if end >= start:
-                        durations = entry.durations
-                        if durations is None:
-                            durations = entry.durations = {}
-                        if end - start > durations.get(span.name, -1):
-                            durations[span.name] = end - start
-                if keys:
-                    for kv in span.attributes:
-                        if kv.key in keys:
-                            found = entry.span_attrs
-                            if found is None:
-                                found = entry.span_attrs = {}
-                            found.setdefault(kv.key, []).append(any_value(kv.value))
-                if exceptions and not entry.exception and span.events:
-                    entry.exception = any(event.name == "exception" for event in span.events)
+        attributes policies name, `exception` events (see `read_spans`)."""
+        durations, attrs, exception = read_spans(entry.chunks.values(), self.wanted_names, self.wanted_keys,
+                                                 self.wants_exception and not entry.exception)
+        if durations:
+            known = entry.durations
+            if known is None:
+                entry.durations = durations
+            else:
+                for name, took in durations.items():
+                    if took > known.get(name, -1):
+                        known[name] = took
+        if attrs:
+            if entry.span_attrs is None:
+                entry.span_attrs = attrs
+            else:
+                for key, values in attrs.items():
+                    entry.span_attrs.setdefault(key, []).extend(values)
+        if exception:
+            entry.exception = True
 
     def add_logs(self, request: Any, now: float, cache: Any, late: Late,
                  passed: list[tuple[Group, bytes, int]]) -> int:

@@ -19,14 +19,12 @@ import numpy as np
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from processor.native import load as load_native
-from processor.sampling.buffer import Groups, Late, TraceEntry, any_value
+from processor.sampling.buffer import Groups, Late, TraceEntry, any_value, read_spans
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.policies.base import Policy
 from processor.sampling.policies.policyset import Decision, PolicySet
-from processor.sampling.wire import field
 
 _store = load_native("tracestore")
-_scan = load_native("sampling")
 
 # One trace's facts as packed by `_tracestore.c` (record_t, natural alignment).
 RECORD = np.dtype({
@@ -44,7 +42,7 @@ Batch = Callable[["Facts", np.ndarray], np.ndarray]  # (facts, row indexes) -> b
 
 
 def available() -> bool:
-    return _store is not None and _scan is not None and _store.RECORD_SIZE == RECORD.itemsize
+    return _store is not None and _store.RECORD_SIZE == RECORD.itemsize
 
 
 class Layout:
@@ -68,10 +66,8 @@ class Layout:
                     self.hit_bit[(key, gate)] = len(self.hit_bit)
                 store_keys.append((key.encode(), ordered))
         self.store_keys = tuple(store_keys)
-        # What `_sampling.scan` reads for a trace looked at in Python (same as TraceBuffer.native_*).
-        self.scan_names = tuple((name.encode(), name) for name in self.names)
-        self.scan_keys = tuple((key.encode(), key, None if gates is None else tuple(sorted(gates)))
-                               for key, gates in ((k, needs.span_key_gates.get(k)) for k in sorted(needs.span_keys)))
+        # The span attribute keys a trace looked at in Python is read for (`Facts.attrs`, as TraceBuffer.complete).
+        self.value_keys = frozenset(needs.span_keys)
 
         # Value-reading attribute policies (regex, numeric) on span attributes: one "class" bit each, set on a
         # trace when one of its spans has a value the policy accepts (see `classifier`).
@@ -184,7 +180,7 @@ class Facts:
         return view
 
     def attrs(self, row: int) -> tuple[dict[str, list[Any]] | None, dict[str, list[Any]] | None]:
-        """Span attribute values (through the native scanner, like the Python buffer's native intake) and the
+        """Span attribute values (parsed from the trace's chunks, as `TraceBuffer.complete` reads them) and the
         resource attribute values of the trace's groups."""
         chunks, log_chunks, _ = self.chunks(row)
         by_id = self.groups.by_id
@@ -196,16 +192,9 @@ class Facts:
                 res_attrs = res_attrs or {}
                 for key, values in group.res_attrs.items():
                     res_attrs.setdefault(key, []).extend(values)
-        if chunks and self.layout.scan_keys:
-            raw = b"".join(field(1, by_id[gid].resource_field + field(2, by_id[gid].scope_field + chunk))
-                           for gid, chunk in chunks)
-            scanned = _scan.scan(raw, self.layout.scan_names, self.layout.scan_keys)
-            for _res, _scope, runs in scanned[0] if scanned else ():
-                for run in runs:
-                    if run[11]:
-                        span_attrs = span_attrs or {}
-                        for key, values in run[11].items():
-                            span_attrs.setdefault(key, []).extend(values)
+        if chunks and self.layout.value_keys:
+            _, span_attrs, _ = read_spans((chunk for _gid, chunk in chunks), frozenset(), self.layout.value_keys,
+                                          False)
         return span_attrs, res_attrs
 
 

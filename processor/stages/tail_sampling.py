@@ -217,8 +217,7 @@ class TailSampling(Stage):
         full: list[TraceEntry] = []
         late = Late()
         try:
-            if self.buffer.add_span_bytes(raw, now, self.cache, roots, full, late) is None:
-                self.buffer.add_spans(TracesRequest.FromString(raw), now, self.cache, roots, full, late)
+            self.buffer.add_spans(TracesRequest.FromString(raw), now, self.cache, roots, full, late)
         except Exception as exc:
             self._fault("intake", exc)
             raise
@@ -327,8 +326,7 @@ class TailSampling(Stage):
             if traces.get(trace_id) is not entry:
                 continue  # already decided (listed by more than one trigger)
             try:
-                if not entry.scanned:
-                    complete(entry)
+                complete(entry)
                 decision = decide(entry, now)
             except Exception as exc:  # never wedge the buffer on one trace: keep it and go on
                 self._fault("decide", exc)

@@ -309,7 +309,7 @@ def check_spanscan(data: bytes) -> None:
             return
 
 
-# ---------------------------------------------------------------- _sampling and _tracestore
+# ---------------------------------------------------------------- _tracestore
 
 
 def save_sequence(target: str, history: list[bytes]) -> None:
@@ -325,16 +325,15 @@ def save_sequence(target: str, history: list[bytes]) -> None:
 
 
 class SamplingPair:
-    """Two tail-sampling stages fed the same requests: `native_side` runs the scanner under test."""
+    """Two tail-sampling stages fed the same requests: the native trace store under test and the Python
+    trace buffer (the reference)."""
 
-    def __init__(self, store: bool) -> None:
+    def __init__(self) -> None:
         import test_sampling_store as reference
 
-        from processor.sampling import buffer as buffer_module
         from processor.stages import tail_sampling as stage_module
 
-        self.reference, self.buffer_module, self.stage_module = reference, buffer_module, stage_module
-        self.store = store
+        self.reference, self.stage_module = reference, stage_module
         self.policies = reference.policy_file(Path(tempfile.mkdtemp(prefix="recohop-fuzz-")), reference.ALL_KINDS)
         self.fresh()
         self.garbage = self.harness(True)
@@ -343,7 +342,7 @@ class SamplingPair:
         from sampling_helpers import Harness
 
         available = self.stage_module.native_store_available
-        if not (self.store and native):
+        if not native:
             self.stage_module.native_store_available = lambda: False
         try:
             return Harness(self.policies, max_spans_per_trace=6, decision_cache_size=8)
@@ -356,18 +355,10 @@ class SamplingPair:
         self.odd = False  # fed bytes other than protobuf's own encoding since the last fresh start
         self.history: list[bytes] = []  # what was fed since then (a finding is this sequence)
 
-    def _python_intake(self, native: bool) -> Any:
-        """The trace buffer's intake module for one call: the C scanner, or None for the Python reference."""
-        return load("sampling") if native else None
-
-    def send(self, h: Any, raw: bytes, native: bool) -> None:
-        saved = self.buffer_module._native
-        self.buffer_module._native = self._python_intake(native and not self.store)
-        try:
-            h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
-            h.advance(0.7, step=0.35)
-        finally:
-            self.buffer_module._native = saved
+    @staticmethod
+    def send(h: Any, raw: bytes) -> None:
+        h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
+        h.advance(0.7, step=0.35)
 
     def feed(self, raw: bytes) -> None:
         if self.fed >= RESET:
@@ -376,15 +367,15 @@ class SamplingPair:
         self.fed += 1
         self.history.append(raw)
         self.odd |= known(Request.FromString(raw)).SerializeToString() != raw
-        self.send(self.native, raw, True)
+        self.send(self.native, raw)
         # The reference reads what the request means: unknown fields dropped (the Python trace buffer searches
         # its chunks for protobuf's own encoding of attribute values, and upb re-serializes unknown fields
         # where they came, e.g. inside a KeyValue: that is the Python path's limit, not the scanner's).
-        self.send(self.python, known(Request.FromString(raw)).SerializeToString(), False)
+        self.send(self.python, known(Request.FromString(raw)).SerializeToString())
         try:
             self.compare()
         except AssertionError:
-            save_sequence("tracestore" if self.store else "sampling", self.history)
+            save_sequence("tracestore", self.history)
             raise
 
     @staticmethod
@@ -417,32 +408,26 @@ class SamplingPair:
         self.compare()
 
     def garbage_intake(self, body: bytes) -> None:
-        """Memory safety on any bytes: the scanner under test alone (its results are not compared)."""
-        if self.store:
-            from processor.sampling.buffer import Late
+        """Memory safety on any bytes: the store alone (its results are not compared)."""
+        from processor.sampling.buffer import Late
 
-            try:
-                self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
-            except DecodeError:
-                if parse(body) is not None:
-                    raise  # a request upb accepts must never make the store's callbacks fail
-                # else: the group callback parses the resource/scope framed from bytes upb refuses
-            if self.garbage.stage.native.store.stats()[0] > 2000:
-                self.garbage = self.harness(True)
-        else:
-            buffer = self.python.stage.buffer
-            scanner = load("sampling")
-            assert scanner is not None
-            scanner.scan(body, buffer.native_names, buffer.native_keys)
+        try:
+            self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
+        except DecodeError:
+            if parse(body) is not None:
+                raise  # a request upb accepts must never make the store's callbacks fail
+            # else: the group callback parses the resource/scope framed from bytes upb refuses
+        if self.garbage.stage.native.store.stats()[0] > 2000:
+            self.garbage = self.harness(True)
 
 
-_sampling: dict[bool, SamplingPair] = {}
+_sampling: list[SamplingPair] = []
 
 
-def _check_sampling(data: bytes, store: bool) -> None:
-    if store not in _sampling:
-        _sampling[store] = SamplingPair(store)
-    pair = _sampling[store]
+def check_tracestore(data: bytes) -> None:
+    if not _sampling:
+        _sampling.append(SamplingPair())
+    pair = _sampling[0]
     opt, body = split(data)
     pair.garbage_intake(body)
     message = parse(body)
@@ -452,20 +437,11 @@ def _check_sampling(data: bytes, store: bool) -> None:
         pair.feed(raw)
 
 
-def check_sampling(data: bytes) -> None:
-    _check_sampling(data, store=False)
-
-
-def check_tracestore(data: bytes) -> None:
-    _check_sampling(data, store=True)
-
-
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "otlpwire": check_otlpwire,
     "limits": check_limits,
     "redact": check_redact,
     "spanscan": check_spanscan,
-    "sampling": check_sampling,
     "tracestore": check_tracestore,
 }
 

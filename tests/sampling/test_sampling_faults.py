@@ -148,7 +148,7 @@ def test_intake_fault_refuses_the_request_and_changes_nothing(tmp_path: Path, mo
         requests[1].resource_spans[1].resource.attributes.add(key="extra").value.string_value = "x"
         duplicate = requests[1].resource_spans.pop()
     else:
-        monkeypatch.setattr(TraceBuffer, "add_span_bytes", once(TraceBuffer.add_span_bytes))
+        monkeypatch.setattr(TraceBuffer, "add_spans", once(TraceBuffer.add_spans))
         duplicate = None
     with pytest.raises(Boom):
         h.stage.on_traces(requests[1] if duplicate is None else _with(requests[1], duplicate))

@@ -36,7 +36,6 @@ def test_complete_reads_values_as_the_parser_does(spans) -> None:  # noqa: ANN00
     buffer = TraceBuffer(Needs(span_keys=set(KEYS), span_key_gates=dict.fromkeys(KEYS),
                                span_names={"n"}, exception_events=True), 100)
     entry = TraceEntry(b"\x4a" * 16, 0.0)
-    entry.scanned = False
     chunk = bytearray()
     expected: dict[str, list] = {}
     longest = -1
