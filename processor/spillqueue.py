@@ -2,9 +2,10 @@
 full, so a long downstream outage costs disk space instead of data, and a restart (even after kill -9) resumes
 delivery where it stopped.
 
-Layout: a directory (0700) of segment files `<id>.seg` (0600, ids ascending), each a run of records
-`<payload length u32><crc32 u32><signal tag u8><items u32><payload>`. The CRC covers tag, items and payload, so
-a torn or damaged record is skipped and counted, never delivered half. `cursor` (0600) holds the position of the
+Layout: a directory (0700) of segment files `<id>.seg` (0600, ids ascending), framed by `processor/segmentlog.py`
+(shared with the tail-sampling write-ahead log): each a run of records
+`<payload length u32><crc32 u32><signal tag u8><items u32><payload>` (the item count is the record's meta). The CRC
+covers tag, items and payload, so a torn or damaged record is skipped and counted, never delivered half. `cursor` (0600) holds the position of the
 oldest record not yet acknowledged; segments wholly before it are deleted. Delivery is at least once: records
 read but not acknowledged when the process dies are read again on the next start.
 
@@ -22,11 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from processor.segmentlog import Framing, create_segment, private_dir, segment_ids, sync_dir, write_all
+
 FSYNC_POLICIES = ("always", "interval", "never")
 TAGS = {"traces": 1, "metrics": 2, "logs": 3}
 SIGNAL_OF_TAG = {tag: signal for signal, tag in TAGS.items()}
 
-_HEADER = struct.Struct("<IIBI")  # payload length, crc32(tag + items + payload), tag, items
+_ITEMS = struct.Struct("<I")  # the record's meta: items in the request
+FRAMING = Framing(SIGNAL_OF_TAG, meta_size=_ITEMS.size)
 _CURSOR = struct.Struct("<QQ")  # segment id, offset; followed by the crc32 of those 16 bytes
 _SEGMENT_SUFFIX = ".seg"
 
@@ -48,10 +52,6 @@ class _InFlight:
 
 class SpillFull(Exception):
     """The disk queue's byte budget is used up."""
-
-
-def _checksum(tag: int, items: int, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(struct.pack("<BI", tag, items)))
 
 
 class SpillQueue:
@@ -82,8 +82,7 @@ class SpillQueue:
         self._read_fd: int | None = None
         self._dirty = False
         self._closed = threading.Event()
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        private_dir(self.dir)
         self._cursor_fd = os.open(self.dir / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self._recover()
         self._syncer: threading.Thread | None = None
@@ -110,15 +109,16 @@ class SpillQueue:
         """Append one request. `force` (data already accepted from a client) may overshoot the budget by this
         one record rather than lose it; otherwise a record that does not fit raises SpillFull."""
         tag = TAGS[signal]
-        record = _HEADER.pack(len(payload), _checksum(tag, items, payload), tag, items) + payload
+        header = FRAMING.header(tag, payload, _ITEMS.pack(items))
+        size = len(header) + len(payload)
         with self._lock:
-            if not force and self._disk_bytes + len(record) > self.max_bytes:
+            if not force and self._disk_bytes + size > self.max_bytes:
                 raise SpillFull()
             fd = self._writable_segment()
-            _write_all(fd, record)
+            write_all(fd, (header, payload))
             assert self._write_id is not None
-            self._sizes[self._write_id] += len(record)
-            self._disk_bytes += len(record)
+            self._sizes[self._write_id] += size
+            self._disk_bytes += size
             self._pending += 1
             if self.fsync == "always":
                 os.fdatasync(fd)
@@ -135,7 +135,7 @@ class SpillQueue:
             os.close(self._write_fd)
         self._write_id = max([*self._sizes, self._read_id - 1, (self._write_id or 0)]) + 1
         path = self._segment_path(self._write_id)
-        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        self._write_fd = create_segment(path, FRAMING, exclusive=False)
         self._sizes[self._write_id] = 0
         if self.fsync != "never":
             self._sync_dir()
@@ -152,18 +152,18 @@ class SpillQueue:
             corrupt = 0
             while self._pending:
                 fd = self._reader()
-                header = os.pread(fd, _HEADER.size, self._read_offset)
-                length, crc, tag, items = _HEADER.unpack(header)
+                header = os.pread(fd, FRAMING.head_size, self._read_offset)
+                length, crc, tag, meta = FRAMING.unpack(header)
                 signal = SIGNAL_OF_TAG.get(tag)
                 if records and (signal != records[0].signal or size + length > max_bytes):
                     break
-                payload = os.pread(fd, length, self._read_offset + _HEADER.size)
-                self._read_offset += _HEADER.size + length
+                payload = os.pread(fd, length, self._read_offset + FRAMING.head_size)
+                self._read_offset += FRAMING.head_size + length
                 self._pending -= 1
-                if signal is None or len(payload) != length or _checksum(tag, items, payload) != crc:
+                if signal is None or len(payload) != length or not FRAMING.intact(crc, tag, meta, payload):
                     corrupt += 1
                     continue
-                records.append(SpillRecord(signal, payload, items))
+                records.append(SpillRecord(signal, payload, _ITEMS.unpack(meta)[0]))
                 size += length
             end = (self._read_id, self._read_offset)
             if not records and start == end:
@@ -229,8 +229,7 @@ class SpillQueue:
     def _recover(self) -> None:
         """Find pending records after a restart: start at the cursor, walk record headers to the end, cut a torn
         tail (counted as corrupt). CRCs are checked when records are read."""
-        ids = sorted(int(p.name[: -len(_SEGMENT_SUFFIX)]) for p in self.dir.glob("*" + _SEGMENT_SUFFIX)
-                     if p.name[: -len(_SEGMENT_SUFFIX)].isdigit())
+        ids = [segment for segment, _path in segment_ids(self.dir, "", _SEGMENT_SUFFIX)]
         cursor = self._read_cursor()
         if cursor is None or (ids and cursor[0] < ids[0]):
             cursor = (ids[0], 0) if ids else (1, 0)
@@ -259,14 +258,10 @@ class SpillQueue:
         size = path.stat().st_size
         offset = min(offset, size)
         records = 0
-        with open(path, "rb") as f:
-            while offset + _HEADER.size <= size:
-                f.seek(offset)
-                length, _crc, tag, _items = _HEADER.unpack(f.read(_HEADER.size))
-                if tag not in SIGNAL_OF_TAG or offset + _HEADER.size + length > size:
-                    break
-                offset += _HEADER.size + length
-                records += 1
+        # Framing only (CRCs are checked by `read`, which skips a damaged record): a torn tail ends the walk.
+        for frame in FRAMING.read_segment(path, lambda _why: None, verify=False, at=offset):
+            offset = frame.end
+            records += 1
         return records, offset, size
 
     # --- cursor and files ---
@@ -299,11 +294,7 @@ class SpillQueue:
         return self.dir / f"{segment:020d}{_SEGMENT_SUFFIX}"
 
     def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_dir(self.dir)
 
     def _sync_every(self, interval: float) -> None:
         while not self._closed.wait(interval):
@@ -331,8 +322,3 @@ class SpillQueue:
                     os.close(fd)
             self._read_fd = self._write_fd = None
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -7,7 +7,8 @@ requests go through the stage's own intake: undecided traces are buffered again 
 timers; spans of traces decided before the crash follow their decision (kept ones are sent again: at least
 once, because the exporter's in-memory queue died with the process).
 
-On disk: a directory (0700) of segment files `seg-<seq>.wal` (0600). A segment is a magic line and records
+On disk: a directory (0700) of segment files `seg-<seq>.wal` (0600), framed by `processor/segmentlog.py` (shared
+with the exporter's spill queue). A segment is a magic line and records
 `<u32 payload length><u32 crc32(kind + payload)><u8 kind><payload>`. A record cut short or failing its CRC
 (kill -9 mid-write, a bad disk) ends the reading of that segment and is counted, never fatal. Compaction writes
 a fresh segment `seg-<seq>.tmp` holding only what is live (the recent decisions and a snapshot of the buffer),
@@ -19,10 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import mmap
 import os
-import struct
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,12 +31,21 @@ from prometheus_client import Counter, Gauge
 
 from processor.clock import SYSTEM_CLOCK
 from processor.config_node import Node
+from processor.segmentlog import (
+    NO_MAGIC,
+    Framing,
+    create_segment,
+    private_dir,
+    segment_ids,
+    sync_dir,
+    write_all,
+)
 
 MAGIC = b"RHWAL01\n"
 TRACES, LOGS, DECISIONS, SNAPSHOT = 1, 2, 3, 4
 KIND_NAMES = {TRACES: "traces", LOGS: "logs", DECISIONS: "decisions", SNAPSHOT: "snapshot"}
-_HEAD = struct.Struct("<IIB")
-_MAX_RECORD = 1 << 30  # a length above this is a torn/corrupt header, not a record
+FRAMING = Framing(KIND_NAMES, magic=MAGIC)
+_HEAD_SIZE = FRAMING.head_size
 FSYNC_MODES = ("always", "interval", "never")
 SNAPSHOT_RECORD_BYTES = 1 << 20  # buffer snapshots are written in requests of about this size
 
@@ -145,45 +152,20 @@ class WalMetrics:
 
 
 def segment_files(directory: Path) -> list[tuple[int, Path]]:
-    out = []
-    for path in directory.glob("seg-*.wal"):
-        try:
-            out.append((int(path.stem[4:]), path))
-        except ValueError:
-            continue
-    return sorted(out)
+    return segment_ids(directory, "seg-", ".wal")
 
 
 def read_records(path: Path, on_corrupt: Callable[[str], None]) -> Iterator[tuple[int, bytes]]:
     """The records of one segment, in order; stops at the first torn or corrupt record."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return
-        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # replay without a copy of the whole log
-    if data[:len(MAGIC)] != MAGIC:
-        on_corrupt("segment without the write-ahead log header")
-        return
-    at, end = len(MAGIC), len(data)
-    while at < end:
-        if at + _HEAD.size > end:
-            on_corrupt("torn record header at the end of a segment")
-            return
-        length, crc, kind = _HEAD.unpack_from(data, at)
-        start = at + _HEAD.size
-        if length > _MAX_RECORD or start + length > end:
-            on_corrupt("torn record at the end of a segment")
-            return
-        payload = data[start:start + length]
-        if zlib.crc32(payload, zlib.crc32(bytes((kind,)))) != crc or kind not in KIND_NAMES:
-            on_corrupt("record failing its checksum")
-            return
-        yield kind, payload
-        at = start + length
+    def bad(why: str) -> None:
+        on_corrupt("segment without the write-ahead log header" if why == NO_MAGIC else why)
+
+    for frame in FRAMING.read_segment(path, bad):
+        yield frame.kind, frame.payload
 
 
 def _record(kind: int, payload: bytes) -> bytes:
-    return _HEAD.pack(len(payload), zlib.crc32(payload, zlib.crc32(bytes((kind,)))), kind)
+    return FRAMING.header(kind, payload)
 
 
 class WriteAheadLog:
@@ -196,8 +178,7 @@ class WriteAheadLog:
         self.log = log or logging.getLogger("recohop")
         self.clock = clock
         self.metrics = WalMetrics(registry)
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        private_dir(self.dir)
         self._lock_fd = os.open(self.dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -264,9 +245,7 @@ class WriteAheadLog:
     def _open_segment(self) -> int:
         path = self.dir / f"seg-{self._seq:08d}.wal"
         self._seq += 1
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        os.fchmod(fd, 0o600)
-        os.write(fd, MAGIC)
+        fd = create_segment(path, FRAMING)
         self._fd = fd
         self._paths.append(path)
         self.size += len(MAGIC)
@@ -308,7 +287,7 @@ class WriteAheadLog:
                 self.log.error("write-ahead log in %s: cannot open a segment (%s); logging is off", self.dir,
                                exc.strerror or type(exc).__name__)
                 return
-        n = _HEAD.size + len(payload)
+        n = _HEAD_SIZE + len(payload)
         if self.size + n > self.settings.max_bytes:
             now = self.clock()
             if now - self._last_attempt >= 1.0 and self._worth_compacting():  # not on every request
@@ -319,7 +298,7 @@ class WriteAheadLog:
                 self.metrics.over_budget.inc()
                 return
         try:
-            written = os.writev(fd, (_record(kind, payload), payload))
+            written = write_all(fd, (_record(kind, payload), payload))
             if self.settings.fsync == "always":
                 os.fdatasync(fd)
                 self.metrics.fsyncs.inc()
@@ -366,19 +345,22 @@ class WriteAheadLog:
         tmp = self.dir / f"seg-{self._seq:08d}.tmp"
         path = tmp.with_suffix(".wal")
         self._seq += 1
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        size = 0
         try:
-            os.fchmod(fd, 0o600)
-            parts: list[bytes] = [MAGIC, _record(SNAPSHOT, b"")]
+            fd = create_segment(tmp, FRAMING, append=False)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # created but its magic not written (disk full)
+            raise
+        size = len(MAGIC)
+        try:
+            parts: list[bytes] = [_record(SNAPSHOT, b"")]
             for _count, payload in self._recent:
                 parts += (_record(DECISIONS, payload), payload)
-            size = self._write(fd, parts)
+            size += write_all(fd, parts)
             for kind, payload in self._snapshot_records():
-                if size + _HEAD.size + len(payload) > self.settings.max_bytes:
+                if size + _HEAD_SIZE + len(payload) > self.settings.max_bytes:
                     self.metrics.over_budget.inc()  # the disk bound wins: this part would not survive a crash
                     continue
-                size += self._write(fd, [_record(kind, payload), payload])
+                size += write_all(fd, [_record(kind, payload), payload])
             if self.settings.fsync != "never":
                 os.fdatasync(fd)
                 self.metrics.fsyncs.inc()
@@ -415,22 +397,9 @@ class WriteAheadLog:
             if pieces:
                 yield kind, b"".join(pieces)
 
-    @staticmethod
-    def _write(fd: int, parts: list[bytes]) -> int:
-        total = sum(len(p) for p in parts)
-        written = os.writev(fd, parts)
-        if written != total:  # a short write to a regular file: disk full; the caller abandons the file
-            raise OSError(f"short write to the write-ahead log ({written} of {total} bytes)")
-        return total
-
     def _sync_dir(self) -> None:
-        if self.settings.fsync == "never":
-            return
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.settings.fsync != "never":
+            sync_dir(self.dir)
 
     # -- stop -----------------------------------------------------------------------------------------------
 

@@ -154,3 +154,23 @@ def test_an_unknown_fsync_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fsync"):
         SpillQueue(tmp_path / "q", 1 << 20, "sometimes")
     assert not os.path.exists(tmp_path / "q")
+
+
+def test_segments_written_before_the_shared_segment_log_are_read(tmp_path: Path) -> None:
+    """The framing moved to processor/segmentlog.py without changing a byte: a segment as the spill queue wrote it
+    before (`<len u32><crc32(tag + items + payload) u32><tag u8><items u32><payload>`) is delivered as it was."""
+    import struct
+    import zlib
+
+    sent = payloads(5)
+    records = b""
+    for signal, payload, items in sent:
+        tag = {"traces": 1, "metrics": 2, "logs": 3}[signal]
+        crc = zlib.crc32(payload, zlib.crc32(struct.pack("<BI", tag, items)))
+        records += struct.pack("<IIBI", len(payload), crc, tag, items) + payload
+    directory = tmp_path / "q"
+    directory.mkdir(mode=0o700)
+    (directory / f"{1:020d}.seg").write_bytes(records)
+    queue = SpillQueue(directory, 1 << 20, "never")
+    assert drain(queue) == sent
+    queue.close()

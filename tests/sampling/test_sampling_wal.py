@@ -249,3 +249,28 @@ def test_bad_wal_config_names_the_key(tmp_path: Path, wal: dict, message: str) -
         Harness(wal={"dir": str(tmp_path / "wal"), **wal})
     with pytest.raises(ConfigError, match=r"wal\.dir: expected the path"):
         Harness(wal={})
+
+
+def test_segments_written_before_the_shared_segment_log_are_replayed(tmp_path: Path) -> None:
+    """The framing moved to processor/segmentlog.py without changing a byte: a segment as the log wrote it before
+    (magic, then `<len u32><crc32(kind + payload) u32><kind u8><payload>`) is replayed as it was; one without the
+    magic is refused whole with a clear reason, never read as records."""
+    import struct
+    import zlib
+
+    rng = random.Random(8)
+    trace = make_trace(rng, "error")
+    payload = to_requests(trace.spans)[0].SerializeToString()
+    record = struct.pack("<IIB", len(payload), zlib.crc32(payload, zlib.crc32(b"\x01")), 1) + payload
+    (tmp_path / "wal").mkdir(mode=0o700)
+    (tmp_path / "wal" / "seg-00000001.wal").write_bytes(MAGIC + record)
+    h = wal_harness(tmp_path / "wal")
+    assert h.metric("recohop_wal_replayed_spans_total") == len(trace.spans)
+    h.advance(3)
+    assert sent(h) == {trace.trace_id: len(trace.spans)}
+
+    (tmp_path / "other").mkdir(mode=0o700)
+    (tmp_path / "other" / "seg-00000001.wal").write_bytes(b"RHWAL00\n" + record)
+    h = wal_harness(tmp_path / "other")
+    assert h.metric("recohop_wal_corrupt_records_total") == 1
+    assert h.metric("recohop_wal_replayed_spans_total") == 0
