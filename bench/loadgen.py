@@ -36,6 +36,8 @@ class ClientPlan:
     warmup: float
     duration: float
     fresh_ids: bool = True
+    # Fresh ids in both halves of the trace id (TraceIdRewriter): needed where a peer keys on part of the id.
+    fresh_right_half: bool = False
 
 
 @dataclass
@@ -126,7 +128,7 @@ def run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: A
 
 def _run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: Any) -> None:
     requests = read_requests(plan.workload)
-    rewriters = [TraceIdRewriter(raw) for raw in requests] if plan.fresh_ids else None
+    rewriters = [TraceIdRewriter(raw, plan.fresh_right_half) for raw in requests] if plan.fresh_ids else None
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
                ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.insecure_channel(plan.endpoint, options) for _ in range(plan.channels)]

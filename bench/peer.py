@@ -301,7 +301,7 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
     window's end for recohop (its gauge is exact at any time), at all three for the collector."""
     plan = ClientPlan(endpoint=run.proc.endpoint, workload=workload_file, spans=workload.spans,
                       streams=s.streams, channels=s.channels, warmup=s.warmup, duration=s.duration,
-                      fresh_ids=s.fresh_ids)
+                      fresh_ids=s.fresh_ids, fresh_right_half=True)
     clients = Clients(s.clients, plan)
     marks: dict[str, Any] = {}
     samples: list[tuple[int, float]] = []  # (RSS, buffered traces) at the same moment
@@ -540,7 +540,7 @@ def agreement_workload(s: PeerSettings, spans_per_request: int) -> tuple[Workloa
     path = work / "workload.bin"
     write_workload(path, wl.requests)
     truth = work / "ground_truth.json"
-    truth.write_text(json.dumps({"specials": {tid[4:].hex(): kind for tid, kind in wl.special_ids.items()}}))
+    truth.write_text(json.dumps({"specials": {tid[4:12].hex(): kind for tid, kind in wl.special_ids.items()}}))
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     ids: dict[bytes, int] = {}
     for raw in wl.requests:
@@ -654,7 +654,7 @@ def run_peer(workload: Workload, workload_file: Path, s: PeerSettings,
         # A capture sink per row (the replay's fresh ids repeat from row to row, and the sink counts distinct
         # traces): which special traces were kept under the binding budget.
         truth = s.workdir / "ground_truth.json"
-        truth.write_text(json.dumps({"specials": {t[4:].hex(): k for t, k in workload.special_ids.items()}}))
+        truth.write_text(json.dumps({"specials": {t[4:12].hex(): k for t, k in workload.special_ids.items()}}))
         for system in s.systems:
             if system not in full:
                 continue

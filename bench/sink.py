@@ -6,8 +6,8 @@ directly, measures the load generator's own ceiling.
 
 Capture mode (`--capture GROUND_TRUTH.json`, used by `python -m bench peer`): trace requests are parsed and
 every trace that arrives is recorded once, so the harness can compare what two pipelines kept. The ground
-truth maps the last 12 bytes of each special trace id (hex) to its kind; the replay client rewrites only the
-first 4 bytes of an id, so a replayed special trace is still recognised. Stats then also count kept traces and
+truth maps bytes 4-11 of each special trace id (hex) to its kind; the replay client rewrites only bytes 0-3
+(and 12-15), so a replayed special trace is still recognised. Stats then also count kept traces and
 kept special traces per kind, and `/bench.NullSink/Kept` returns the kept trace ids (hex).
 """
 
@@ -50,7 +50,7 @@ class Capture:
                 ids.update(span.trace_id for span in ss.spans)
         for tid in ids - self.kept:
             self.kept.add(tid)
-            kind = self.special.get(tid[4:])
+            kind = self.special.get(tid[4:12])
             if kind is not None:
                 self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
 

@@ -267,9 +267,13 @@ class TraceIdRewriter:
 
     Finds every trace id's bytes (span trace ids and link trace ids) once, then for each replay overwrites
     their first four bytes with a replay counter: a tail sampler sees new traces, not the same ones again.
+    With `fresh_right_half`, bytes 12-15 are also XORed with a scrambled counter, so replayed ids differ in
+    both halves as random W3C ids do: the collector's tail-sampling decision cache is keyed by the right half
+    (bytes 8-15) alone, and would answer every replay from the first pass's decisions. Bytes 4-11 stay the
+    original's (the capture sink recognises special traces by them).
     """
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, fresh_right_half: bool = False) -> None:
         req = ExportTraceServiceRequest.FromString(raw)
         ids = {span.trace_id for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans}
         ids |= {link.trace_id for rs in req.resource_spans for ss in rs.scope_spans
@@ -286,6 +290,11 @@ class TraceIdRewriter:
         self.index = (base[:, None] + np.arange(4)).ravel()
         self.copies = len(base)
         self.raw = raw
+        self.right: np.ndarray | None = None
+        self.right_original: np.ndarray | None = None
+        if fresh_right_half:
+            self.right = (base[:, None] + 12 + np.arange(4)).ravel()
+            self.right_original = np.frombuffer(raw, dtype=np.uint8)[self.right]
 
     def replay(self, generation: int) -> bytes:
         if not self.copies:
@@ -293,4 +302,8 @@ class TraceIdRewriter:
         buf = np.frombuffer(bytearray(self.raw), dtype=np.uint8)
         stamp = np.frombuffer((generation & 0xFFFFFFFF).to_bytes(4, "big"), dtype=np.uint8)
         buf[self.index] = np.tile(stamp, self.copies)
+        if self.right is not None and self.right_original is not None:
+            # An odd multiplier is a bijection on 32 bits: distinct replays get distinct masks; 0 keeps the id.
+            mask = np.frombuffer(((generation * 0x9E3779B1) & 0xFFFFFFFF).to_bytes(4, "big"), dtype=np.uint8)
+            buf[self.right] = self.right_original ^ np.tile(mask, self.copies)
         return buf.tobytes()
