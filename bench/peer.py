@@ -405,6 +405,10 @@ def measure(run: Running, sink: procs.Proc, workload_file: Path, workload: Workl
             "on_time_share": d.on_time / d.age_count if d.age_count and not math.isnan(d.on_time) else None,
             # otelcol: whole seconds, truncated, and evictions included.
             "mean_decision_age_s": d.age_sum / d.age_count if d.age_count else None,
+            # Decisions (and evictions) per trace acknowledged in the window: ~1 at steady state. Far below
+            # means traces were answered without being buffered (e.g. from a decision cache).
+            "handled_per_trace": handled / (spans / spans_per_trace) * wall / (marks["t1"] - marks["t0"])
+            if spans else None,
         }
     return row
 
@@ -457,6 +461,10 @@ def run_row(spec: RowSpec, sink: procs.Proc, workload_file: Path, workload: Work
             row["capture"] = kept_specials(run, sink, before, workload, s)
         if not run.proc.alive():
             row["note"] = f"target exited during the row: {run.proc.log_tail(5)}"
+        handled = row.get("sampler", {}).get("handled_per_trace")
+        if handled is not None and handled < 0.5:
+            notes.append(f"{spec.name}: only {handled:.2f} decisions per trace received: not every trace was "
+                         "buffered and decided")
         return row
     except (OSError, RuntimeError, queue.Empty, grpc.RpcError) as exc:
         reason = f"row failed: {type(exc).__name__}: {exc}; log: {run.proc.log_tail(3)}"[:400]
