@@ -1,4 +1,5 @@
-"""The load generator: client processes replaying pre-serialized requests over several gRPC streams.
+"""The load generator: client processes replaying pre-serialized requests over several gRPC streams (or OTLP/HTTP
+keep-alive connections, one per stream).
 
 Each client process has its own channels (separate connections) and `streams` threads, each keeping one
 unary call in flight with a generic `unary_unary(path)`: bytes in, bytes out, nothing re-encoded. Only
@@ -10,9 +11,11 @@ refusal's status code is tallied along with whether it carried google.rpc.RetryI
 
 from __future__ import annotations
 
+import http.client
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,8 @@ class ClientPlan:
     warmup: float
     duration: float
     fresh_ids: bool = True
+    # "grpc" (OTLP/gRPC Export) or "http" (OTLP/HTTP POST /v1/traces, application/x-protobuf, keep-alive).
+    transport: str = "grpc"
     # Fresh ids in both halves of the trace id (TraceIdRewriter): needed where a peer keys on part of the id.
     fresh_right_half: bool = False
 
@@ -68,7 +73,46 @@ class ClientResult:
             self.retry_info[code] = self.retry_info.get(code, 0) + n
 
 
-def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: grpc.UnaryUnaryMultiCallable,
+class Refused(Exception):
+    """A call the server answered with an error: its code name, and whether it said when to retry."""
+
+    def __init__(self, code: str, retry_info: bool) -> None:
+        super().__init__(code)
+        self.code = code
+        self.retry_info = retry_info
+
+
+def grpc_sender(call: grpc.UnaryUnaryMultiCallable) -> Callable[[bytes], None]:
+    def send(payload: bytes) -> None:
+        try:
+            call(payload, timeout=30.0)
+        except grpc.RpcError as error:
+            raise Refused(error.code().name, retry_delay(error) is not None) from None  # type: ignore[attr-defined]
+
+    return send
+
+
+def http_sender(endpoint: str) -> Callable[[bytes], None]:
+    """One keep-alive connection (per stream: http.client connections are not shared between threads)."""
+    host, _, port = endpoint.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30.0)
+    headers = {"Content-Type": "application/x-protobuf"}
+
+    def send(payload: bytes) -> None:
+        try:
+            conn.request("POST", "/v1/traces", body=payload, headers=headers)
+            response = conn.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            raise Refused("HTTP_CONNECTION", False) from None
+        if response.status != 200:
+            raise Refused(f"HTTP_{response.status}", response.getheader("Retry-After") is not None)
+
+    return send
+
+
+def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: Callable[[bytes], None],
             requests: list[bytes], rewriters: list[TraceIdRewriter] | None, result: ClientResult,
             lock: threading.Lock) -> None:
     window_start = start_at + plan.warmup
@@ -94,12 +138,11 @@ def _stream(plan: ClientPlan, start_at: float, client: int, stream: int, call: g
             offered += plan.spans[i]
             offered_reqs += 1
         try:
-            call(payload, timeout=30.0)
-        except grpc.RpcError as error:
-            code = error.code().name  # type: ignore[attr-defined]
-            errors[code] = errors.get(code, 0) + 1
-            if in_window and retry_delay(error) is not None:
-                with_retry_info[code] = with_retry_info.get(code, 0) + 1
+            call(payload)
+        except Refused as refused:
+            errors[refused.code] = errors.get(refused.code, 0) + 1
+            if in_window and refused.retry_info:
+                with_retry_info[refused.code] = with_retry_info.get(refused.code, 0) + 1
             time.sleep(RETRY_PAUSE)
             continue
         done = time.monotonic()
@@ -131,10 +174,14 @@ def _run_client(index: int, plan: ClientPlan, out: mp.Queue, go: Any, start_at: 
     rewriters = [TraceIdRewriter(raw, plan.fresh_right_half) for raw in requests] if plan.fresh_ids else None
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20),
                ("grpc.use_local_subchannel_pool", 1)]
-    channels = [grpc.insecure_channel(plan.endpoint, options) for _ in range(plan.channels)]
+    channels = [] if plan.transport == "http" else [grpc.insecure_channel(plan.endpoint, options)
+                                                    for _ in range(plan.channels)]
     for channel in channels:
         grpc.channel_ready_future(channel).result(timeout=15)
-    calls = [channel.unary_unary(METHOD_PATHS["traces"]) for channel in channels]
+    if plan.transport == "http":
+        calls = [http_sender(plan.endpoint) for _ in range(plan.streams)]
+    else:
+        calls = [grpc_sender(channel.unary_unary(METHOD_PATHS["traces"])) for channel in channels]
     result = ClientResult()
     lock = threading.Lock()
     out.put(("ready", index))

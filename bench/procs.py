@@ -81,6 +81,7 @@ class Proc:
     endpoint: str
     log_path: Path
     metrics_url: str | None = None
+    http_endpoint: str | None = None  # a hop's OTLP/HTTP receiver
 
     @property
     def pid(self) -> int:
@@ -152,8 +153,9 @@ def start_hop(workdir: Path, name: str, config: Path | None, forward: str,
     ready = workdir / "hop.ready"
     ready.unlink(missing_ok=True)
     log_path = workdir / "hop.log"
-    serve_args = ["serve", "--listen", f"127.0.0.1:{free_port()}", "--forward", forward,
-                  "--metrics-listen", f"127.0.0.1:{free_port()}", "--ready-file", str(ready)]
+    http_endpoint = f"127.0.0.1:{free_port()}"  # never the zero-config default's fixed 4318
+    serve_args = ["serve", "--listen", f"127.0.0.1:{free_port()}", "--http-listen", http_endpoint,
+                  "--forward", forward, "--metrics-listen", f"127.0.0.1:{free_port()}", "--ready-file", str(ready)]
     if config is not None:
         serve_args += ["--config", str(Path(config).resolve())]
     profile_dir = os.environ.get(PROFILE_ENV)
@@ -167,7 +169,7 @@ def start_hop(workdir: Path, name: str, config: Path | None, forward: str,
                                 cwd=workdir)
     endpoint, _, metrics_port = _wait_ready(ready, proc, log_path).partition(" ")
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
-    return Proc(name, proc, endpoint, log_path, metrics_url)
+    return Proc(name, proc, endpoint, log_path, metrics_url, http_endpoint)
 
 
 def rotel_binary() -> Path | None:

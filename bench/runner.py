@@ -77,11 +77,13 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def measure(name: str, kind: str, target: procs.Proc, sink: procs.Proc, workload_file: Path,
-            workload: Workload, s: Settings) -> dict[str, Any]:
+            workload: Workload, s: Settings, transport: str = "grpc") -> dict[str, Any]:
     """Drive `target` with the client processes and measure one window."""
-    plan = ClientPlan(endpoint=target.endpoint, workload=workload_file, spans=workload.spans,
+    endpoint = target.http_endpoint if transport == "http" else target.endpoint
+    assert endpoint is not None, f"{target.name} has no {transport} endpoint"
+    plan = ClientPlan(endpoint=endpoint, workload=workload_file, spans=workload.spans,
                       streams=s.streams, channels=s.channels, warmup=s.warmup, duration=s.duration,
-                      fresh_ids=s.fresh_ids)
+                      fresh_ids=s.fresh_ids, transport=transport)
     watched = {p.name: p for p in (target, sink)}
     clients = Clients(s.clients, plan)
     try:
@@ -177,6 +179,7 @@ class HopRow:
     config: Path | None  # None: the built-in default
     skip: str | None = None
     env: dict[str, str] | None = None  # extra environment for the hop process
+    transport: str = "grpc"  # how the clients send: "grpc" or "http" (OTLP/HTTP protobuf)
 
 
 def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
@@ -184,7 +187,8 @@ def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
     configs.mkdir(parents=True, exist_ok=True)
     passthrough = configs / "passthrough.yaml"
     passthrough.write_text(PASSTHROUGH_CONFIG)
-    rows = [HopRow("recohop_passthrough", passthrough)]
+    # The same pass-through over OTLP/HTTP (protobuf bodies): what the HTTP receiver costs against gRPC.
+    rows = [HopRow("recohop_passthrough", passthrough), HopRow("recohop_passthrough_http", passthrough, transport="http")]
     if s.auto_stages:
         kinds, skipped = stage_kind_rows()
         notes.extend(skipped)
@@ -194,6 +198,7 @@ def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
             rows.append(HopRow(f"stage_{kind}", path, reason))
     if s.builtin_default:
         rows.append(HopRow("builtin_default", None))
+        rows.append(HopRow("builtin_default_http", None, transport="http"))
         # The same pipeline on its pure-Python paths: what the native scanners (processor/native) bring.
         rows.append(HopRow("builtin_default_python", None, env={"RECOHOP_NATIVE": "0"}))
     rows.extend(HopRow(name, path) for name, path in s.hop_configs)
@@ -215,7 +220,8 @@ def run_all(workload: Workload, workload_file: Path, s: Settings,
                 rows.append(_skipped(hop.name, "hop", hop.skip))
                 continue
             log(f"hop row {hop.name}")
-            rows.append(_hop_row(hop.name, "hop", hop.config, sink, workload_file, workload, s, notes, hop.env))
+            rows.append(_hop_row(hop.name, "hop", hop.config, sink, workload_file, workload, s, notes, hop.env,
+                                 hop.transport))
             time.sleep(0.3)
         if s.rotel:
             log("(c) rotel pass-through")
@@ -240,7 +246,8 @@ def _skipped(name: str, kind: str, reason: str) -> dict[str, Any]:
 
 
 def _hop_row(name: str, kind: str, config: Path | None, sink: procs.Proc, workload_file: Path,
-             workload: Workload, s: Settings, notes: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+             workload: Workload, s: Settings, notes: list[str], env: dict[str, str] | None = None,
+             transport: str = "grpc") -> dict[str, Any]:
     try:
         hop = procs.start_hop(s.workdir / name, name, config, sink.endpoint, env)
     except RuntimeError as exc:
@@ -248,8 +255,9 @@ def _hop_row(name: str, kind: str, config: Path | None, sink: procs.Proc, worklo
         notes.append(f"{name}: hop did not start ({first.strip()[:200]}), row skipped")
         return _skipped(name, kind, first.strip()[:200])
     try:
-        row = _repeated(lambda: measure(name, kind, hop, sink, workload_file, workload, s), s.repeat)
+        row = _repeated(lambda: measure(name, kind, hop, sink, workload_file, workload, s, transport), s.repeat)
         row["config"] = str(config) if config else "(built-in default)"
+        row["transport"] = transport
         if not hop.alive():
             row["note"] = f"hop exited during the row: {hop.log_tail(5)}"
         return row
@@ -299,6 +307,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         out["builtin_default/parse_only"] = ratio("builtin_default", "parse_only")
         out["builtin_default/rotel"] = ratio("builtin_default", "rotel_passthrough")
         out["builtin_default/builtin_default_python"] = ratio("builtin_default", "builtin_default_python")
+    if "recohop_passthrough_http" in by:  # OTLP/HTTP against gRPC, same pipeline, same run
+        out["passthrough_http/passthrough"] = ratio("recohop_passthrough_http", "recohop_passthrough")
+        out["builtin_default_http/builtin_default"] = ratio("builtin_default_http", "builtin_default")
     return out
 
 

@@ -37,7 +37,7 @@ def test_smoke_writes_every_row(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     rows = {r["name"]: r for r in result["rows"]}
     expected = {"parse_only", "client_ceiling", "recohop_passthrough", "builtin_default", "builtin_default_python",
-                "extra_stage"}
+                "extra_stage", "recohop_passthrough_http", "builtin_default_http"}
     expected |= {f"stage_{k}" for k in STAGE_KINDS if (REPO_ROOT / "processor" / "stages" / f"{k}.py").exists()}
     if _rotel_installed():
         expected.add("rotel_passthrough")
@@ -47,8 +47,9 @@ def test_smoke_writes_every_row(tmp_path: Path) -> None:
         if name in rows:
             assert rows[name]["spans_per_s"] > 0, rows[name]
     # Pass-through hops forward what they acknowledge: the null sink saw requests within the window.
-    for name in ("client_ceiling", "recohop_passthrough", "extra_stage"):
+    for name in ("client_ceiling", "recohop_passthrough", "extra_stage", "recohop_passthrough_http"):
         assert rows[name]["sink"]["requests"] > 0, rows[name]
+    assert rows["recohop_passthrough_http"]["transport"] == "http"
     assert rows["recohop_passthrough"]["rss_bytes"] > 0
     assert result["ratios"]["passthrough/parse_only"] is not None
     assert result["workload"]["spans_per_request"] > 700
