@@ -79,6 +79,8 @@ def _add_peer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agreement-requests", type=int, default=200,
                    help="requests of the fixed-id agreement workload, each sent once")
     p.add_argument("--only", choices=("otelcol", "recohop"), help="run one system's rows only")
+    p.add_argument("--quiet-wait", type=float, default=0.0, metavar="SECONDS",
+                   help="before each row wait for an idle machine, at most this long over the run (0: never)")
     p.add_argument("--out", type=Path, default=Path("bench-out/peer.json"))
     p.add_argument("--workdir", type=Path, help="logs, configs, workload (default: next to --out)")
 
@@ -94,18 +96,20 @@ def run_peer(args: argparse.Namespace, argv: list[str] | None) -> int:
         channels=args.channels, fresh_ids=True, workdir=workdir, repeat=args.repeat,
         decision_wait=args.decision_wait, root_grace=args.root_grace, headroom=args.headroom,
         binding_fraction=args.binding_fraction, binding=not args.no_binding, agreement=not args.no_agreement, stages=args.stages,
-        agreement_requests=args.agreement_requests,
+        agreement_requests=args.agreement_requests, quiet_wait=args.quiet_wait,
         systems=(args.only,) if args.only else ("otelcol", "recohop"))
     print(f"workload: {len(workload.requests)} requests, {workload.total_spans} spans, {workload.traces} traces "
           f"({workload.total_spans / workload.traces:.2f} spans/trace), {workload.special_traces} special; "
           f"load average {Path('/proc/loadavg').read_text().split()[0]}", flush=True)
     began = time.time()
+    load_at_start = Path("/proc/loadavg").read_text().strip()
     result = peer.run_peer(workload, workload_file, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
     result = {
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "mode": "peer",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began)),
         "machine": peer.peer_machine(),
+        "loadavg_at_start": load_at_start,
         "loadavg_at_end": Path("/proc/loadavg").read_text().strip(),
         "settings": {"duration": args.duration, "warmup": args.warmup, "repeat": args.repeat,
                      "clients": args.clients, "streams": args.streams, "channels": args.channels,
@@ -119,7 +123,8 @@ def run_peer(args: argparse.Namespace, argv: list[str] | None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(peer.table(result))
-    print(f"\nload average at start {result['machine']['loadavg_at_start']}, at end {result['loadavg_at_end']}")
+    print(f"\nload average at start {load_at_start}, at end {result['loadavg_at_end']}; "
+          f"waited {result['quiet_waited_s']:.0f} s for a quiet machine")
     print(f"wrote {args.out}")
     return 0
 

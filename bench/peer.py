@@ -89,6 +89,11 @@ class PeerSettings:
     agreement_requests: int = 200
     agreement_seed: int = 11
     systems: tuple[str, ...] = ("otelcol", "recohop")
+    # Before each row, wait (at most this many seconds over the whole run) until the machine is idle: other
+    # work below `quiet_cores` busy cores. 0: do not wait (the other-cores column still shows the load).
+    quiet_wait: float = 0.0
+    quiet_cores: float = 0.15
+    waited: float = 0.0
 
 
 @dataclass
@@ -440,8 +445,28 @@ def kept_specials(run: Running, sink: procs.Proc, before: dict[str, Any], worklo
             "special_kept_share_est": sum(kept.values()) / offered if offered else None}
 
 
+def busy_cores(seconds: float = 2.0) -> float:
+    """Busy cores of the whole machine over `seconds` (between rows nothing of the benchmark's runs but an
+    idle sink, so this is other people's work)."""
+    b0 = procs.machine_busy_seconds()
+    time.sleep(seconds)
+    return (procs.machine_busy_seconds() - b0) / seconds
+
+
+def wait_quiet(s: PeerSettings, log: Callable[[str], None]) -> float:
+    """Wait until the machine is idle, within what is left of `s.quiet_wait`; returns the last busy reading."""
+    busy = busy_cores()
+    while busy > s.quiet_cores and s.waited < s.quiet_wait:
+        log(f"  machine busy ({busy:.2f} cores of other work): waiting ({s.waited:.0f}/{s.quiet_wait:.0f} s used)")
+        time.sleep(10.0)
+        s.waited += 12.0
+        busy = busy_cores()
+    return busy
+
+
 def run_row(spec: RowSpec, sink: procs.Proc, workload_file: Path, workload: Workload, s: PeerSettings, key: str,
             notes: list[str], log: Callable[[str], None], capture: bool = False) -> dict[str, Any]:
+    busy_before = wait_quiet(s, log)
     log(f"peer row {spec.name}" + (f" (budget {spec.budget.traces} traces{', block' if spec.budget.block else ''})"
                                    if spec.budget else ""))
     try:
@@ -459,6 +484,7 @@ def run_row(spec: RowSpec, sink: procs.Proc, workload_file: Path, workload: Work
             row["repeats_spans_per_s"] = [w["spans_per_s"] for w in windows]
         if capture:
             row["capture"] = kept_specials(run, sink, before, workload, s)
+        row["other_cores_before"] = busy_before
         if not run.proc.alive():
             row["note"] = f"target exited during the row: {run.proc.log_tail(5)}"
         handled = row.get("sampler", {}).get("handled_per_trace")
@@ -680,7 +706,7 @@ def run_peer(workload: Workload, workload_file: Path, s: PeerSettings,
         spans_per_request = round(workload.total_spans / len(workload.requests))
         agreement = run_agreement(s, fit, key, spans_per_request, notes, log)
     return {"rows": rows, "budgets": {k: vars(v) for k, v in fit.items()}, "targets": targets(rows),
-            "agreement": agreement, "notes": notes}
+            "agreement": agreement, "quiet_waited_s": s.waited, "notes": notes}
 
 
 def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -717,7 +743,7 @@ def otelcol_version() -> str | None:
 
 
 def peer_machine() -> dict[str, Any]:
-    return {**machine(), "otelcol": otelcol_version(), "loadavg_at_start": Path("/proc/loadavg").read_text().strip()}
+    return {**machine(), "otelcol": otelcol_version()}
 
 
 # ---------------------------------------------------------------- tables
@@ -735,7 +761,7 @@ def _grid(head: tuple[str, ...], lines: list[tuple[str, ...]]) -> list[str]:
 
 
 def table(result: dict[str, Any]) -> str:
-    head = ("row", "spans/s", "cores", "CPU-s/M spans", "spans/CPU-s", "RSS MiB", "idle MiB", "B/buffered span",
+    head = ("row", "spans/s", "cores", "other cores", "CPU-s/M spans", "spans/CPU-s", "RSS MiB", "idle MiB", "B/buffered span",
             "p50 ms", "p99 ms", "buffered traces", "decision age s", "on time", "forced", "budget traces")
     out: list[str] = []
     for table_name, title in (("main", "budgets fit decision_wait"), ("stages", "the collector's components alone"),
@@ -746,12 +772,13 @@ def table(result: dict[str, Any]) -> str:
         lines = []
         for r in rows:
             if r.get("skipped"):
-                lines.append((r["name"], "skipped", *[""] * 12, r["skipped"][:50]))
+                lines.append((r["name"], "skipped", *[""] * 13, r["skipped"][:50]))
                 continue
             smp = r.get("sampler", {})
             lat = r["latency_ms"]
             lines.append((
-                r["name"], _f(r["spans_per_s"]), _f(r["target_cores"], ".2f"), _f(r["cpu_s_per_million_spans"], ".2f"),
+                r["name"], _f(r["spans_per_s"]), _f(r["target_cores"], ".2f"), _f(r["other_cores"], ".2f"),
+                _f(r["cpu_s_per_million_spans"], ".2f"),
                 _f(r["spans_per_cpu_s"]), _f(r["rss_bytes"] / 2**20), _f(r["idle_rss_bytes"] / 2**20),
                 _f(smp.get("rss_per_buffered_span")), _f(lat["p50"], ".1f"), _f(lat["p99"], ".1f"),
                 _f(smp.get("buffered_traces_end")), _f(smp.get("mean_decision_age_s"), ".2f"),
