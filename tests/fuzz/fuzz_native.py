@@ -15,13 +15,18 @@ import importlib.util
 import sys
 from pathlib import Path
 
+SOURCES = Path(__file__).resolve().parents[2] / "processor" / "native"
+
 
 def load_sanitized(directory: Path) -> list[str]:
     """Imports every sanitizer-built scanner under its real name (processor.native._<name>)."""
     import processor.native  # noqa: F401 - the package first, so its modules can be registered below
 
     names = []
+    sources = {c.stem for c in SOURCES.glob("_*.c")}  # a stale build of a deleted scanner is not loaded
     for path in sorted(directory.glob("_*.so")):
+        if path.name.split(".")[0] not in sources:
+            continue
         name = f"processor.native.{path.name.split('.')[0]}"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
@@ -37,8 +42,9 @@ def main() -> None:
 
     target, directory, *fuzzer_args = sys.argv[1:]
     loaded = load_sanitized(Path(directory))
-    if len(loaded) < 6:
-        raise SystemExit(f"expected the six sanitizer-built scanners in {directory}, found {loaded}")
+    expected = sorted(f"processor.native.{c.stem}" for c in SOURCES.glob("_*.c"))
+    if sorted(loaded) != expected:  # every scanner in the source tree, built with the sanitizers
+        raise SystemExit(f"expected the sanitizer-built scanners {expected} in {directory}, found {loaded}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import native_targets
 
