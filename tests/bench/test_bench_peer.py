@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import peer, procs
+from bench.workload import TraceIdRewriter, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRE_ENV = "RECOHOP_REQUIRE_OTELCOL"
@@ -25,6 +26,33 @@ def _require_otelcol() -> None:
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail("the collector is not built: run `make otelcol`")
     pytest.skip("the collector is not built: run `make otelcol`")
+
+
+def _trace_ids(raw: bytes) -> set[bytes]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    return {span.trace_id for rs in ExportTraceServiceRequest.FromString(raw).resource_spans
+            for ss in rs.scope_spans for span in ss.spans}
+
+
+def test_replayed_ids_are_fresh_in_both_halves() -> None:
+    """The collector's tail-sampling decision cache is keyed by bytes 8-15 of the trace id: a replay that only
+    changed the first bytes was answered from the first pass's decisions, never buffered. The peer client
+    rewrites both halves; bytes 4-11 (the capture sink's key for special traces) stay the original's."""
+    raw = generate(1, 800, 3).requests[0]
+    original = _trace_ids(raw)
+    rewriter = TraceIdRewriter(raw, fresh_right_half=True)
+    right_halves: set[bytes] = set()
+    replays = 50
+    for generation in range(replays):
+        ids = _trace_ids(rewriter.replay(generation))
+        assert {t[4:12] for t in ids} == {t[4:12] for t in original}
+        right_halves |= {t[8:] for t in ids}
+    assert len(right_halves) == replays * len(original)
+    # Without the option (`python -m bench all`) the right half never changes; generation 0's mask is zero.
+    plain = TraceIdRewriter(raw)
+    assert rewriter.replay(0) == plain.replay(0)
+    assert {t[8:] for t in _trace_ids(plain.replay(7))} == {t[8:] for t in original}
 
 
 def test_render_otelcol_fills_every_placeholder_and_keeps_env(tmp_path: Path) -> None:
