@@ -66,17 +66,9 @@ def translate(component: Component, findings: Findings) -> ImportedRedaction | N
     """The rules file for one redaction processor; refusals go to `findings`."""
     before = len(findings.refused)
 
-    def attempt(fn: Any, default: Any) -> Any:
-        try:
-            return fn()
-        except Refused as exc:
-            findings.refuse(exc)
-            return default
-
-    try:
-        sec = Section(component.config, component.path)
-    except Refused as exc:
-        findings.refuse(exc)
+    attempt = findings.attempt
+    sec = findings.section(component)
+    if sec is None:
         return None
     allow_all = attempt(lambda: sec.bool("allow_all_keys"), False)
     allowed = attempt(lambda: sec.str_list("allowed_keys"), [])

@@ -6,6 +6,7 @@ key is refused, never skipped), Go durations, and which components the service's
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -44,6 +45,22 @@ class Findings:
 
     def refuse(self, exc: Refused) -> None:
         self.refused.append(Finding(exc.path, exc.why))
+
+    def attempt(self, read: Callable[[], Any], default: Any = None) -> Any:
+        """`read()`, or `default` with the refusal recorded: every refusal of a component is listed at once."""
+        try:
+            return read()
+        except Refused as exc:
+            self.refuse(exc)
+            return default
+
+    def section(self, component: Any) -> Section | None:
+        """The component's config as a Section, or None with the refusal recorded."""
+        try:
+            return Section(component.config, component.path)
+        except Refused as exc:
+            self.refuse(exc)
+            return None
 
     def note(self, path: str, text: str) -> None:
         self.notes.append(Finding(path, text))

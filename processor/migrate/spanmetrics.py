@@ -104,17 +104,9 @@ def translate(component: Component, findings: Findings) -> ImportedSpanMetrics |
     before = len(findings.refused)
     out = ImportedSpanMetrics()
 
-    def attempt(fn: Any, default: Any = None) -> Any:
-        try:
-            return fn()
-        except Refused as exc:
-            findings.refuse(exc)
-            return default
-
-    try:
-        sec = Section(component.config, component.path)
-    except Refused as exc:
-        findings.refuse(exc)
+    attempt = findings.attempt
+    sec = findings.section(component)
+    if sec is None:
         return None
     labeler = _Labels(findings, ForbiddenKeys(DEFAULT_FORBIDDEN_KEYS))
     namespace = attempt(lambda: sec.str("namespace", "traces.span.metrics"), "traces.span.metrics")
