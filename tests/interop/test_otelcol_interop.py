@@ -290,7 +290,7 @@ def go_duration(text: str) -> float:
 def test_otelcol_otlp_exporter_retries_on_recohop_pushback_and_delivers_once(
         downstream: CaptureServer, start_hop: Callable[..., HopProcess], wire_tap: Callable[[str], GrpcWireTap],
         start_collector: Callable[..., Any]) -> None:
-    """otelcol gateway (batch 8192, gzip, queue, retries) → recohop (one pending request, 256 KiB export queue) →
+    """otelcol gateway (batch 8192, gzip, queue, retries) → recohop (one pending request, 32 KiB export queue) →
     a downstream that refuses until recohop has pushed back: the collector honours RetryInfo and nothing is lost
     or duplicated."""
     refusing = threading.Event()
@@ -301,7 +301,7 @@ receiver: {{max_pending_requests: 1}}
 exporter:
   endpoint: {downstream.endpoint}
   timeout: 10s
-  queue: {{max_bytes: 256KiB, consumers: 1}}
+  queue: {{max_bytes: 32KiB, consumers: 1}}  # less than any batch (>= 512 spans): full after the first
   retry: {{initial_interval: 50ms, max_interval: 200ms, max_elapsed_time: 5m}}
 shutdown_timeout: 20s
 pipeline: []
