@@ -1,7 +1,7 @@
 /* The redaction stage's traces pass in one walk over a serialized ExportTraceServiceRequest.
  *
- * Why: the Python fast path (processor/redaction/fastpath.py) still pays protobuf parsing and per-scope Python
- * work (~4 us per span). Here every attribute (resource, scope, span, event, link), span name, status message
+ * Why: the Python message walk (processor/redaction/redactor.py, this scanner's fallback and reference) pays
+ * protobuf parsing and per-attribute Python work (several us per span). Here every attribute (resource, scope, span, event, link), span name, status message
  * and event name is looked at in C: a key table (filled once per distinct key by a Python callback that runs
  * the rule matching) says what the key's rule does, a cheap prefilter derived from
  * processor/redaction/detectors.py:possible_kinds says "no detector can match this value" for almost every

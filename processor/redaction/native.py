@@ -1,7 +1,7 @@
 """The traces pass in C (processor/native/_redact.c), with the Python callbacks it asks when C cannot decide.
 
-Why: even the byte-level Python fast path (fastpath.py) costs several microseconds per span, most of it
-protobuf parsing and per-scope Python work. The C scanner reads the serialized request once and asks Python
+Why: the Python message walk (redactor.py) costs several microseconds per span, most of it protobuf parsing
+and per-attribute Python work. The C scanner reads the serialized request once and asks Python
 only about what it has not seen: each distinct attribute key once (its rule, by `RuleSet.lookup`), values the
 detector prefilter cannot clear (the same `Detectors.scan`), and attributes whose rule needs Python (through
 `Redactor.keyvalue` on a parsed KeyValue, exactly as the message walk does). Answers are memoised in C by the
@@ -40,7 +40,7 @@ def kinds_mask(kinds: tuple[str, ...]) -> int:
 
 
 class NativeTraces:
-    """One stage's C scanner; `redact(raw)` is `FastTraces.process` on bytes (None: use the Python path)."""
+    """One stage's C scanner; `redact(raw)` is `Redactor.traces` on bytes (None: use the Python path)."""
 
     MEMO_MAX = 65536
 

@@ -306,7 +306,7 @@ class Redactor:
                 summary.value.int_value = changed
 
     def traces(self, request: TracesRequest) -> None:
-        """The slow path: every span walked through the message (fastpath.py gives the same result)."""
+        """Every span walked through the message: the fallback and reference of the C scanner (native.py)."""
         for rs in request.resource_spans:
             ids = self._resource(rs.resource, [ss.scope for ss in rs.scope_spans])
             self._ids = ids or None

@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily
 
 from processor.config_node import Node
-from processor.redaction.fastpath import FastTraces
 from processor.redaction.native import NativeTraces
 from processor.redaction.pseudonym import Pseudonymiser, load_key
 from processor.redaction.redactor import Redactor
@@ -56,9 +55,9 @@ class RedactionStage(Stage):
         self.name = name
         self.redactor = redactor
         rules = redactor.rules
-        self.fast = FastTraces(redactor)
-        # The C pass over serialized requests when built (then the hop hands this stage bytes); the Python
-        # fast path stays the fallback for bytes the scanner does not handle and when it is not built.
+        # Two tiers: the C pass over serialized requests when built (then the hop hands this stage bytes), and
+        # the Python message walk (`Redactor.traces`), the fallback for bytes the scanner does not handle and
+        # when it is not built, and the reference the differential tests compare the scanner against.
         self.native = NativeTraces.load(redactor)
         self.takes_trace_bytes = self.native is not None
         self._rule_hits = _counter(registry, "recohop_redaction_rule_hits", "Attributes acted on, per rule",
@@ -80,7 +79,7 @@ class RedactionStage(Stage):
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         """Redacts `request` in place (through the byte path when the scanner is built)."""
         if self.native is None:
-            self.fast.process(request)
+            self.redactor.traces(request)
             self._publish()
             return [request]
         raw = request.SerializeToString()
@@ -94,7 +93,7 @@ class RedactionStage(Stage):
         out = self.native.redact(raw) if self.native is not None else None
         if out is None:
             request = TracesRequest.FromString(raw)
-            self.fast.process(request)
+            self.redactor.traces(request)
             data = request.SerializeToString()
             out = raw if data == raw else data
         self._publish()

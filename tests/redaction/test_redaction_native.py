@@ -1,5 +1,5 @@
 """The redaction traces pass in C (`processor/native/_redact.c` via `processor/redaction/native.py`) against the
-pure-Python paths (the byte-level fast path and the message walk): the same redacted requests and the same
+pure-Python path (the message walk): the same redacted requests and the same
 self-metrics on the benchmark workload and on random requests (every AnyValue kind, nested kvlists/arrays,
 events, links, odd ids, several resources and scopes), the input bytes object itself when nothing changes, and
 a prefilter that never skips a value a detector would hit."""
