@@ -97,7 +97,7 @@ def serve(endpoint: str, port: int, seed: int, faults: Faults, drift_after_s: fl
     """Run until interrupted; prints `listening on 127.0.0.1:PORT` once ready, then `metrics on HOST:PORT`
     when `metrics_listen` serves the loaded models' quality (offline evaluation, training time)."""
     from recommender.quality import ModelQualityMetrics, offline_evaluation
-    from recommender.simulate import world_and_arms
+    from recommender.trained import world_and_arms
 
     world, arms = world_and_arms(seed)
     provider = make_provider(endpoint=endpoint, seed=seed + 1)

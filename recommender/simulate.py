@@ -11,7 +11,6 @@ import heapq
 import random
 import time
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -19,23 +18,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from recommender.behaviour import Feedback, ShopperModel
-from recommender.data import World, generate
 from recommender.experiment import inject
 from recommender.faults import PLACEMENTS, Faults
 from recommender.groundtruth import GroundTruth
-from recommender.model import FactorModel, train_arms
+from recommender.http_service import HttpClient
 from recommender.quality import ModelQualityMetrics, offline_evaluation
 from recommender.service import CLICK, CONVERSION, RecommendationService, RecoOutcome, user_id, user_index
 from recommender.telemetry import SCOPE, SeededIdGenerator, make_provider
+from recommender.trained import world_and_arms  # also imported from here by the demo and the benches
 
 PLACEMENT_WEIGHTS = {"home": 0.45, "product_page": 0.3, "cart": 0.15, "email": 0.1}
-
-
-@lru_cache(maxsize=4)
-def world_and_arms(seed: int) -> tuple[World, dict[str, FactorModel]]:
-    """The seeded world and both trained arms (cached: training is the slow part of start-up)."""
-    world = generate(seed)
-    return world, train_arms(world.interactions, seed)
 
 
 class Transport(Protocol):
@@ -112,8 +104,6 @@ def run(endpoint: str | None, rps: float, duration: float, seed: int = 0, faults
     transport: Transport
     drift_ns = None
     if service_url:
-        from recommender.http_service import HttpClient
-
         transport = HttpClient(service_url)
     else:
         evaluation = offline_evaluation(seed) if quality is not None else None

@@ -3,8 +3,11 @@ per-span facts the trace buffer must precompute when spans arrive (so a policy n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from processor.config_node import Node
 
 
 @dataclass
@@ -50,3 +53,8 @@ class Policy:
 
     def matches(self, trace: TraceView, now: float) -> bool:
         raise NotImplementedError
+
+
+# How a composite builds its parts: (a sub-policy's mapping, its default name) -> the policy. The factory hands
+# its `build_policy` in, so no policy module imports the factory.
+BuildPart = Callable[[Node, str], Policy]

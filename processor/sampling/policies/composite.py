@@ -1,10 +1,10 @@
 """Composites: `and` (every sub-policy matches) and `not` (the sub-policy does not match).
-Sub-policies are ordinary policies, built by the same factory."""
+Sub-policies are ordinary policies, built by the factory, which hands its `build_policy` in (`BuildPart`)."""
 
 from __future__ import annotations
 
 from processor.config_node import Node
-from processor.sampling.policies.base import Needs, Policy, TraceView
+from processor.sampling.policies.base import BuildPart, Needs, Policy, TraceView
 
 
 class And(Policy):
@@ -38,18 +38,14 @@ class Not(Policy):
         return not self.part.matches(trace, now)
 
 
-def build_and(node: Node, name: str) -> Policy:
-    from processor.sampling.policies.factory import build_policy
-
+def build_and(node: Node, name: str, build_policy: BuildPart) -> Policy:
     parts = [build_policy(child, f"{name}[{i}]") for i, child in enumerate(node.children("policies"))]
     if not parts:
         raise node.error("policies", "a non-empty list of sub-policies")
     return And(name, parts)
 
 
-def build_not(node: Node, name: str) -> Policy:
-    from processor.sampling.policies.factory import build_policy
-
+def build_not(node: Node, name: str, build_policy: BuildPart) -> Policy:
     if node.raw("policy") is None:
         raise node.error("policy", "a sub-policy mapping (required)")
     return Not(name, build_policy(node.child("policy"), f"{name}.policy"))

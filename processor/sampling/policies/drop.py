@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from processor.config_node import Node
-from processor.sampling.policies.base import Needs, Policy, TraceView
+from processor.sampling.policies.base import BuildPart, Needs, Policy, TraceView
 
 
 class Drop(Policy):
@@ -20,9 +20,7 @@ class Drop(Policy):
         return self.part.matches(trace, now)
 
 
-def build(node: Node, name: str) -> Policy:
-    from processor.sampling.policies.factory import build_policy
-
+def build(node: Node, name: str, build_policy: BuildPart) -> Policy:
     if node.raw("policy") is None:
         raise node.error("policy", "the sub-policy that selects traces to drop (required)")
     return Drop(name, build_policy(node.child("policy"), f"{name}.policy"))

@@ -1,4 +1,5 @@
-"""Config -> policy: the one switch from a policy's `type` to the module that builds it."""
+"""Config -> policy: the one switch from a policy's `type` to the module that builds it. Composites (`and`,
+`not`, `drop`) are handed `build_policy` for their parts, so no policy module imports the factory."""
 
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ from processor.sampling.policies.base import Policy
 
 BUILDERS: dict[str, Callable[[Node, str], Policy]] = {
     "always": always.build,
-    "and": composite.build_and,
+    "and": lambda node, name: composite.build_and(node, name, build_policy),
     "attribute": attribute.build,
-    "drop": drop.build,
+    "drop": lambda node, name: drop.build(node, name, build_policy),
     "latency": latency.build,
     "log_severity": log_severity.build,
-    "not": composite.build_not,
+    "not": lambda node, name: composite.build_not(node, name, build_policy),
     "probabilistic": probabilistic.build,
     "rate_limit": rate_limit.build,
     "span_count": span_count.build,
