@@ -1,13 +1,13 @@
-"""The native trace store (`processor/native/_tracestore.c`) behind the tail-sampling stage, and the batch
-decider that evaluates policies as array operations over the store's packed per-trace facts.
+"""The native trace store (`processor/native/_tracestore.c`): the `store.TraceStore` that ships, and the packed
+per-trace facts its batches are decided on.
 
 Why: with spans already read in C, the sampler's remaining cost was Python per trace (entry objects, fact
-merging, one `decide` call, cache and metric updates). Here buffered traces live in C; a batch of due traces
-comes back as one numpy record array, each policy answers for the whole batch at once, and only kept traces
-(a few percent) and the rare traces a value-reading policy must look at (regex/numeric attributes, resource
-attributes, rate_limit) are handled one by one in Python, in batch order, with the same first-match rule as
-`PolicySet.decide` (drops first). The pure-Python `TraceBuffer` stays the fallback and the reference
-(`tests/sampling/test_sampling_store.py` compares both).
+merging, one `decide` call, cache and metric updates). Here buffered traces, their readiness and the decision
+cache live in C; a batch of due traces comes back as one numpy record array (`Facts`), each policy answers for
+the whole batch at once (`Policy.batch`, asked by `policyset.BatchDecider`), and only kept traces (a few
+percent) and the rare traces a value-reading policy must look at (regex/numeric attributes, resource
+attributes, rate_limit) are handled one by one in Python. The reference store (`reference_store.py`) stays the
+fallback and the oracle (`tests/sampling/test_sampling_store.py` compares both).
 """
 
 from __future__ import annotations
@@ -16,13 +16,17 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from processor.native import load as load_native
-from processor.sampling.buffer import Groups, Late, TraceEntry, any_value, read_spans
+from processor.sampling.buffer import Group, Groups, Late, TraceEntry, any_value, read_spans
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.policies.base import Policy
-from processor.sampling.policies.policyset import Decision, PolicySet
+from processor.sampling.policies.batch import UNKNOWN_CLASS
+from processor.sampling.policies.policyset import BatchDecider, Decision, DecisionSlots, PolicySet
+from processor.sampling.store import Batch, Fault
+from processor.sampling.trigger import DUE, FULL, RELIEVE, SHUTDOWN, Trigger
 
 _store = load_native("tracestore")
 
@@ -34,11 +38,8 @@ RECORD = np.dtype({
     "offsets": [0, 16, 24, 32, 40, 48, 56, 64, 72, 76, 80, 84, 85, 86],
     "itemsize": 88,
 })
-UNKNOWN_CLASS = 1 << 63  # a value the classifier could not answer for: ask the policies in Python
 CLASSIFIER_MEMO = 1 << 16
 _LOW56_SHIFTS = np.array([48, 40, 32, 24, 16, 8, 0], dtype=np.uint64)
-
-Batch = Callable[["Facts", np.ndarray], np.ndarray]  # (facts, row indexes) -> bool per row
 
 
 def available() -> bool:
@@ -198,167 +199,6 @@ class Facts:
         return span_attrs, res_attrs
 
 
-def _in_python(policy: Policy, now: float) -> Batch:
-    """A policy that needs values or state: asked per trace, in batch order (rate_limit's tokens then go
-    exactly as with sequential decisions). A failing trace is marked and decided `on_error`."""
-    def run(facts: Facts, rows: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(rows), dtype=bool)
-        for i, row in enumerate(rows.tolist()):
-            if row in facts.failed:
-                out[i] = True  # decided on_error by the caller
-                continue
-            try:
-                out[i] = policy.matches(facts.view(row), now)
-            except Exception:  # noqa: BLE001 - same rule as the per-trace path: keep the trace
-                facts.failed.add(row)
-                out[i] = True
-        return out
-    return run
-
-
-def _some_in_python(policy: Policy, now: float, ask: Callable[[Facts, np.ndarray], np.ndarray],
-                    fast: Batch | None) -> Batch:
-    """Rows where `ask` is true go to the policy in Python; the others take `fast` (or False)."""
-    slow = _in_python(policy, now)
-
-    def run(facts: Facts, rows: np.ndarray) -> np.ndarray:
-        out = fast(facts, rows) if fast is not None else np.zeros(len(rows), dtype=bool)
-        need = ask(facts, rows)
-        if need.any():
-            out[need] = slow(facts, rows[need])
-        return out
-    return run
-
-
-def compile_policy(policy: Policy, layout: Layout, now: float) -> Batch:
-    kind = policy.kind
-    p: Any = policy
-    if kind == "always":
-        return lambda f, rows: np.ones(len(rows), dtype=bool)
-    if kind == "status_code":
-        if p.exception_events:
-            return lambda f, rows: f.error[rows] | f.exception[rows]
-        return lambda f, rows: f.error[rows].copy()
-    if kind == "log_severity":
-        return lambda f, rows: f.recs["max_severity"][rows] >= p.minimum
-    if kind == "span_count":
-        if p.maximum is None:
-            return lambda f, rows: f.recs["nspans"][rows] >= p.minimum
-        return lambda f, rows: (f.recs["nspans"][rows] >= p.minimum) & (f.recs["nspans"][rows] <= p.maximum)
-    if kind == "latency":
-        threshold = p.threshold_ns
-        if threshold < 0:
-            return _in_python(policy, now)
-        if p.span_name is None:
-            def trace_latency(f: Facts, rows: np.ndarray) -> np.ndarray:
-                start, end = f.recs["start"][rows], f.recs["end"][rows]
-                return (end >= start) & ((end - start) > np.uint64(threshold))
-            return trace_latency
-        col = layout.names.index(p.span_name)
-        return lambda f, rows: f.durs[rows, col] > threshold
-    if kind == "probabilistic":
-        threshold = p.threshold
-        return lambda f, rows: f.low56()[rows] >= np.uint64(threshold)
-    if kind == "drop":
-        return compile_policy(p.part, layout, now)
-    if kind == "not":
-        inner = compile_policy(p.part, layout, now)
-        return lambda f, rows: ~inner(f, rows)
-    if kind == "and":
-        parts = [compile_policy(part, layout, now) for part in p.parts]
-
-        def all_of(f: Facts, rows: np.ndarray) -> np.ndarray:
-            out = np.ones(len(rows), dtype=bool)
-            for part in parts:  # later parts only see rows still matching (as `all` short-circuits)
-                live = np.flatnonzero(out)
-                if not len(live):
-                    break
-                out[live] = part(f, rows[live])
-            return out
-        return all_of
-    if kind == "attribute":
-        return _attribute(p, layout, now)
-    return _in_python(policy, now)
-
-
-def _attribute(p: Any, layout: Layout, now: float) -> Batch:
-    span_side = p.scope in ("any", "span")
-    res_side = p.scope in ("any", "resource")
-    fast: Batch | None = None
-    present = 0
-    unknown = False
-    if span_side:
-        bits = [layout.hit_bit.get((key, encoded_pair(key, v))) for key in p.keys for v in (p.exact or ())]
-        class_bit = layout.class_bit.get(id(p)) if layout.classifies else None
-        if p.exact is not None and all(bit is not None for bit in bits):
-            mask = np.uint64(sum(1 << bit for bit in bits if bit is not None))
-            fast = lambda f, rows: (f.recs["hits"][rows] & mask) != 0  # noqa: E731
-        elif class_bit is not None:
-            cmask = np.uint64(1 << class_bit)
-            fast = lambda f, rows: (f.recs["classes"][rows] & cmask) != 0  # noqa: E731
-            unknown = True
-        else:
-            for key in p.keys:
-                bit = layout.present_bit.get(key)
-                if bit is not None:
-                    present |= 1 << bit
-    pmask = np.uint64(present)
-
-    def ask(f: Facts, rows: np.ndarray) -> np.ndarray:
-        need = (f.recs["present"][rows] & pmask) != 0 if present else np.zeros(len(rows), dtype=bool)
-        if unknown:
-            need |= (f.recs["classes"][rows] & np.uint64(UNKNOWN_CLASS)) != 0
-        if res_side:
-            need |= f.has_res[rows]
-        return need
-    return _some_in_python(p, now, ask, fast)
-
-
-class BatchDecider:
-    """`PolicySet.decide` for a whole batch: decision slots into `decisions` (code = slot * 2 + kept)."""
-
-    def __init__(self, policies: PolicySet, layout: Layout) -> None:
-        self.policies = policies
-        self.layout = layout
-        self.decisions: list[Decision] = []
-        self._slot: dict[int, int] = {}
-        self.drop_slots = [self.slot(policies._drop[p.name]) for p in policies.drops]
-        self.keep_slots = [self.slot(policies._keep[p.name]) for p in policies.keeps]
-        self.no_match = self.slot(policies.no_match)
-        self.on_error = self.slot(policies.on_error)
-
-    def slot(self, decision: Decision) -> int:
-        slot = self._slot.get(id(decision))
-        if slot is None:
-            slot = self._slot[id(decision)] = len(self.decisions)
-            self.decisions.append(decision)
-        return slot
-
-    def code(self, decision: Decision) -> int:
-        return self.slot(decision) * 2 + int(decision.kept)
-
-    def decision(self, code: int) -> Decision:
-        return self.decisions[code >> 1]
-
-    def kept_array(self) -> np.ndarray:
-        return np.array([d.kept for d in self.decisions], dtype=bool)
-
-    def decide(self, facts: Facts, now: float) -> np.ndarray:
-        slots = np.full(facts.n, -1, dtype=np.int32)
-        ordered = [*zip(self.policies.drops, self.drop_slots, strict=True),
-                   *zip(self.policies.keeps, self.keep_slots, strict=True)]
-        for policy, slot in ordered:
-            rows = np.flatnonzero(slots < 0)
-            if not len(rows):
-                break
-            matched = compile_policy(policy, self.layout, now)(facts, rows)
-            slots[rows[matched]] = slot
-        slots[slots < 0] = self.no_match
-        for row in facts.failed:
-            slots[row] = self.on_error
-        return slots
-
-
 class TraceIds(Mapping[bytes, None]):
     """`buffer.traces` for code and tests that only look at which traces are buffered."""
 
@@ -375,38 +215,70 @@ class TraceIds(Mapping[bytes, None]):
         return len(self._ids)
 
 
-class NativeBuffer:
-    """The stage's buffer when the native store is built: spans, logs, readiness and the decision cache in C;
-    Groups (resource/scope headers) stay here, interned once per ScopeSpans."""
+class NativeStore:
+    """The trace store in C: spans, logs, readiness and the decision cache live in `_tracestore`; Groups
+    (resource/scope headers) stay here, interned once per ScopeSpans."""
 
-    def __init__(self, policies: PolicySet, layout: Layout, max_spans: int, cache_size: int) -> None:
+    def __init__(self, policies: PolicySet, layout: Layout, max_spans: int, cache_size: int,
+                 trigger: Trigger) -> None:
         assert _store is not None
         self.layout = layout
+        self.trigger = trigger
         self.groups = Groups(policies.needs.resource_keys)
-        self.store = _store.Store(tuple(name.encode() for name in layout.names), layout.store_keys, max_spans,
-                                  cache_size)
+        self.native = _store.Store(tuple(name.encode() for name in layout.names), layout.store_keys, max_spans,
+                                   cache_size)
         classify = layout.classifier()
         layout.classifies = classify is not None
-        self.store.set_classifier(classify)
-        self.decider = BatchDecider(policies, layout)
+        self.native.set_classifier(classify)
+        self.slots = DecisionSlots(policies)
+        self.decider = BatchDecider(policies, layout, self.slots)
+        self.cache = NativeCache(self)
+
+    # -- what is buffered ------------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return self.native.stats()[1]
+
+    @property
+    def traces(self) -> TraceIds:
+        return TraceIds(self.native.ids())
+
+    def size(self) -> tuple[int, int]:
+        traces, nbytes, _ = self.native.stats()
+        return traces, nbytes
+
+    def stats(self) -> tuple[int, int, int]:
+        return self.native.stats()
+
+    def snapshot(self) -> Iterator[tuple[bool, Group, bytes]]:
+        by_id = self.groups.by_id
+        for kind, gid, chunk in self.native.snapshot():
+            yield bool(kind), by_id[gid], chunk
+
+    # -- intake ---------------------------------------------------------------------------------------------
+
+    def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
+        """Buffer a serialized request; the ids of traces that reached max_spans come back."""
+        full = self.add_span_bytes(raw, now, late)
+        if full is None:  # bytes upb accepted but the store does not read (e.g. unknown field kinds)
+            full = self._canonical_intake(raw, now, late)
+        return full
+
+    def _canonical_intake(self, raw: bytes, now: float, late: Late) -> list[bytes]:
+        """A request the store did not read: its canonical encoding without unknown fields (what the reference
+        store keeps of it too); refused as partial success if even that is not readable."""
+        request = ExportTraceServiceRequest.FromString(raw)
+        request.DiscardUnknownFields()
+        full = self.add_span_bytes(request.SerializeToString(), now, late)
+        if full is None:
+            late.invalid_spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            return []
+        return full
 
     def _intern(self, res_field: bytes, scope_field: bytes) -> int:
         group = self.groups.intern_fields(res_field, scope_field)
         return group.gid * 2 + (1 if group.res_attrs else 0)
-
-    @property
-    def nbytes(self) -> int:
-        return self.store.stats()[1]
-
-    @property
-    def traces(self) -> TraceIds:
-        return TraceIds(self.store.ids())
-
-    def __len__(self) -> int:
-        return self.store.stats()[0]
-
-    def nspans(self) -> int:
-        return self.store.stats()[2]
 
     def add_span_bytes(self, raw: bytes, now: float, late: Late) -> list[bytes] | None:
         """Buffer a serialized request; the ids of traces that reached max_spans come back (None: bytes the
@@ -420,7 +292,7 @@ class NativeBuffer:
                 made.append(code >> 1)
             return code
         try:
-            done = self.store.intake(raw, now, intern)
+            done = self.native.intake(raw, now, intern)
         except BaseException:
             self.groups_gone(made)  # a refused request changes nothing: not even the groups it named
             raise
@@ -430,7 +302,7 @@ class NativeBuffer:
         full, late_spans, late.dropped_spans, late.invalid_spans, unused, _added = done
         if late_spans:
             by_id = self.groups.by_id
-            decision = self.decider.decision
+            decision = self.slots.decision
             late.spans.extend((by_id[gid], data, is_root, decision(code)) for gid, data, is_root, code in late_spans)
         if unused:
             self.groups_gone(unused)
@@ -443,47 +315,93 @@ class NativeBuffer:
             if group is not None:
                 del by_key[(group.resource_field, group.scope_field)]
 
-    def add_logs(self, request: Any, now: float, cache: Any, late: Late,
-                 passed: list[tuple[Any, bytes, int]]) -> int:
+    def intake_logs(self, request: Any, now: float, late: Late, passed: list[tuple[Group, bytes, int]]) -> int:
         """`TraceBuffer.add_logs` on the store (logs are rare next to spans: one call per record)."""
-        add = self.store.add_log
-        touched: list[Any] = []
+        add = self.native.add_log
+        touched: list[Group] = []
         added = 0
         for group, trace_id, data, severity in self.groups.traced_log_records(request, passed, touched):
             code = add(trace_id, group.gid, data, severity, now)
             if code < 0:
                 added += 1
                 if group.res_attrs:
-                    self.store.mark_resource(trace_id)
+                    self.native.mark_resource(trace_id)
             elif code & 1:
                 late.logs.append((group, data))
             else:
                 late.dropped_logs += 1
-        self.groups_gone([g.gid for g in touched if self.store.refcount(g.gid) <= 0])
+        self.groups_gone([g.gid for g in touched if self.native.refcount(g.gid) <= 0])
         return added
 
-    def entry(self, row: int, trace_id: bytes, nspans: int, nlogs: int) -> TraceEntry:
+    # -- decision rounds ------------------------------------------------------------------------------------
+
+    def select_full(self, full: list[bytes]) -> Batch:
+        return self._batch(self.native.select_ids(full), FULL)
+
+    def select_due(self, now: float) -> Batch:
+        return self._batch(self.native.select_due(now, self.trigger.root_grace, self.trigger.decision_wait), DUE)
+
+    def select_relieve(self) -> Batch:
+        max_bytes, max_traces = self.trigger.relieve_to()
+        return self._batch(self.native.select_relieve(max_bytes, max_traces), RELIEVE)
+
+    def select_all(self) -> Batch:
+        return self._batch(self.native.select_all(), SHUTDOWN)
+
+    @staticmethod
+    def _batch(selected: tuple[bytes, bytes, bytes], reasons: tuple[str, ...]) -> Batch:
+        raw, durs, why = selected
+        recs = np.frombuffer(raw, dtype=RECORD)
+        size = RECORD.itemsize
+        return Batch(len(recs), recs["nlogs"], recs["first"], reasons, why if len(reasons) > 1 else None,
+                     (raw, durs, recs), lambda: [raw[at:at + 16] for at in range(0, len(raw), size)])
+
+    def decide(self, batch: Batch, now: float, fault: Fault) -> np.ndarray:
+        """The policies over the batch's facts as arrays; a failure building the facts or deciding decides the
+        whole batch `on_error` (a trace a value-reading policy fails on alone: `Facts.failed`)."""
+        raw, durs, _ = batch.held
+        step = "facts"
+        try:
+            facts = Facts(raw, durs, self.layout, self.native.batch_chunks, self.groups)
+            step = "decide"
+            return self.decider.decide(facts, now)
+        except Exception as exc:  # never wedge the buffer: keep the batch (as the per-trace path does)
+            fault(step, exc)
+            return np.full(batch.n, self.slots.on_error, dtype=np.int32)
+
+    def kept_entry(self, batch: Batch, row: int) -> TraceEntry:
         """A kept trace's bytes as a `TraceEntry` for the Outbox."""
-        chunks, log_chunks, root = self.store.batch_chunks(row)
-        entry = TraceEntry(trace_id, 0.0)
+        raw, _, recs = batch.held
+        at = row * RECORD.itemsize
+        chunks, log_chunks, root = self.native.batch_chunks(row)
+        entry = TraceEntry(raw[at:at + 16], 0.0)
         entry.chunks = dict(chunks)
         entry.log_chunks = dict(log_chunks) if log_chunks else None
         entry.root = root
-        entry.nspans = nspans
-        entry.nlogs = nlogs
+        entry.nspans = int(recs["nspans"][row])
+        entry.nlogs = int(recs["nlogs"][row])
         return entry
+
+    def finish(self, batch: Batch, slots: np.ndarray, kept: np.ndarray) -> None:
+        batch.released = self.native.finish((slots * 2 + kept).astype(np.int32).tobytes())
+
+    def release(self, batch: Batch) -> None:
+        self.groups_gone(batch.released)
+
+    def abort(self) -> None:
+        self.native.abort()  # a no-op once finished
 
 
 class NativeCache:
     """`DecisionCache` over the store's cache (decisions are kept there as codes)."""
 
-    def __init__(self, buffer: NativeBuffer) -> None:
-        self.store = buffer.store
-        self.decider = buffer.decider
+    def __init__(self, store: NativeStore) -> None:
+        self.native = store.native
+        self.slots = store.slots
 
     def get(self, trace_id: bytes) -> Decision | None:
-        code = self.store.cache_get(trace_id)
-        return None if code < 0 else self.decider.decision(code)
+        code = self.native.cache_get(trace_id)
+        return None if code < 0 else self.slots.decision(code)
 
     def put(self, trace_id: bytes, decision: Decision) -> None:
-        self.store.cache_put(trace_id, self.decider.code(decision))
+        self.native.cache_put(trace_id, self.slots.code(decision))

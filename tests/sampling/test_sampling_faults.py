@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sampling_helpers import Harness
 
@@ -18,8 +19,10 @@ from processor.native import load
 from processor.sampling import native_store
 from processor.sampling.buffer import TraceBuffer
 from processor.sampling.emit import Outbox
-from processor.sampling.native_store import BatchDecider, NativeBuffer
-from processor.stages.tail_sampling import FAULT_STEPS
+from processor.sampling.metrics import FAULT_STEPS
+from processor.sampling.native_store import NativeStore
+from processor.sampling.policies.batch import UNKNOWN_CLASS
+from processor.sampling.policies.policyset import BatchDecider
 
 STORE = load("tracestore")
 needs_store = pytest.mark.skipif(not native_store.available(), reason="native trace store not built")
@@ -60,7 +63,7 @@ def make(tmp_path: Path, native: bool, monkeypatch: pytest.MonkeyPatch, **config
         if not native:
             patch.setattr(stage_module, "native_store_available", lambda: False)
         h = Harness(policies, **config)
-    assert isinstance(h.stage.buffer, NativeBuffer) == native
+    assert isinstance(h.stage.store, NativeStore) == native
     return h
 
 
@@ -85,7 +88,7 @@ def run_to_end(h: Harness, requests: list[Any]) -> None:
 def assert_all_sent_once(h: Harness, expected: dict[bytes, int]) -> None:
     counts = h.out_span_counts()
     assert dict(counts) == expected  # every span of every trace, none twice
-    assert not h.stage.buffer.traces
+    assert not h.stage.store.traces
 
 
 @pytest.mark.parametrize("native", [pytest.param(True, marks=needs_store), False])
@@ -103,10 +106,10 @@ def test_native_decision_fault_is_counted_and_loses_nothing(tmp_path: Path, monk
     h = make(tmp_path, True, monkeypatch)
     requests, expected = workload()
     stage = h.stage
-    assert stage.native is not None
-    store = stage.native.store
+    assert isinstance(stage.store, NativeStore)
+    store = stage.store.native
     if step == "facts":
-        monkeypatch.setattr(stage_module, "Facts", once(stage_module.Facts))
+        monkeypatch.setattr(native_store, "Facts", once(native_store.Facts))
     elif step == "decide":
         monkeypatch.setattr(BatchDecider, "decide", once(BatchDecider.decide))
     elif step == "emit":  # the second kept trace of the first batch: the first one must not be sent twice
@@ -117,9 +120,9 @@ def test_native_decision_fault_is_counted_and_loses_nothing(tmp_path: Path, monk
         def bad_finish(codes: bytes) -> Any:
             calls[0] += bool(codes)
             return store.finish(codes[:-1] if calls[0] == 1 and codes else codes)
-        stage.native.store = StoreProxy(store, finish=bad_finish)
+        stage.store.native = StoreProxy(store, finish=bad_finish)
     elif step == "select":
-        stage.native.store = StoreProxy(store, select_due=once(store.select_due, after=3))
+        stage.store.native = StoreProxy(store, select_due=once(store.select_due, after=3))
     else:
         h.ctx.decisions.subscribe(once(lambda *a: None))
     run_to_end(h, requests)
@@ -140,9 +143,9 @@ def test_intake_fault_refuses_the_request_and_changes_nothing(tmp_path: Path, mo
     h = make(tmp_path, native, monkeypatch)
     requests, expected = workload()
     h.send(requests[0])
-    before = (len(h.stage.buffer.traces), h.stage.buffer.nbytes, dict(h.stage.buffer.groups.by_id))
+    before = (len(h.stage.store.traces), h.stage.store.nbytes, dict(h.stage.store.groups.by_id))
     if native:
-        monkeypatch.setattr(NativeBuffer, "_intern", once(NativeBuffer._intern, after=1))
+        monkeypatch.setattr(NativeStore, "_intern", once(NativeStore._intern, after=1))
         # a second scope in the request, so the failing intern comes after one that succeeded
         requests[1].resource_spans.add().CopyFrom(requests[1].resource_spans[0])
         requests[1].resource_spans[1].resource.attributes.add(key="extra").value.string_value = "x"
@@ -152,7 +155,7 @@ def test_intake_fault_refuses_the_request_and_changes_nothing(tmp_path: Path, mo
         duplicate = None
     with pytest.raises(Boom):
         h.stage.on_traces(requests[1] if duplicate is None else _with(requests[1], duplicate))
-    assert (len(h.stage.buffer.traces), h.stage.buffer.nbytes, dict(h.stage.buffer.groups.by_id)) == before
+    assert (len(h.stage.store.traces), h.stage.store.nbytes, dict(h.stage.store.groups.by_id)) == before
     assert faults(h)["intake"] == 1
     run_to_end(h, requests[1:])  # the client's retry, and the rest
     assert_all_sent_once(h, expected)
@@ -244,8 +247,8 @@ def test_bad_classifier_results_mean_unknown(answer: Any) -> None:
     raw = to_requests(trace.spans, per_request=100)[0].SerializeToString()
     assert store.intake(raw, 0.0, lambda res, scope: 0) is not None
     recs, _, _ = store.select_all()
-    classes = native_store.np.frombuffer(recs, dtype=native_store.RECORD)["classes"]
-    assert int(classes[0]) & native_store.UNKNOWN_CLASS
+    classes = np.frombuffer(recs, dtype=native_store.RECORD)["classes"]
+    assert int(classes[0]) & UNKNOWN_CLASS
     store.finish(b"\x00\x00\x00\x00")
 
 

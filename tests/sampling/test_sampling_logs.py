@@ -78,7 +78,7 @@ def test_buffer_budget_includes_logs() -> None:
     h = Harness(max_bytes=4096)
     for trace in traces:
         h.send_logs(log_request([(trace.trace_id, INFO, "x" * 300) for _ in range(5)]))
-        assert h.stage.buffer.nbytes <= 4096
+        assert h.stage.store.nbytes <= 4096
     assert h.metric("recohop_sampling_decided_early_total", {"reason": "max_bytes"}) > 20
 
 

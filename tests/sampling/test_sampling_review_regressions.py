@@ -21,7 +21,7 @@ def test_string_ending_in_an_attribute_pattern_does_not_wedge_the_buffer() -> No
             trace_id=bytes([9, k]) + b"\x01" * 14, span_id=b"\x02" * 8, name="y")
         h.send(later)
     h.advance(30)
-    assert len(h.stage.buffer.traces) == 0
+    assert len(h.stage.store.traces) == 0
 
 
 def test_groups_of_refused_spans_are_not_kept() -> None:
@@ -32,4 +32,4 @@ def test_groups_of_refused_spans_are_not_kept() -> None:
         rs.resource.attributes.add(key="host.name").value.string_value = f"pod-{i}"
         rs.scope_spans.add().spans.add(trace_id=b"", span_id=b"\x02" * 8, name="no trace id")
         h.send(request)
-    assert len(h.stage.buffer.groups.by_id) == 0
+    assert len(h.stage.store.groups.by_id) == 0

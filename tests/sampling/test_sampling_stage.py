@@ -39,7 +39,7 @@ def test_special_traces_are_kept_whole_with_their_reason() -> None:
         marked.attributes.add(key="sampling.policy").value.string_value = expected_policy[trace.kind]
         assert root == marked  # the root changed only by the added attribute
     assert len(h.decisions) == len(traces)
-    assert h.stage.buffer.traces == {}
+    assert h.stage.store.traces == {}
     assert h.metric("recohop_sampling_decisions_total", {"policy": "fallback", "decision": "keep"}) == 20
 
 
@@ -116,7 +116,7 @@ def test_late_spans_follow_the_decision() -> None:
     assert len(h.out_spans()) == before + 2
     assert h.metric("recohop_sampling_late_spans_total", {"decision": "keep"}) == 2
     assert h.metric("recohop_sampling_late_spans_total", {"decision": "drop"}) == 2
-    assert h.stage.buffer.traces == {}
+    assert h.stage.store.traces == {}
 
 
 def test_memory_pressure_decides_early_within_budget_and_keeps_every_error() -> None:
@@ -129,7 +129,7 @@ def test_memory_pressure_decides_early_within_budget_and_keeps_every_error() -> 
     h = Harness(max_bytes=budget)
     for request in to_requests(all_spans(mixed), per_request=200):
         h.send(request)
-        assert h.stage.buffer.nbytes <= budget
+        assert h.stage.store.nbytes <= budget
         assert h.metric("recohop_sampling_buffer_bytes") <= budget
         h.clock.now += 0.01
     h.shutdown()
@@ -151,7 +151,7 @@ def test_max_traces_and_max_spans_decide_early() -> None:
     small = [make_trace(rng) for _ in range(25)]
     h.send(to_requests(all_spans(small))[0])
     # Over the budget, traces are decided down to 90 % of it (RELIEVE_TO): 25 - 9.
-    assert len(h.stage.buffer.traces) <= 9
+    assert len(h.stage.store.traces) <= 9
     assert h.metric("recohop_sampling_decided_early_total", {"reason": "max_traces"}) == 16
 
 
@@ -214,7 +214,7 @@ def test_resources_and_scopes_are_preserved() -> None:
     assert [attributes(r)["sampling.policy"] for r in roots] == ["errors"]
     assert got == {("svc-a", "", "recommender", ""): 4,
                    ("svc-b", "https://opentelemetry.io/schemas/1.26.0", "recommender", "2.0"): len(trace.spans) - 4}
-    assert h.stage.buffer.groups.by_id == {}  # interned groups are released with their traces
+    assert h.stage.store.groups.by_id == {}  # interned groups are released with their traces
 
 
 def test_self_metrics_are_published() -> None:

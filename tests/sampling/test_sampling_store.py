@@ -24,7 +24,7 @@ from sampling_helpers import DEFAULT_POLICIES, Harness
 from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.native import load
 from processor.sampling import native_store
-from processor.sampling.native_store import NativeBuffer
+from processor.sampling.native_store import NativeStore
 from processor.stages import tail_sampling as stage_module
 
 STORE = load("tracestore")
@@ -70,7 +70,7 @@ def harness(native: bool, policies: Path, monkeypatch: pytest.MonkeyPatch, **con
         if not native:
             patch.setattr(stage_module, "native_store_available", lambda: False)
         h = Harness(policies, **config)
-    assert isinstance(h.stage.buffer, NativeBuffer) == native
+    assert isinstance(h.stage.store, NativeStore) == native
     return h
 
 
@@ -132,7 +132,7 @@ def compare(steps: list[tuple[str, Any]], policies: Path, monkeypatch: pytest.Mo
     assert native.decisions == python.decisions
     assert canonical(native_sent) == canonical(python_sent)
     assert sampling_metrics(native) == sampling_metrics(python)
-    assert len(native.stage.buffer.traces) == 0 and native.stage.buffer.groups.by_id == {}
+    assert len(native.stage.store.traces) == 0 and native.stage.store.groups.by_id == {}
     return native, python
 
 
@@ -142,7 +142,7 @@ def test_native_store_is_built_and_used(monkeypatch: pytest.MonkeyPatch) -> None
     assert STORE is not None, "processor.native._tracestore is not built (pip install -e .)"
     assert native_store.available()
     h = Harness()
-    assert isinstance(h.stage.buffer, NativeBuffer)
+    assert isinstance(h.stage.store, NativeStore)
 
 
 @needs_store

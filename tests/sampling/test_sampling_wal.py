@@ -26,10 +26,10 @@ def sent(harness: Harness) -> Counter[bytes]:
 
 def crash(harness: Harness) -> None:
     """What kill -9 leaves behind: the segments as written (page cache survives a process), no clean close."""
-    wal = harness.stage.wal
+    wal = harness.stage.wal.wal
     assert wal is not None
     wal.close(clean=False)
-    harness.stage.wal = None
+    harness.stage.wal.wal = None
 
 
 def wal_harness(directory: Path, **wal: object) -> Harness:
@@ -146,7 +146,7 @@ def test_compaction_keeps_only_what_is_live(tmp_path: Path) -> None:
     late = mixed_traces(7, 50)
     for request in to_requests(all_spans(late), per_request=200):
         first.send(request)
-    wal = first.stage.wal
+    wal = first.stage.wal.wal
     assert wal is not None
     before = wal.size
     first.advance(0.6)  # past compact_interval, before root_grace of the late ones: one fresh segment with the 50 buffered traces + decisions

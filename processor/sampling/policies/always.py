@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from processor.config_node import Node
 from processor.sampling.policies.base import Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchLayout
 
 
 class Always(Policy):
@@ -11,6 +14,9 @@ class Always(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return True
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        return lambda f, rows: np.ones(len(rows), dtype=bool)
 
 
 def build(node: Node, name: str) -> Policy:

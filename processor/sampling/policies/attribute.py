@@ -10,10 +10,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from processor.config_node import Node
 from processor.sampling.policies.base import Needs, Policy, TraceView
+from processor.sampling.policies.batch import UNKNOWN_CLASS, Batch, BatchFacts, BatchLayout, some_in_python
 
 Test = Callable[[Any], bool]
 SCOPES = ("any", "span", "resource")
@@ -52,6 +54,41 @@ class Attribute(Policy):
                     if self.test(value):
                         return True
         return False
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        """Span side from the store's bits: exact values by their hit bits, regex/numeric tests by this
+        policy's class bit (answered per distinct value at intake); traces with values only Python can judge
+        (a read-all key present, an unknown class, resource attributes) are asked per trace."""
+        span_side = self.scope in ("any", "span")
+        res_side = self.scope in ("any", "resource")
+        fast: Batch | None = None
+        present = 0
+        unknown = False
+        if span_side:
+            bits = [layout.hit_bit.get((key, encoded_pair(key, v))) for key in self.keys for v in (self.exact or ())]
+            class_bit = layout.class_bit.get(id(self)) if layout.classifies else None
+            if self.exact is not None and all(bit is not None for bit in bits):
+                mask = np.uint64(sum(1 << bit for bit in bits if bit is not None))
+                fast = lambda f, rows: (f.recs["hits"][rows] & mask) != 0  # noqa: E731
+            elif class_bit is not None:
+                cmask = np.uint64(1 << class_bit)
+                fast = lambda f, rows: (f.recs["classes"][rows] & cmask) != 0  # noqa: E731
+                unknown = True
+            else:
+                for key in self.keys:
+                    bit = layout.present_bit.get(key)
+                    if bit is not None:
+                        present |= 1 << bit
+        pmask = np.uint64(present)
+
+        def ask(f: BatchFacts, rows: np.ndarray) -> np.ndarray:
+            need = (f.recs["present"][rows] & pmask) != 0 if present else np.zeros(len(rows), dtype=bool)
+            if unknown:
+                need |= (f.recs["classes"][rows] & np.uint64(UNKNOWN_CLASS)) != 0
+            if res_side:
+                need |= f.has_res[rows]
+            return need
+        return some_in_python(self, now, ask, fast)
 
 
 def encoded_key(key: str) -> bytes:

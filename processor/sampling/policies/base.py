@@ -1,5 +1,7 @@
-"""The one policy interface: `matches(trace, now)` on a whole buffered trace, plus `add_needs` to say which
-per-span facts the trace buffer must precompute when spans arrive (so a policy never re-reads spans)."""
+"""The one policy interface: `matches(trace, now)` on a whole buffered trace (the reference store asks it per
+trace), `batch(layout, now)` for a batch of the native store's due traces at once (array operations; by default
+it asks `matches` per trace), plus `add_needs` to say which per-span facts the trace buffer must precompute when
+spans arrive (so a policy never re-reads spans)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from processor.config_node import Node
+from processor.sampling.policies.batch import Batch, BatchLayout, in_python
 
 
 @dataclass
@@ -53,6 +56,11 @@ class Policy:
 
     def matches(self, trace: TraceView, now: float) -> bool:
         raise NotImplementedError
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        """This policy over a batch of the native store's traces (one bool per row). Kinds whose facts are
+        columns answer with array operations; this default asks `matches` per trace."""
+        return in_python(self, now)
 
 
 # How a composite builds its parts: (a sub-policy's mapping, its default name) -> the policy. The factory hands

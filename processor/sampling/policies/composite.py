@@ -3,8 +3,11 @@ Sub-policies are ordinary policies, built by the factory, which hands its `build
 
 from __future__ import annotations
 
+import numpy as np
+
 from processor.config_node import Node
 from processor.sampling.policies.base import BuildPart, Needs, Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchFacts, BatchLayout
 
 
 class And(Policy):
@@ -23,6 +26,19 @@ class And(Policy):
     def matches(self, trace: TraceView, now: float) -> bool:
         return all(part.matches(trace, now) for part in self.parts)
 
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        parts = [part.batch(layout, now) for part in self.parts]
+
+        def all_of(f: BatchFacts, rows: np.ndarray) -> np.ndarray:
+            out = np.ones(len(rows), dtype=bool)
+            for part in parts:  # later parts only see rows still matching (as `all` short-circuits)
+                live = np.flatnonzero(out)
+                if not len(live):
+                    break
+                out[live] = part(f, rows[live])
+            return out
+        return all_of
+
 
 class Not(Policy):
     kind = "not"
@@ -36,6 +52,10 @@ class Not(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return not self.part.matches(trace, now)
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        inner = self.part.batch(layout, now)
+        return lambda f, rows: ~inner(f, rows)
 
 
 def build_and(node: Node, name: str, build_policy: BuildPart) -> Policy:

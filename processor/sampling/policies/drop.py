@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from processor.config_node import Node
 from processor.sampling.policies.base import BuildPart, Needs, Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchLayout
 
 
 class Drop(Policy):
@@ -18,6 +19,9 @@ class Drop(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return self.part.matches(trace, now)
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        return self.part.batch(layout, now)
 
 
 def build(node: Node, name: str, build_policy: BuildPart) -> Policy:

@@ -3,8 +3,11 @@ threshold (e.g. `reco.generate` > 500ms)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from processor.config_node import Node
 from processor.sampling.policies.base import Needs, Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchFacts, BatchLayout, in_python
 
 
 class Latency(Policy):
@@ -26,6 +29,18 @@ class Latency(Policy):
             return trace.end - trace.start > self.threshold_ns
         durations = trace.durations
         return bool(durations) and durations.get(self.span_name, -1) > self.threshold_ns
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        threshold = self.threshold_ns
+        if threshold < 0:
+            return in_python(self, now)
+        if self.span_name is None:
+            def trace_latency(f: BatchFacts, rows: np.ndarray) -> np.ndarray:
+                start, end = f.recs["start"][rows], f.recs["end"][rows]
+                return (end >= start) & ((end - start) > np.uint64(threshold))
+            return trace_latency
+        col = layout.names.index(self.span_name)
+        return lambda f, rows: f.durs[rows, col] > threshold
 
 
 def build(node: Node, name: str) -> Policy:

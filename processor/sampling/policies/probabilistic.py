@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from processor.config_node import Node
 from processor.sampling.consistent import encode_th, rejection_threshold
 from processor.sampling.policies.base import Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchLayout
 
 
 class Probabilistic(Policy):
@@ -18,6 +21,10 @@ class Probabilistic(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return int.from_bytes(trace.trace_id[9:16], "big") >= self.threshold
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        threshold = np.uint64(self.threshold)
+        return lambda f, rows: f.low56()[rows] >= threshold
 
 
 def build(node: Node, name: str) -> Policy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from processor.config_node import Node
 from processor.sampling.policies.base import Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchLayout
 
 
 class SpanCount(Policy):
@@ -16,6 +17,12 @@ class SpanCount(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return trace.nspans >= self.minimum and (self.maximum is None or trace.nspans <= self.maximum)
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        minimum, maximum = self.minimum, self.maximum
+        if maximum is None:
+            return lambda f, rows: f.recs["nspans"][rows] >= minimum
+        return lambda f, rows: (f.recs["nspans"][rows] >= minimum) & (f.recs["nspans"][rows] <= maximum)
 
 
 def build(node: Node, name: str) -> Policy:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from processor.config_node import Node
 from processor.sampling.policies.base import Needs, Policy, TraceView
+from processor.sampling.policies.batch import Batch, BatchLayout
 
 
 class StatusCode(Policy):
@@ -18,6 +19,11 @@ class StatusCode(Policy):
 
     def matches(self, trace: TraceView, now: float) -> bool:
         return trace.error or (self.exception_events and trace.exception)
+
+    def batch(self, layout: BatchLayout, now: float) -> Batch:
+        if self.exception_events:
+            return lambda f, rows: f.error[rows] | f.exception[rows]
+        return lambda f, rows: f.error[rows].copy()
 
 
 def build(node: Node, name: str) -> Policy:
