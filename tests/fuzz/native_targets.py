@@ -412,12 +412,12 @@ class SamplingPair:
         from processor.sampling.buffer import Late
 
         try:
-            self.garbage.stage.native.add_span_bytes(body, 0.0, Late())
+            self.garbage.stage.store.add_span_bytes(body, 0.0, Late())
         except DecodeError:
             if parse(body) is not None:
                 raise  # a request upb accepts must never make the store's callbacks fail
             # else: the group callback parses the resource/scope framed from bytes upb refuses
-        if self.garbage.stage.native.store.stats()[0] > 2000:
+        if self.garbage.stage.store.stats()[0] > 2000:
             self.garbage = self.harness(True)
 
 
