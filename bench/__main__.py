@@ -41,6 +41,8 @@ def _add_run_args(p: argparse.ArgumentParser, duration: float, warmup: float, re
     p.add_argument("--no-rotel", action="store_true", help="skip the rotel row")
     p.add_argument("--no-stages", action="store_true", help="skip the automatic per-stage rows")
     p.add_argument("--no-default", action="store_true", help="skip the built-in default config row")
+    p.add_argument("--rows", type=lambda t: [n for n in t.split(",") if n], metavar="NAME,NAME",
+                   help="hop rows to run, by name (e.g. recohop_passthrough,builtin_default); default: all")
     p.add_argument("--repeat", type=int, default=1,
                    help="windows per hop/rotel row (same process); the median is reported, all are kept")
     p.add_argument("--out", type=Path, default=Path("bench-out/results.json"))
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = runner.Settings(
         duration=args.duration, warmup=args.warmup, clients=args.clients, streams=args.streams,
         channels=args.channels, fresh_ids=not args.no_fresh_ids, workdir=workdir, rotel=not args.no_rotel,
-        auto_stages=not args.no_stages, builtin_default=not args.no_default, hop_configs=args.hop_config, repeat=args.repeat)
+        auto_stages=not args.no_stages, builtin_default=not args.no_default, hop_configs=args.hop_config, repeat=args.repeat,
+        only_rows=args.rows)
     print(f"workload: {len(workload.requests)} requests, {workload.total_spans} spans "
           f"(~{workload.total_spans / len(workload.requests):.0f}/request, "
           f"{workload.total_bytes / workload.total_spans:.0f} wire bytes/span), {workload.traces} traces, "

@@ -45,6 +45,7 @@ class Settings:
     builtin_default: bool = True
     hop_configs: list[tuple[str, Path]] = field(default_factory=list)
     repeat: int = 1
+    only_rows: list[str] | None = None  # hop rows to run by name (None: every row)
 
 
 def parse_only(workload: Workload, duration: float) -> dict[str, Any]:
@@ -202,6 +203,11 @@ def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
         # The same pipeline on its pure-Python paths: what the native scanners (processor/native) bring.
         rows.append(HopRow("builtin_default_python", None, env={"RECOHOP_NATIVE": "0"}))
     rows.extend(HopRow(name, path) for name, path in s.hop_configs)
+    if s.only_rows is not None:
+        unknown = sorted(set(s.only_rows) - {r.name for r in rows})
+        if unknown:
+            raise ValueError(f"--rows: no hop row named {', '.join(unknown)} (rows: {', '.join(r.name for r in rows)})")
+        rows = [r for r in rows if r.name in s.only_rows]
     return rows
 
 

@@ -24,9 +24,8 @@ import grpc
 from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import ExporterConfig
 from processor.filesink import FileSink
-from processor.pipeline import count_items
 from processor.retryinfo import retry_delay
-from processor.signals import METHOD_PATHS, RESPONSE_TYPES, rejected_items
+from processor.signals import METHOD_PATHS, RESPONSE_TYPES, count_items, rejected_items
 from processor.spillqueue import SpillFull, SpillQueue
 from processor.stages.base import Emitted
 from processor.telemetry import SIGNAL_ITEMS, HopMetrics
@@ -189,12 +188,19 @@ class Exporter:
         return True
 
     def submit_emitted(self, emitted: Emitted, force: bool = True) -> None:
-        for signal in ("traces", "metrics", "logs"):
+        for request, spans in zip(emitted.traces, emitted.span_counts(), strict=True):
+            self._submit_counted("traces", request, spans, force)
+        for signal in ("metrics", "logs"):
             for request in getattr(emitted, signal):
-                items = count_items(signal, request)
-                if items:
-                    payload = request if isinstance(request, bytes) else request.SerializeToString()
-                    self.submit(signal, payload, items, force=force)
+                self._submit_counted(signal, request, None, force)
+
+    def _submit_counted(self, signal: str, request: object, items: int | None, force: bool) -> None:
+        """Queues one request of `items` items (counted here when not known)."""
+        if items is None:
+            items = count_items(signal, request)
+        if items:
+            payload = request if isinstance(request, bytes) else request.SerializeToString()  # type: ignore[attr-defined]
+            self.submit(signal, payload, items, force=force)
 
     # --- consumer side ---
     def start(self) -> None:

@@ -1,8 +1,13 @@
-"""Builds the stages from config and runs requests through them, in order, under one lock.
+"""Builds the stages from config and runs requests through them, in order, each stage under its own lock.
 
 The span's whole path reads top to bottom here: receiver -> `Pipeline.process` -> each stage -> exporter.
 Timer flushes from stage i continue through stages i+1..n, so e.g. traces released by tail sampling still
 pass any stage configured after it.
+
+Why a lock per stage and not one for the pipeline: the hop is one process with one GIL on a 2-core machine.
+The stages' C walks release the GIL; with one lock around the pipeline the second core would still idle,
+because no other request could enter any stage meanwhile. With a lock per stage, request A's walk in one stage
+overlaps request B in another. A stage still sees one call at a time (it owns its state, as before).
 """
 
 from __future__ import annotations
@@ -10,15 +15,13 @@ from __future__ import annotations
 import importlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import Counter
 
 from processor.config_node import ConfigError, Node
-from processor.native import load as load_native
 from processor.stages.base import Emitted, Rejections, Stage, StageContext, TracesRequest
-
-_wire = load_native("otlpwire")
 
 # Stage kind -> "module:function"; the function is `build(node, ctx) -> Stage`.
 STAGE_KINDS: dict[str, str] = {
@@ -65,34 +68,79 @@ def as_trace_message(request: TracesRequest | bytes) -> TracesRequest:
     return TracesRequest.FromString(request) if isinstance(request, bytes) else request
 
 
-def count_items(signal: str, request: object) -> int:
-    """Spans, metric data points or log records in one export request (a traces request may be serialized)."""
-    if isinstance(request, bytes):
-        counted = _wire.count_spans(request) if _wire is not None else None
-        return counted if counted is not None else count_items(signal, as_trace_message(request))
-    if signal == "traces":
-        return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)  # type: ignore[attr-defined]
-    if signal == "logs":
-        return sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)  # type: ignore[attr-defined]
-    total = 0
-    for rm in request.resource_metrics:  # type: ignore[attr-defined]
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                field = metric.WhichOneof("data")
-                if field is not None:
-                    total += len(getattr(metric, field).data_points)
-    return total
+def _trace_stage(stage: Stage, traces: list[TracesRequest | bytes], spans: list[int | None],
+                 ) -> tuple[list[TracesRequest | bytes], list[int | None]]:
+    """One stage over the traces requests, with each request's span count carried to what it returned."""
+    out: list[TracesRequest | bytes] = []
+    counts: list[int | None] = []
+    keeps = stage.keeps_span_count
+    for req, n in zip(traces, spans, strict=True):
+        given = as_trace_bytes(req) if stage.takes_trace_bytes else as_trace_message(req)
+        produced = stage.on_trace_bytes(given) if stage.takes_trace_bytes else stage.on_traces(given)  # type: ignore[arg-type]
+        out.extend(produced)
+        if len(produced) == 1 and (produced[0] is given or keeps):
+            counts.append(n)
+        else:
+            counts.extend([None] * len(produced))
+    return out, counts
 
 
 Sink = Callable[[Emitted], None]
 
 
+class Gate:
+    """Requests pass concurrently; a reload or shutdown closes the gate, which waits for the requests inside
+    to leave and keeps new ones waiting until it opens again (the stages are never swapped under a request)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._inside = 0
+        self._closed = False
+
+    @contextmanager
+    def passage(self) -> Iterator[None]:
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                if not self._inside:
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Blocks until no request is inside; later ones wait for `open`."""
+        with self._cond:
+            while self._closed:
+                self._cond.wait()
+            self._closed = True
+            while self._inside:
+                self._cond.wait()
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def closed(self) -> Iterator[None]:
+        self.close()
+        try:
+            yield
+        finally:
+            self.open()
+
+
 class Pipeline:
-    """Owns the stages; every call into a stage happens under `self.lock`."""
+    """Owns the stages; every call into a stage happens under that stage's `lock`, inside `self.gate`."""
 
     def __init__(self, stages: list[Stage], ctx: StageContext, sink: Sink) -> None:
         self.sink = sink
-        self.lock = threading.Lock()
+        self.gate = Gate()
+        self._flush_lock = threading.Lock()  # one flush at a time (taken inside the gate)
         self._timer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._install(stages, ctx)
@@ -106,6 +154,13 @@ class Pipeline:
         # bytes it received (a request it parsed only to validate it).
         first = [s for s in stages if reads_traces(s)]
         self.traces_as_bytes = not first or first[0].takes_trace_bytes
+        # The first trace stage's admission (`Stage.admit_trace_bytes`), when it has one: the receiver then
+        # asks it instead of parsing each traces request.
+        self.admit_trace_bytes: Callable[[bytes], int | None] | None = None
+        if first and first[0].takes_trace_bytes and \
+                type(first[0]).admit_trace_bytes is not Stage.admit_trace_bytes:
+            self.admit_trace_bytes = first[0].admit_trace_bytes
+        self._locks = [s.lock for s in stages]
         self._stage_seconds = Counter(
             "recohop_stage_seconds", "Time spent inside each stage", ["stage"], registry=ctx.registry)
         self._stage_timers = [self._stage_seconds.labels(s.name) for s in stages]
@@ -116,7 +171,7 @@ class Pipeline:
         """Swap in new stages (a config reload): the old ones hand over everything they hold first (buffered
         traces are decided, as at shutdown), so nothing is lost; requests wait on the lock meanwhile. When
         `build` fails the old stages are gone already, so the caller must be able to build them again."""
-        with self.lock:
+        with self.gate.closed():
             self._hand_over()
             self._install(*build())
         if self._timer is None:
@@ -125,55 +180,58 @@ class Pipeline:
     def process(self, batch: Emitted) -> tuple[Emitted, Rejections]:
         """Run one received batch through every stage; returns what goes on and what the stages refused of
         it (partial success). Raises Backpressure or Rejected from a stage."""
-        with self.lock:
+        with self.gate.passage():
             rejections = self.ctx.rejections = Rejections()
             return self._through(0, batch), rejections
 
     def _through(self, start: int, batch: Emitted) -> Emitted:
         traces, metrics, logs = batch.traces, batch.metrics, batch.logs
+        spans = batch.span_counts()
         for i in range(start, len(self.stages)):
             stage = self.stages[i]
-            began = time.perf_counter()
-            if traces and reads_traces(stage):
-                if stage.takes_trace_bytes:
-                    traces = [out for req in traces for out in stage.on_trace_bytes(as_trace_bytes(req))]
-                else:
-                    traces = [out for req in traces for out in stage.on_traces(as_trace_message(req))]
-            if metrics:
-                metrics = [out for req in metrics for out in stage.on_metrics(req)]
-            if logs:
-                logs = [out for req in logs for out in stage.on_logs(req)]
-            self._stage_timers[i].inc(time.perf_counter() - began)
-        return Emitted(traces, metrics, logs)
+            with self._locks[i]:
+                began = time.perf_counter()
+                if traces and reads_traces(stage):
+                    traces, spans = _trace_stage(stage, traces, spans)
+                if metrics:
+                    metrics = [out for req in metrics for out in stage.on_metrics(req)]
+                if logs:
+                    logs = [out for req in logs for out in stage.on_logs(req)]
+                self._stage_timers[i].inc(time.perf_counter() - began)
+        return Emitted(traces, metrics, logs, spans)
 
     def flush_due(self, now: float | None = None) -> None:
         """Flush every stage whose interval has passed; results go through later stages to the sink."""
         now = self.ctx.clock() if now is None else now
-        with self.lock:
+        with self.gate.passage(), self._flush_lock:
             for i, stage in enumerate(self.stages):
                 due = self._next_flush[i]
                 if due is None or now < due:
                     continue
                 self._next_flush[i] = now + (stage.flush_interval or 0.0)
-                began = time.perf_counter()
                 try:
-                    out = stage.flush(now)
-                    if out:
+                    with self._locks[i]:
+                        began = time.perf_counter()
+                        try:
+                            out = stage.flush(now)
+                        finally:
+                            self._stage_timers[i].inc(time.perf_counter() - began)
+                    if out:  # on through the later stages, this stage's lock released (no nested locks)
                         self.sink(self._through(i + 1, out))
                 except Exception as exc:  # one stage's failure must not stop the others' flushes
                     self.ctx.log.error("stage %s failed to flush (%s)", stage.name, type(exc).__name__)
-                self._stage_timers[i].inc(time.perf_counter() - began)
 
     def shutdown(self) -> None:
         """Stop the timer and hand everything the stages still hold to the sink."""
         self._stopping.set()
         if self._timer is not None:
             self._timer.join(timeout=5)
-        with self.lock:
+        with self.gate.closed():
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Every stage's shutdown, its output through the stages after it to the sink (caller holds the lock)."""
+        """Every stage's shutdown, its output through the stages after it to the sink (caller has closed the
+        gate, so no request is inside)."""
         for i, stage in enumerate(self.stages):
             try:
                 out = stage.shutdown()

@@ -20,9 +20,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from processor.config import ReceiverConfig
 from processor.exporter import Exporter
-from processor.pipeline import Pipeline, count_items
+from processor.pipeline import Pipeline
 from processor.retryinfo import retry_status
-from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGNALS
+from processor.signals import (
+    REJECTED_FIELDS,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    SERVICE_NAMES,
+    SIGNALS,
+    count_items,
+)
 from processor.stages.base import Backpressure, Emitted, Rejected, Rejections
 from processor.telemetry import SIGNAL_ITEMS, HopMetrics
 
@@ -143,20 +150,29 @@ class ExportHandler:
 
     def _admitted(self, body: bytes, decode: Decoder | None) -> Message | None:
         raw: bytes | None = body if decode is None else None  # protobuf bytes, made from `decode`'s message
-        try:
-            request = self.request_type.FromString(body) if decode is None else decode(body)
-        except DecodeError as exc:
-            self.refused.labels(self.items_name, "malformed").inc()
-            detail = f": {exc}" if decode is not None and str(exc) else ""
-            raise Refused("malformed", f"malformed OTLP {self.signal} request{detail}") from None
-        items = count_items(self.signal, request)
+        request: Message | None = None
+        # The first trace stage may vouch for the bytes in its own C walk (no parse here); what it cannot
+        # vouch for is parsed as usual.
+        admit = self.pipeline.admit_trace_bytes if self.signal == "traces" and raw is not None else None
+        items = admit(raw) if admit is not None else None  # type: ignore[arg-type]
+        if items is None:
+            try:
+                request = self.request_type.FromString(body) if decode is None else decode(body)
+            except DecodeError as exc:
+                self.refused.labels(self.items_name, "malformed").inc()
+                detail = f": {exc}" if decode is not None and str(exc) else ""
+                raise Refused("malformed", f"malformed OTLP {self.signal} request{detail}") from None
+            items = count_items(self.signal, request)
         self.received.inc(items)
         try:
             if self.signal == "traces" and self.pipeline.traces_as_bytes:
-                raw = handed = raw if raw is not None else request.SerializeToString()
+                raw = handed = raw if raw is not None else request.SerializeToString()  # type: ignore[union-attr]
             else:
                 handed = request
-            out, rejections = self.pipeline.process(Emitted(**{self.signal: [handed]}))
+            batch = Emitted(**{self.signal: [handed]})
+            if self.signal == "traces":
+                batch.trace_spans = [items]  # the count travels with the request to the exporter
+            out, rejections = self.pipeline.process(batch)
         except Backpressure as exc:
             raise self._push_back(items, "backpressure", exc.reason, exc.retry_after) from None
         except Rejected as exc:
@@ -170,7 +186,7 @@ class ExportHandler:
         produced = getattr(out, self.signal)
         if self.pipeline.forwards_unchanged and len(produced) == 1 and produced[0] is handed:
             if items:
-                self.exporter.submit(self.signal, raw if raw is not None else request.SerializeToString(),
+                self.exporter.submit(self.signal, raw if raw is not None else request.SerializeToString(),  # type: ignore[union-attr]
                                      items, force=True)
             other = Emitted(**{s: getattr(out, s) for s in SIGNALS if s != self.signal})
             self.exporter.submit_emitted(other)
@@ -183,8 +199,7 @@ class ExportHandler:
     def _partial_success(self, rejections: Rejections) -> Message:
         self.refused.labels(self.items_name, "invalid").inc(rejections.count)
         response = RESPONSE_TYPES[self.signal]()
-        field = {"traces": "rejected_spans", "metrics": "rejected_data_points", "logs": "rejected_log_records"}
-        setattr(response.partial_success, field[self.signal], rejections.count)
+        setattr(response.partial_success, REJECTED_FIELDS[self.signal], rejections.count)
         response.partial_success.error_message = rejections.message()
         return response
 

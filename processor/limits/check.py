@@ -18,6 +18,60 @@ from processor.stages.base import TracesRequest
 _native = load_native("limits")
 
 
+Schema = tuple[tuple[tuple[int, int, int], ...], ...]
+
+
+def schema_table(descriptor: Any) -> tuple[Schema, dict[str, int]]:
+    """`_limits.set_schema`'s table of a message and every message below it (index 0 is `descriptor`): per
+    field (number, kind, child index), kind 1 string (UTF-8 checked), 2 message, 3 packed repeated scalar
+    (left to upb); bytes and single scalars are not listed (given length-delimited, upb skips them). Also
+    each message's index by full name."""
+    order: list[Any] = [descriptor]
+    index = {descriptor.full_name: 0}
+    rows: list[tuple[tuple[int, int, int], ...]] = []
+    at = 0
+    while at < len(order):
+        fields = []
+        for f in order[at].fields:
+            if f.type == f.TYPE_MESSAGE:
+                child = f.message_type
+                if child.full_name not in index:
+                    index[child.full_name] = len(order)
+                    order.append(child)
+                fields.append((f.number, 2, index[child.full_name]))
+            elif f.type == f.TYPE_STRING:
+                fields.append((f.number, 1, -1))
+            elif f.type != f.TYPE_BYTES and _repeated(f):
+                fields.append((f.number, 3, -1))
+        rows.append(tuple(fields))
+        at += 1
+    return tuple(rows), index
+
+
+def _repeated(field: Any) -> bool:
+    found = getattr(field, "is_repeated", None)  # protobuf >= 5.29; `label` before
+    return bool(found) if found is not None else field.label == field.LABEL_REPEATED
+
+
+def _keyvalue_index(index: dict[str, int]) -> int:
+    """KeyValue's index when it has the field numbers `_limits.c`'s shortcut reads (key 1, value 2; AnyValue's
+    string 1, bool 2, int 3, double 4), else -1 (the generic walk only)."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    kv = {f.name: (f.number, f.type) for f in KeyValue.DESCRIPTOR.fields}
+    av = {f.name: (f.number, f.type) for f in AnyValue.DESCRIPTOR.fields}
+    F = KeyValue.DESCRIPTOR.fields[0]
+    fits = (kv.get("key") == (1, F.TYPE_STRING) and kv.get("value") == (2, F.TYPE_MESSAGE)
+            and av.get("string_value") == (1, F.TYPE_STRING) and av.get("bool_value") == (2, F.TYPE_BOOL)
+            and av.get("int_value") == (3, F.TYPE_INT64) and av.get("double_value") == (4, F.TYPE_DOUBLE))
+    return index.get(KeyValue.DESCRIPTOR.full_name, -1) if fits else -1
+
+
+if _native is not None:
+    _table, _index = schema_table(TracesRequest.DESCRIPTOR)
+    _native.set_schema(_table, _keyvalue_index(_index))
+
+
 class Counts(NamedTuple):
     """Field order is `_limits.scan`'s tuple order."""
 

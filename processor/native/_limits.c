@@ -6,6 +6,11 @@
  *
  * scan(buf, limits, min_ns, max_ns) -> tuple of COUNTS ints (order below) or None when the bytes are not what
  * this scanner fully understands (the caller then uses the pure-Python check, which is the reference).
+ * A tuple also vouches that protobuf (upb) parses the bytes: before counting, `valid_message` walks every field
+ * the installed schema knows (`set_schema`, built from the descriptors by processor/limits/check.py) and
+ * checks what upb checks (wire format, tag and length sizes, UTF-8 of strings, nesting depth); whatever it is
+ * not sure of gives None. So the receiver need not parse a request the limits stage comes first for.
+ * Both walks run without the GIL (the bytes object is immutable and held by the buffer).
  *   limits: (max_attributes_per_span, max_attribute_value_length, max_events_per_span, max_links_per_span,
  *            max_attributes_per_event, max_attributes_per_link, max_attributes_per_resource)
  *   min_ns / max_ns: spans starting before min_ns are "too old"; spans starting or ending after max_ns are
@@ -229,6 +234,157 @@ static int check_request(const uint8_t *p, size_t len, const limits *lim, uint64
     return r == 0;
 }
 
+/* ---- validation: what upb refuses, from the schema Python hands over once ---------------------------------- */
+
+enum { F_OTHER = 0, F_STRING = 1, F_MESSAGE = 2, F_PACKABLE = 3 };
+#define SCHEMA_MAX_FIELD 64 /* field numbers above this are looked up in no table: no OTLP message has them */
+#define VALID_MAX_DEPTH 64  /* message levels (upb refuses past ~100) */
+
+typedef struct {
+    uint8_t kind[SCHEMA_MAX_FIELD + 1];
+    int16_t child[SCHEMA_MAX_FIELD + 1];
+} schema_msg;
+
+static schema_msg *schema = NULL; /* message 0 is ExportTraceServiceRequest; NULL until set_schema */
+static Py_ssize_t schema_len = 0;
+static Py_ssize_t keyvalue_msg = -1; /* the schema index of KeyValue (its common shapes take a shortcut) */
+
+/* Strict UTF-8 as upb checks it: no overlongs, no surrogates, nothing above U+10FFFF. */
+static int valid_utf8(const uint8_t *p, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        if (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            if (!(w & 0x8080808080808080ULL)) { i += 8; continue; }
+        }
+        uint8_t b = p[i];
+        if (b < 0x80) { i++; continue; }
+        size_t need;
+        uint32_t cp;
+        if (b >= 0xC2 && b <= 0xDF) { need = 1; cp = b & 0x1F; }
+        else if (b >= 0xE0 && b <= 0xEF) { need = 2; cp = b & 0x0F; }
+        else if (b >= 0xF0 && b <= 0xF4) { need = 3; cp = b & 0x07; }
+        else return 0;
+        if (n - i - 1 < need) return 0;
+        for (size_t k = 1; k <= need; k++) {
+            uint8_t c = p[i + k];
+            if ((c & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (c & 0x3F);
+        }
+        if ((need == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+static size_t varint_bytes(const uint8_t *p, const uint8_t *end) {
+    size_t n = 0;
+    while (p + n < end && (p[n] & 0x80)) n++;
+    return n + 1;
+}
+
+/* The common KeyValue in its canonical encoding: a key, then an AnyValue holding one string, bool, int or
+ * double, every length in one byte. 1 valid, 0 invalid, -1 another shape (the generic walk decides). */
+static int valid_keyvalue_shortcut(const uint8_t *p, size_t len) {
+    if (len < 4 || p[0] != 0x0A || p[1] >= 0x80) return -1;
+    size_t kl = p[1];
+    if (kl + 4 > len || p[2 + kl] != 0x12 || p[3 + kl] >= 0x80 || kl + 4 + p[3 + kl] != len) return -1;
+    const uint8_t *v = p + 4 + kl;
+    size_t vl = p[3 + kl];
+    if (vl == 0) return valid_utf8(p + 2, kl);
+    switch (v[0]) {
+    case 0x0A: /* string_value */
+        if (vl < 2 || v[1] >= 0x80 || (size_t)v[1] + 2 != vl) return -1;
+        return valid_utf8(p + 2, kl) && valid_utf8(v + 2, v[1]);
+    case 0x10: /* bool_value */
+    case 0x18: /* int_value: a varint filling the rest, at most 10 bytes */
+        if (vl < 2 || vl > 11 || v[vl - 1] >= 0x80) return -1;
+        for (size_t i = 1; i + 1 < vl; i++)
+            if (v[i] < 0x80) return -1;
+        return valid_utf8(p + 2, kl);
+    case 0x21: /* double_value */
+        return vl == 9 ? valid_utf8(p + 2, kl) : -1;
+    default:
+        return -1;
+    }
+}
+
+/* 1 when upb parses p as message `msg` of the schema, 0 when not sure. */
+static int valid_message(const uint8_t *p, size_t len, Py_ssize_t msg, int depth) {
+    if (depth > VALID_MAX_DEPTH) return 0;
+    if (msg == keyvalue_msg) {
+        int quick = valid_keyvalue_shortcut(p, len);
+        if (quick >= 0) return quick;
+    }
+    const schema_msg *m = &schema[msg];
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r;
+    while ((r = wire_next(&c, &f)) == 1) {
+        size_t tag_len = varint_bytes(f.start, c.end);
+        if (tag_len > 5) return 0;
+        if (f.wtype != 2) continue;
+        if ((size_t)(f.data - f.start) - tag_len > 5) return 0; /* a length varint upb does not take */
+        if (f.number > SCHEMA_MAX_FIELD) continue;
+        switch (m->kind[f.number]) {
+        case F_STRING:
+            if (!valid_utf8(f.data, f.len)) return 0;
+            break;
+        case F_MESSAGE:
+            if (!valid_message(f.data, f.len, m->child[f.number], depth + 1)) return 0;
+            break;
+        case F_PACKABLE:
+            return 0; /* packed repeated scalars: left to upb */
+        default:
+            break; /* bytes, or a scalar field given as length-delimited: upb keeps it as an unknown field */
+        }
+    }
+    return r == 0;
+}
+
+static PyObject *set_schema(PyObject *self, PyObject *args) {
+    PyObject *arg;
+    Py_ssize_t kv;
+    if (!PyArg_ParseTuple(args, "On", &arg, &kv)) return NULL;
+    if (!PyTuple_Check(arg) || PyTuple_GET_SIZE(arg) < 1 || PyTuple_GET_SIZE(arg) > 1000 || kv < -1 ||
+        kv >= PyTuple_GET_SIZE(arg)) {
+        PyErr_SetString(PyExc_TypeError, "schema: a tuple of messages, each a tuple of (number, kind, child)");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(arg);
+    schema_msg *table = PyMem_RawCalloc((size_t)n, sizeof(schema_msg));
+    if (!table) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *fields = PyTuple_GET_ITEM(arg, i);
+        if (!PyTuple_Check(fields)) goto bad;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fields); j++) {
+            long number, kind, child;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, j), "lll", &number, &kind, &child)) goto fail;
+            if (number < 1 || kind < F_OTHER || kind > F_PACKABLE || child < -1 || child >= n) goto bad;
+            if (kind == F_MESSAGE && child < 0) goto bad;
+            if (number > SCHEMA_MAX_FIELD) {
+                if (kind == F_OTHER) continue;
+                goto bad; /* a field this table cannot hold would go unchecked */
+            }
+            table[i].kind[number] = (uint8_t)kind;
+            table[i].child[number] = (int16_t)child;
+        }
+    }
+    /* An earlier table is left allocated: a walk on another thread (no GIL) may still be reading it. */
+    keyvalue_msg = -1; /* set after the table: a walk in flight never pairs the new index with the old table */
+    schema = table;
+    schema_len = n;
+    keyvalue_msg = kv;
+    Py_RETURN_NONE;
+bad:
+    PyErr_SetString(PyExc_ValueError, "schema: (number >= 1, kind 0-3, child index) per field");
+fail:
+    PyMem_RawFree(table);
+    return NULL;
+}
+
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
     limits lim;
@@ -245,8 +401,16 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     lim.resource_attrs = v[6];
     lim.min_ns = min_ns;
     lim.max_ns = max_ns;
+    if (schema == NULL) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_RuntimeError, "set_schema first");
+        return NULL;
+    }
     uint64_t counts[COUNTS] = {0};
-    int ok = check_request(buf.buf, (size_t)buf.len, &lim, counts);
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = valid_message(buf.buf, (size_t)buf.len, 0, 0) && check_request(buf.buf, (size_t)buf.len, &lim, counts);
+    Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     if (!ok) Py_RETURN_NONE;
     PyObject *out = PyTuple_New(COUNTS);
@@ -260,7 +424,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS, "Count what in a traces request is over the span limits or has invalid ids."},
+    {"scan", scan, METH_VARARGS,
+     "Count what in a traces request is over the span limits or has invalid ids (None: not sure it parses)."},
+    {"set_schema", set_schema, METH_VARARGS,
+     "set_schema(table, keyvalue_index): the ExportTraceServiceRequest schema for validation, per message a "
+     "tuple of (number, kind, child), and which message is KeyValue (-1: none)."},
     {NULL, NULL, 0, NULL},
 };
 

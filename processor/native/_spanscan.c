@@ -145,16 +145,29 @@ typedef struct {
 
 #define SPAN_RECORD 48
 
+/* The walk over the request runs without the GIL (so another stage can use the second core meanwhile); the
+ * few steps that touch Python objects (a span name seen for the first time, setting an exception) take it
+ * back through WITH_GIL. walk_ts is this thread's state while it walks without the GIL, NULL otherwise. Every
+ * allocation here is PyMem_Raw*, which needs no GIL. */
+static _Thread_local PyThreadState *walk_ts = NULL;
+#define WITH_GIL(stmt)                                                                                        \
+    do {                                                                                                      \
+        PyThreadState *ts_ = walk_ts;                                                                         \
+        if (ts_) { walk_ts = NULL; PyEval_RestoreThread(ts_); }                                               \
+        stmt;                                                                                                 \
+        if (ts_) walk_ts = PyEval_SaveThread();                                                               \
+    } while (0)
+
 /* Makes room for `more` items of `size` bytes in a growable array; 0 on failure (exception set). */
 static int grow(void **arr, size_t *cap, size_t used, size_t more, size_t size) {
     if (used + more <= *cap) return 1;
     size_t want = *cap ? *cap : 64;
     while (want < used + more) {
-        if (want > ((size_t)PY_SSIZE_T_MAX / 2) / size) { PyErr_NoMemory(); return 0; }
+        if (want > ((size_t)PY_SSIZE_T_MAX / 2) / size) { WITH_GIL(PyErr_NoMemory()); return 0; }
         want *= 2;
     }
-    void *p = PyMem_Realloc(*arr, want * size);
-    if (!p) { PyErr_NoMemory(); return 0; }
+    void *p = PyMem_RawRealloc(*arr, want * size);
+    if (!p) { WITH_GIL(PyErr_NoMemory()); return 0; }
     *arr = p;
     *cap = want;
     return 1;
@@ -163,8 +176,8 @@ static int grow(void **arr, size_t *cap, size_t used, size_t more, size_t size) 
 /* Doubles an open-addressing table of int32 ids (hash of id i from hashes[i]). 0 on failure. */
 static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, size_t stride, size_t hash_at) {
     size_t new_cap = *cap * 2;
-    int32_t *t = PyMem_Malloc(new_cap * sizeof(int32_t));
-    if (!t) { PyErr_NoMemory(); return 0; }
+    int32_t *t = PyMem_RawMalloc(new_cap * sizeof(int32_t));
+    if (!t) { WITH_GIL(PyErr_NoMemory()); return 0; }
     memset(t, 0xFF, new_cap * sizeof(int32_t));
     for (size_t j = 0; j < n; j++) {
         uint64_t h;
@@ -173,7 +186,7 @@ static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, siz
         while (t[q] >= 0) q = (q + 1) & (new_cap - 1);
         t[q] = (int32_t)j;
     }
-    PyMem_Free(*table);
+    PyMem_RawFree(*table);
     *table = t;
     *cap = new_cap;
     return 1;
@@ -190,7 +203,10 @@ static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
         if (e->hash == h && e->len == len && memcmp(e->p, p, len) == 0) return id;
         slot = (slot + 1) & mask;
     }
-    if (in->n >= INT32_MAX / 2) { PyErr_SetString(PyExc_OverflowError, "too many distinct values"); return -1; }
+    if (in->n >= INT32_MAX / 2) {
+        WITH_GIL(PyErr_SetString(PyExc_OverflowError, "too many distinct values"));
+        return -1;
+    }
     if (!grow((void **)&in->items, &in->cap, in->n, 1, sizeof(slice))) return -1;
     id = (int32_t)in->n++;
     in->items[id].p = p;
@@ -206,7 +222,7 @@ static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
 
 static int interner_init(interner *in, size_t cap) {
     in->table_cap = cap;
-    in->table = PyMem_Malloc(cap * sizeof(int32_t));
+    in->table = PyMem_RawMalloc(cap * sizeof(int32_t));
     if (!in->table) { PyErr_NoMemory(); return 0; }
     memset(in->table, 0xFF, cap * sizeof(int32_t));
     return 1;
@@ -374,19 +390,8 @@ static inline int add_row(scanner *s, int32_t ri, const span_fields *sp, int32_t
     return 1;
 }
 
-/* Id of a span name in the per-call name table (its rules resolved through name_rules / resolve on first
- * sight). -1 on a Python error, -2 to give up. */
-static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
-    int is_new;
-    int32_t id = intern(&s->names, p, len, &is_new);
-    if (id < 0 || !is_new) return id;
-    if (!grow((void **)&s->name_info, &s->name_info_cap, (size_t)id, 1, sizeof(name_entry))) return -1;
-    name_entry *e = &s->name_info[id];
-    e->p = p;
-    e->len = len;
-    e->nrules = 0;
-    e->rules = NULL;
-    e->needs_attrs = 0;
+/* The rules of a span name seen for the first time, from name_rules or resolve (Python: caller holds the GIL). */
+static int32_t resolve_rules(scanner *s, name_entry *e, int32_t id, const uint8_t *p, size_t len) {
     PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
     if (!key) return -1;
     PyObject *rules = PyDict_GetItemWithError(s->name_rules, key);
@@ -407,7 +412,7 @@ static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
         return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(rules);
-    e->rules = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t));
+    e->rules = PyMem_RawMalloc((size_t)(n ? n : 1) * sizeof(int32_t));
     if (!e->rules) { Py_DECREF(rules); PyErr_NoMemory(); return -1; }
     for (Py_ssize_t i = 0; i < n; i++) {
         long v = PyLong_AsLong(PyTuple_GET_ITEM(rules, i));
@@ -423,6 +428,24 @@ static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
     e->nrules = n;
     Py_DECREF(rules);
     return id;
+}
+
+/* Id of a span name in the per-call name table (its rules resolved through name_rules / resolve on first
+ * sight, with the GIL). -1 on a Python error, -2 to give up. */
+static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
+    int is_new;
+    int32_t id = intern(&s->names, p, len, &is_new);
+    if (id < 0 || !is_new) return id;
+    if (!grow((void **)&s->name_info, &s->name_info_cap, (size_t)id, 1, sizeof(name_entry))) return -1;
+    name_entry *e = &s->name_info[id];
+    e->p = p;
+    e->len = len;
+    e->nrules = 0;
+    e->rules = NULL;
+    e->needs_attrs = 0;
+    int32_t out;
+    WITH_GIL(out = resolve_rules(s, e, id, p, len));
+    return out;
 }
 
 /* A wanted attribute (KeyValue bytes) into ids[]: the last one wins, as in the Python path. 1 ok, 0 Python
@@ -574,7 +597,7 @@ static int read_patterns(PyObject *tuple, key_pattern **out, Py_ssize_t *n) {
         return 0;
     }
     *n = PyTuple_GET_SIZE(tuple);
-    *out = PyMem_Calloc((size_t)(*n ? *n : 1), sizeof(key_pattern));
+    *out = PyMem_RawCalloc((size_t)(*n ? *n : 1), sizeof(key_pattern));
     if (!*out) { PyErr_NoMemory(); return 0; }
     for (Py_ssize_t i = 0; i < *n; i++) {
         PyObject *b = PyTuple_GET_ITEM(tuple, i);
@@ -594,7 +617,7 @@ static int read_rules(scanner *s, PyObject *tuple) {
         return 0;
     }
     s->nrules = PyTuple_GET_SIZE(tuple);
-    s->rules = PyMem_Calloc((size_t)(s->nrules ? s->nrules : 1), sizeof(rule_spec));
+    s->rules = PyMem_RawCalloc((size_t)(s->nrules ? s->nrules : 1), sizeof(rule_spec));
     if (!s->rules) { PyErr_NoMemory(); return 0; }
     for (Py_ssize_t i = 0; i < s->nrules; i++) {
         PyObject *spec = PyTuple_GET_ITEM(tuple, i), *sources, *bounds;
@@ -610,7 +633,7 @@ static int read_rules(scanner *s, PyObject *tuple) {
         }
         rule->needs_attrs = value_attr >= 0;
         rule->nsources = PyTuple_GET_SIZE(sources);
-        rule->sources = PyMem_Calloc((size_t)(rule->nsources ? rule->nsources : 1), sizeof(source));
+        rule->sources = PyMem_RawCalloc((size_t)(rule->nsources ? rule->nsources : 1), sizeof(source));
         if (!rule->sources) { PyErr_NoMemory(); return 0; }
         for (Py_ssize_t j = 0; j < rule->nsources; j++) {
             int type;
@@ -631,7 +654,7 @@ static int read_rules(scanner *s, PyObject *tuple) {
                 return 0;
             }
             rule->nbounds = PyTuple_GET_SIZE(bounds);
-            rule->bounds = PyMem_Malloc((size_t)(rule->nbounds + 1) * sizeof(double));
+            rule->bounds = PyMem_RawMalloc((size_t)(rule->nbounds + 1) * sizeof(double));
             if (!rule->bounds) { PyErr_NoMemory(); return 0; }
             for (Py_ssize_t j = 0; j < rule->nbounds; j++) {
                 rule->bounds[j] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, j));
@@ -643,34 +666,34 @@ static int read_rules(scanner *s, PyObject *tuple) {
 }
 
 static void free_interner(interner *in) {
-    PyMem_Free(in->items);
-    PyMem_Free(in->table);
+    PyMem_RawFree(in->items);
+    PyMem_RawFree(in->table);
 }
 
 static void free_scanner(scanner *s) {
-    PyMem_Free(s->attr_keys);
-    PyMem_Free(s->res_keys);
+    PyMem_RawFree(s->attr_keys);
+    PyMem_RawFree(s->res_keys);
     if (s->rules)
         for (Py_ssize_t i = 0; i < s->nrules; i++) {
-            PyMem_Free(s->rules[i].sources);
-            PyMem_Free(s->rules[i].bounds);
+            PyMem_RawFree(s->rules[i].sources);
+            PyMem_RawFree(s->rules[i].bounds);
         }
-    PyMem_Free(s->rules);
-    PyMem_Free(s->groups);
-    PyMem_Free(s->table);
-    PyMem_Free(s->rule_first);
-    PyMem_Free(s->rule_last);
-    PyMem_Free(s->ikeys);
-    PyMem_Free(s->hist);
-    PyMem_Free(s->cands);
-    PyMem_Free(s->spans);
-    for (size_t i = 0; i < s->names.n && i < s->name_info_cap; i++) PyMem_Free(s->name_info[i].rules);
-    PyMem_Free(s->name_info);
+    PyMem_RawFree(s->rules);
+    PyMem_RawFree(s->groups);
+    PyMem_RawFree(s->table);
+    PyMem_RawFree(s->rule_first);
+    PyMem_RawFree(s->rule_last);
+    PyMem_RawFree(s->ikeys);
+    PyMem_RawFree(s->hist);
+    PyMem_RawFree(s->cands);
+    PyMem_RawFree(s->spans);
+    for (size_t i = 0; i < s->names.n && i < s->name_info_cap; i++) PyMem_RawFree(s->name_info[i].rules);
+    PyMem_RawFree(s->name_info);
     free_interner(&s->names);
     free_interner(&s->values);
-    PyMem_Free(s->scratch);
-    PyMem_Free(s->attr_ids);
-    PyMem_Free(s->res_ids);
+    PyMem_RawFree(s->scratch);
+    PyMem_RawFree(s->attr_ids);
+    PyMem_RawFree(s->res_ids);
 }
 
 /* The group's key bytes (see the top of this file), from its interned ids. */
@@ -881,13 +904,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     size_t max_sources = 1;
     for (Py_ssize_t i = 0; i < s.nrules; i++)
         if ((size_t)s.rules[i].nsources > max_sources) max_sources = (size_t)s.rules[i].nsources;
-    s.scratch = PyMem_Malloc((max_sources + 1) * sizeof(int32_t));
-    s.attr_ids = PyMem_Malloc(((size_t)s.nattr + 1) * sizeof(int32_t));
-    s.res_ids = PyMem_Malloc(((size_t)s.nres + 1) * sizeof(int32_t));
-    s.rule_first = PyMem_Malloc(((size_t)s.nrules + 1) * sizeof(int32_t));
-    s.rule_last = PyMem_Malloc(((size_t)s.nrules + 1) * sizeof(int32_t));
+    s.scratch = PyMem_RawMalloc((max_sources + 1) * sizeof(int32_t));
+    s.attr_ids = PyMem_RawMalloc(((size_t)s.nattr + 1) * sizeof(int32_t));
+    s.res_ids = PyMem_RawMalloc(((size_t)s.nres + 1) * sizeof(int32_t));
+    s.rule_first = PyMem_RawMalloc(((size_t)s.nrules + 1) * sizeof(int32_t));
+    s.rule_last = PyMem_RawMalloc(((size_t)s.nrules + 1) * sizeof(int32_t));
     s.table_cap = 256;
-    s.table = PyMem_Malloc(s.table_cap * sizeof(int32_t));
+    s.table = PyMem_RawMalloc(s.table_cap * sizeof(int32_t));
     if (!s.scratch || !s.attr_ids || !s.res_ids || !s.rule_first || !s.rule_last || !s.table) {
         PyErr_NoMemory();
         goto out;
@@ -901,11 +924,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     wire_field f;
     int r;
     status = 1;
+    walk_ts = PyEval_SaveThread();
     while (status == 1 && (r = wire_next(&c, &f)) == 1) {
         if (f.number != 1) continue;
         if (f.wtype != 2) { status = -1; break; }
         status = scan_resource_spans(&s, f.data, f.len);
     }
+    PyEval_RestoreThread(walk_ts);
+    walk_ts = NULL;
     if (status == 1 && r < 0) status = -1;
     if (status == 0) goto out;
     if (status < 0) { result = Py_NewRef(Py_None); goto out; }

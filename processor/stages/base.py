@@ -1,12 +1,15 @@
 """The one interface every pipeline stage implements, and what a stage may use from the hop.
 
 A stage receives whole OTLP export requests (protobuf messages, never dicts) and returns what goes on.
-Stages run one at a time under the pipeline's lock, so a stage owns its state without locks of its own.
+The pipeline calls each stage under that stage's own lock (`Stage.lock`), so a stage owns its state without
+locks of its own; different stages may work on different requests at the same time (a C walk that releases the
+GIL in one stage lets another stage use the second core).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +29,26 @@ LogsRequest = ExportLogsServiceRequest
 @dataclass
 class Emitted:
     """What a stage sends on outside of a request: timer flushes, shutdown flushes, derived metrics.
-    A traces entry is a request message or its serialized bytes (see `Stage.takes_trace_bytes`)."""
+    A traces entry is a request message or its serialized bytes (see `Stage.takes_trace_bytes`).
+    `trace_spans`, when it is as long as `traces`, holds each entry's span count (None: not known), so the
+    exporter need not parse serialized requests to count them; a stage that knows the counts of what it emits
+    may fill it, the pipeline fills it for what it passes on."""
 
     traces: list[TracesRequest | bytes] = field(default_factory=list)
     metrics: list[MetricsRequest] = field(default_factory=list)
     logs: list[LogsRequest] = field(default_factory=list)
+    trace_spans: list[int | None] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.traces or self.metrics or self.logs)
 
+    def span_counts(self) -> list[int | None]:
+        """One span count (or None) per traces entry."""
+        return self.trace_spans if len(self.trace_spans) == len(self.traces) else [None] * len(self.traces)
+
     def extend(self, other: Emitted | None) -> None:
         if other:
+            self.trace_spans = self.span_counts() + other.span_counts()
             self.traces.extend(other.traces)
             self.metrics.extend(other.metrics)
             self.logs.extend(other.logs)
@@ -125,8 +137,20 @@ class StageContext:
     # True when stages are built only to validate their config (`recohop check`, a reload's first step): nothing
     # with side effects (write-ahead logs, directories) is opened.
     validate_only: bool = False
-    # Refusals of part of the request now being processed (reset by the pipeline for each request).
-    rejections: Rejections = field(default_factory=Rejections)
+    # Per thread: several requests go through the stages at once, each on its receiver thread.
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+
+    @property
+    def rejections(self) -> Rejections:
+        """Refusals of part of the request this thread is processing (reset by the pipeline per request)."""
+        found = getattr(self._local, "rejections", None)
+        if found is None:
+            found = self._local.rejections = Rejections()
+        return found
+
+    @rejections.setter
+    def rejections(self, value: Rejections) -> None:
+        self._local.rejections = value
 
     def reject(self, count: int, reason: str) -> None:
         """Refuse `count` items of the current request without failing the rest (OTLP partial success)."""
@@ -145,6 +169,27 @@ class Stage:
     # True when the stage implements `on_trace_bytes`: the pipeline then hands it serialized requests, so a
     # chain of such stages never parses or re-serializes a request in Python.
     takes_trace_bytes = False
+    # True when every traces request this stage returns for a request holds exactly the spans of that request
+    # (values may change, spans are never added or removed): the span count then travels on with it to the
+    # exporter. A request returned unchanged (the same object) keeps its count whatever this says.
+    keeps_span_count = False
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by the pipeline around every call into this stage. A stage entered from elsewhere as well (a
+        DecisionBus listener, a /metrics collector reading its state) takes it there too."""
+        found = self.__dict__.get("_stage_lock")
+        if found is None:
+            found = self.__dict__.setdefault("_stage_lock", threading.RLock())
+        return found
+
+    def admit_trace_bytes(self, raw: bytes) -> int | None:
+        """Optional, for a stage with `takes_trace_bytes`: when it is the first stage that reads traces, the
+        receiver calls this instead of parsing the request. Return the request's span count when the stage
+        vouches that the bytes parse as an ExportTraceServiceRequest (its own later `on_trace_bytes` on these
+        bytes may reuse the work), None when it cannot (the receiver then parses and refuses what is
+        malformed). Called without any lock, on several receiver threads at once."""
+        return None
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [request]

@@ -11,11 +11,14 @@ max_attributes_per_log_record, max_age: 720h, max_future: 1h}` (see processor/li
 - end before start, start before now - max_age, start or end after now + max_future: passed on unchanged and
   counted (as otelcol and Refinery do: clocks are wrong more often than data is worthless; span metrics
   count a negative duration as zero).
-The common request is checked by one C pass and passed on as the very same bytes object.
+The common request is checked by one C pass and passed on as the very same bytes object. That pass also
+vouches that the bytes parse (`admit_trace_bytes`), so when this stage comes first the receiver does not parse
+the request at all; it runs on the receiver thread before any lock, without the GIL.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -61,19 +64,33 @@ class LimitsStage(Stage):
         self._refused = {f: refused.labels("spans", REFUSAL_REASONS[f][0]) for f in REFUSAL_FIELDS}
         self._timestamps = {f: timestamps.labels(f) for f in TIMESTAMP_FIELDS}
         self._truncated = {f: truncated.labels(f) for f in (*TRUNCATION_FIELDS, "log_attributes")}
+        # Per receiver thread: the request `admit_trace_bytes` scanned, and its counts (used once).
+        self._admitted = threading.local()
 
     # -- traces -----------------------------------------------------------------------------------------------
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [TracesRequest.FromString(raw) for raw in self.on_trace_bytes(request.SerializeToString())]
 
+    def admit_trace_bytes(self, raw: bytes) -> int | None:
+        """The C scan, which also vouches that the bytes parse: the span count, or None (the receiver parses)."""
+        counts = scan_bytes(raw, self.limits, self.limits.time_window(self.clock_ns()))
+        if counts is None:
+            return None
+        self._admitted.scanned = (raw, counts)
+        return counts.spans
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
-        window = self.limits.time_window(self.clock_ns())
-        counts = scan_bytes(raw, self.limits, window)
+        scanned = getattr(self._admitted, "scanned", None)
+        if scanned is not None and scanned[0] is raw:  # this thread's receiver just scanned these bytes
+            self._admitted.scanned = None
+            counts: Counts | None = scanned[1]
+        else:
+            counts = scan_bytes(raw, self.limits, self.limits.time_window(self.clock_ns()))
         request = None
         if counts is None:
             request = TracesRequest.FromString(raw)
-            counts = scan_message(request, self.limits, window)
+            counts = scan_message(request, self.limits, self.limits.time_window(self.clock_ns()))
         self._count(counts)
         if not counts.needs_fix():
             return [raw]

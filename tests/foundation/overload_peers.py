@@ -15,9 +15,8 @@ from otlp_peers import CaptureServer, metric_sum
 
 from bench.procs import rss_bytes
 from processor.otlp_values import kv
-from processor.pipeline import count_items
 from processor.retryinfo import retry_delay
-from processor.signals import METHOD_PATHS
+from processor.signals import METHOD_PATHS, count_items
 
 SpanId = tuple[bytes, bytes]  # (trace id, span id)
 

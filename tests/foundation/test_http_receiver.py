@@ -286,7 +286,7 @@ def test_overload_gets_429_with_retry_after_and_the_sdk_retries(make_hop, downst
     hop = make_hop(receiver={"max_pending_requests": 1})
     body = span_request().SerializeToString()
     pool = ThreadPoolExecutor(2)
-    hop.pipeline.lock.acquire()  # the pipeline is busy: the admitted request waits
+    hop.pipeline.gate.close()  # the pipeline is busy (reloading): the admitted request waits
     try:
         waiting = pool.submit(post, hop.http_endpoint, "/v1/traces", body)
         wait_until(lambda: hop.admission.pending == 1, "one request admitted and waiting")
@@ -302,7 +302,7 @@ def test_overload_gets_429_with_retry_after_and_the_sdk_retries(make_hop, downst
         wait_until(lambda: hop.metrics.refused_requests.labels("spans")._value.get() > refused_before,
                    "the SDK's first attempt refused")
     finally:
-        hop.pipeline.lock.release()
+        hop.pipeline.gate.open()
     assert waiting.result(timeout=10)[0] == 200
     sdk.result(timeout=20)
     downstream.wait_for_spans(2)
@@ -381,7 +381,7 @@ def test_stop_finishes_requests_in_flight_and_refuses_new_ones(make_hop, downstr
     make_hop.hops.remove(hop)  # stopped here
     assert hop.http is not None
     pool = ThreadPoolExecutor(2)
-    hop.pipeline.lock.acquire()
+    hop.pipeline.gate.close()
     try:
         in_flight = pool.submit(post, hop.http_endpoint, "/v1/traces", span_request().SerializeToString())
         wait_until(lambda: hop.admission.pending == 1, "one request in flight")
@@ -391,7 +391,7 @@ def test_stop_finishes_requests_in_flight_and_refuses_new_ones(make_hop, downstr
         with pytest.raises(OSError):
             post(hop.http_endpoint, "/v1/traces", span_request().SerializeToString())
     finally:
-        hop.pipeline.lock.release()
+        hop.pipeline.gate.open()
     assert in_flight.result(timeout=10)[0] == 200
     assert stopped.result(timeout=15) is True
     downstream.wait_for_spans(1)
@@ -444,7 +444,7 @@ def test_serve_http_listen_in_a_real_process(start_hop, downstream) -> None:
 
 def test_http_and_grpc_share_one_admission(make_hop, downstream) -> None:
     hop = make_hop(receiver={"max_pending_requests": 1})
-    hop.pipeline.lock.acquire()
+    hop.pipeline.gate.close()
     pool = ThreadPoolExecutor(1)
     try:
         waiting = pool.submit(post, hop.http_endpoint, "/v1/traces", span_request().SerializeToString())
@@ -456,7 +456,7 @@ def test_http_and_grpc_share_one_admission(make_hop, downstream) -> None:
                 channel.unary_unary(METHOD_PATHS["traces"])(span_request().SerializeToString(), timeout=10)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
-        hop.pipeline.lock.release()
+        hop.pipeline.gate.open()
     assert waiting.result(timeout=10)[0] == 200
     downstream.wait_for_spans(1)
     pool.shutdown()

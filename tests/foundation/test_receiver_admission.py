@@ -30,7 +30,7 @@ def test_requests_beyond_the_pending_limit_get_retry_info_and_the_hop_recovers()
     export = channel.unary_unary(METHOD_PATHS["traces"])
     body = one_span_request()
     try:
-        hop.pipeline.lock.acquire()  # the pipeline is busy: admitted requests wait
+        hop.pipeline.gate.close()  # the pipeline is busy: admitted requests wait
         waiting = [export.future(body, timeout=30) for _ in range(2)]
         wait_until(lambda: hop.admission.pending == 2, "2 requests admitted and waiting", timeout=10,
                    seen=lambda: f"{hop.admission.pending} pending")
@@ -45,7 +45,7 @@ def test_requests_beyond_the_pending_limit_get_retry_info_and_the_hop_recovers()
         assert all(retry_delay(e) == 0.5 for e in refusals)
         assert hop.metrics.refused_requests.labels("spans")._value.get() == 5
     finally:
-        hop.pipeline.lock.release()
+        hop.pipeline.gate.open()
     try:
         for future in waiting:
             future.result(timeout=10)

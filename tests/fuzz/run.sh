@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 SECONDS_PER_TARGET="${1:-25}"
 PYTHON="${PYTHON:-python3}"
 OUT=build/fuzz
-TARGETS="otlpwire limits redact spanscan tracestore"
+TARGETS="limits redact spanscan tracestore"
 
 if ! command -v clang >/dev/null 2>&1; then
   echo "fuzz: installing clang (Debian)"

@@ -18,13 +18,12 @@ from processor.native import load
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = sorted(p for p in (HERE / "regressions").glob("*/*") if p.is_file())
 
-pytestmark = pytest.mark.skipif(any(load(name) is None for name in ("otlpwire", "limits", "redact", "spanscan",
-                                                                     "tracestore")),
+pytestmark = pytest.mark.skipif(any(load(name) is None for name in ("limits", "redact", "spanscan", "tracestore")),
                                 reason="native scanners not built")
 
 
 def test_every_target_has_an_oracle_and_every_regression_a_target() -> None:
-    assert set(native_targets.TARGETS) == {"otlpwire", "limits", "redact", "spanscan", "tracestore"}
+    assert set(native_targets.TARGETS) == {"limits", "redact", "spanscan", "tracestore"}
     assert REGRESSIONS and {p.parent.name for p in REGRESSIONS} <= set(native_targets.TARGETS)
 
 
