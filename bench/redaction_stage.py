@@ -1,6 +1,7 @@
 """Micro-benchmark: the redaction stage alone vs parse-only of the same request bytes, in one run.
 
     python -m bench.redaction_stage [--traces 100] [--requests 20] [--repeat 5] [--workload wide|bench]
+    python -m bench.redaction_stage --against DIR [--pairs 15] [--workload wide|bench]
 
 Workload `wide` (default): recommender traces of 8-12 spans, ~15 attributes per span, a few PII values per trace
 (user id/email and client address on the root, a search query with an email now and then, a phone in a
@@ -9,13 +10,25 @@ Each round parses every request (the parse-only baseline) and then runs the stag
 the request bytes when the stage takes bytes (the native scanner is built), else on freshly parsed copies.
 The best round of each is reported as spans/s, their ratio, and the stage's CPU microseconds per span (the
 figure to hold against the hop's ~1.05 us per span of pass-through).
+
+`--against DIR` compares the stage of another checkout (e.g. a `git worktree` at an older revision, its
+extensions built in place) with this one in the same run: one worker process per checkout, each importing only
+its own `processor` package (`python -P`, PYTHONPATH=checkout), both fed the same request bytes, one round at a
+time and in alternating order, so both see the same machine load. Reports each side's best and median
+microseconds per span and the ratio of the medians of the per-pair ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
 import random
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -129,6 +142,74 @@ def run(traces: int = 100, requests: int = 20, repeat: int = 5, rules: dict | No
             "parse_plus_stage_spans_per_s": spans / (parse_s + stage_s), "stage_cost_vs_parse": stage_s / parse_s,
             "stage_us_per_span": stage_s / spans * 1e6, "native": float(on_bytes)}
 
+# The worker of `--against`: runs in a checkout's own interpreter path, so only APIs both revisions have.
+_WORKER = r"""
+import logging, pickle, sys, time
+from prometheus_client import CollectorRegistry
+from processor.config_node import Node
+from processor.redaction.rules import DEFAULT_RULES
+from processor.stages.base import StageContext
+from processor.stages.redaction import build
+logging.getLogger("recohop").setLevel(logging.ERROR)
+stage = build(Node({"type": "redaction", **DEFAULT_RULES}, "<bench>"),
+              StageContext(registry=CollectorRegistry(), builtin_default=True))
+assert stage.takes_trace_bytes, "the native scanner is not built in " + sys.path[0]
+source, sink = sys.stdin.buffer, sys.stdout.buffer
+while True:
+    try:
+        raws = pickle.load(source)
+    except EOFError:
+        break
+    began = time.process_time()
+    for raw in raws:
+        stage.on_trace_bytes(raw)
+    pickle.dump(time.process_time() - began, sink)
+    sink.flush()
+"""
+
+
+def _worker(checkout: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "RECOHOP_REQUIRE_NATIVE": "1"}
+    return subprocess.Popen([sys.executable, "-P", "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env, cwd=checkout)
+
+
+def _round(worker: subprocess.Popen, raws: list[bytes]) -> float:
+    assert worker.stdin is not None and worker.stdout is not None
+    pickle.dump(raws, worker.stdin)
+    worker.stdin.flush()
+    return pickle.load(worker.stdout)
+
+
+def against(baseline: Path, traces: int, requests: int, pairs: int, workload: str) -> dict[str, float]:
+    """This checkout's stage vs `baseline`'s on the same rounds, alternating (see the module docstring)."""
+    here = Path(__file__).resolve().parents[1]
+    if workload == "bench":
+        rounds = lead_workload_rounds(traces, requests, pairs + 1)
+    else:
+        rounds = [[make_request(traces, 1000 * k + seed) for seed in range(requests)] for k in range(pairs + 2)]
+    spans = sum(len(ss.spans) for raw in rounds[0] for rs in ExportTraceServiceRequest.FromString(raw).resource_spans
+                for ss in rs.scope_spans)
+    old, new = _worker(baseline.resolve()), _worker(here)
+    try:
+        _round(old, rounds[0]), _round(new, rounds[0])  # warm-up (caches, first-use costs)
+        old_s, new_s = [], []
+        for k, raws in enumerate(rounds[1:pairs + 1]):
+            order = (old, new) if k % 2 == 0 else (new, old)
+            took = {id(w): _round(w, raws) for w in order}
+            old_s.append(took[id(old)])
+            new_s.append(took[id(new)])
+    finally:
+        for w in (old, new):
+            assert w.stdin is not None
+            w.stdin.close()
+            w.wait(30)
+    ratios = [n / o for n, o in zip(new_s, old_s, strict=True)]
+    return {"spans": spans, "pairs": len(ratios), "old_best_us": min(old_s) / spans * 1e6,
+            "new_best_us": min(new_s) / spans * 1e6, "old_median_us": statistics.median(old_s) / spans * 1e6,
+            "new_median_us": statistics.median(new_s) / spans * 1e6, "ratio_median": statistics.median(ratios),
+            "ratio_best": min(new_s) / min(old_s)}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.redaction_stage", description=__doc__,
@@ -139,7 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("wide", "bench"), default="wide",
                         help="wide: ~15 attributes on every span (this module); bench: bench/workload.py's "
                              "recommender traces (run from the repository root)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="compare with the stage of another checkout in the same run (its extensions built)")
+    parser.add_argument("--pairs", type=int, default=15, help="alternating rounds per side with --against")
     args = parser.parse_args(argv)
+    if args.against is not None:
+        ab = against(args.against, args.traces, args.requests, args.pairs, args.workload)
+        print(f"spans per round: {ab['spans']}, pairs: {ab['pairs']}")
+        print(f"baseline ({args.against}): best {ab['old_best_us']:.3f} us/span, median {ab['old_median_us']:.3f}")
+        print(f"this checkout:             best {ab['new_best_us']:.3f} us/span, median {ab['new_median_us']:.3f}")
+        print(f"this / baseline:           median of per-pair ratios {ab['ratio_median']:.3f}, "
+              f"best / best {ab['ratio_best']:.3f}")
+        return 0
     out = run(args.traces, args.requests, args.repeat, workload=args.workload)
     print(f"spans per round:          {out['spans']}")
     print(f"parse only:               {out['parse_spans_per_s']:>12,.0f} spans/s")

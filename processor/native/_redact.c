@@ -28,9 +28,6 @@
  * possible_kinds(text: bytes) -> bitmask of detector kinds that could match, or None when not valid UTF-8.
  * The memo tables are indexed by a keyed hash (hash.h), so no client can make their lookups slow.
  */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem */
-#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -103,30 +100,45 @@ enum { A_CLEAN, A_SCAN, A_DROP, A_MASK, A_PSEUDO, A_GEN, A_GEN_IP, A_OTHER, N_AC
 
 /* ------------------------------------------------------------------ the detector prefilter */
 
-/* Byte classes for the prefilter. */
-enum { C_DIGIT = 1, C_LOWER = 2, C_UPPER = 4, C_OTHER = 8, C_SPECIAL = 16, C_HIGH = 32 };
+/* Byte classes for the prefilter. C_CTX: bytes whose meaning depends on their neighbours ('e'/'E' may start a
+ * JWT or "bearer", 'A', 'B', '_', '-' a secret's marker); the prefilter's only branches on ASCII text. The
+ * others ('@', ':', '.', '=', '%', '&', digits, '-') are counted without a branch through byte_lanes. */
+enum { C_DIGIT = 1, C_LOWER = 2, C_UPPER = 4, C_OTHER = 8, C_CTX = 16, C_HIGH = 32, C_AT = 64, C_EQ = 128,
+       C_ENC = 256 };
 
-static uint8_t byte_class[256];
+/* 16-bit counter lanes of one uint64: digits, colons, dots, dashes (flushed before any lane can overflow). */
+#define LANE_DIGIT 0
+#define LANE_COLON 16
+#define LANE_DOT 32
+#define LANE_DASH 48
+#define LANE_CHUNK 65535
+
+static uint16_t byte_class[256];
+static uint64_t byte_lanes[256];
 
 static void init_byte_class(void) {
     for (int b = 0; b < 256; b++) {
-        uint8_t c;
+        uint16_t c;
+        uint64_t lane = 0;
         if (b >= 0x80) c = C_HIGH;
         else if (b >= '0' && b <= '9') c = C_DIGIT;
         else if (b >= 'a' && b <= 'z') c = C_LOWER;
         else if (b >= 'A' && b <= 'Z') c = C_UPPER;
         else if (b == '-' || b == '_') c = 0;
         else c = C_OTHER;
-        if (b == '@' || b == ':' || b == '.' || b == 'e' || b == 'E' || b == '=' || b == '%' || b == '&' ||
-            b == 'A' || b == 'B' || b == '_' || b == '-')
-            c |= C_SPECIAL;
+        if (b == 'e' || b == 'E' || b == 'A' || b == 'B' || b == '_' || b == '-') c |= C_CTX;
+        if (b == '@') c |= C_AT;
+        if (b == '=') c |= C_EQ;
+        if (b == '%' || b == '&') c |= C_ENC;
+        if (b >= '0' && b <= '9') lane = 1ULL << LANE_DIGIT;
+        if (b == ':') lane = 1ULL << LANE_COLON;
+        if (b == '.') lane = 1ULL << LANE_DOT;
+        if (b == '-') lane = 1ULL << LANE_DASH;
         byte_class[b] = c;
+        byte_lanes[b] = lane;
     }
 }
 
-/* Bitmask of the kinds possible_kinds() in detectors.py could report for this UTF-8 text (a superset: exact
- * for ASCII, more kinds for other text), 0 when the text is shorter than 3 characters (Detectors.scan skips
- * those); -1 when the bytes are not valid UTF-8. */
 /* 1 when p[i] ('_', '-', 'A' or 'B') starts or ends a secret's marker (detectors.py: _SECRET_MARK). */
 static int secret_mark(const uint8_t *p, size_t n, size_t i) {
     uint8_t b = p[i];
@@ -141,34 +153,40 @@ static int secret_mark(const uint8_t *p, size_t n, size_t i) {
            memcmp(p + i + 1, "live_", 5) == 0;
 }
 
+/* Bitmask of the kinds possible_kinds() in detectors.py could report for this UTF-8 text (a superset: exact
+ * for ASCII, more kinds for other text), 0 when the text is shorter than 3 characters (Detectors.scan skips
+ * those); -1 when the bytes are not valid UTF-8. */
 static int possible(const uint8_t *p, size_t n) {
     size_t digits = 0, colons = 0, dots = 0, dashes = 0, chars = n;
-    int at = 0, jwt = 0, bearer = 0, eq = 0, enc = 0, secret = 0;
+    int jwt = 0, bearer = 0, secret = 0;
     unsigned seen = 0;
-    size_t i = 0;
-    while (i < n) {
+    uint64_t lanes = 0;
+    size_t i = 0, flush = n < LANE_CHUNK ? n : LANE_CHUNK;
+    for (;;) {
+        if (i >= flush) {
+            digits += (lanes >> LANE_DIGIT) & 0xFFFF;
+            colons += (lanes >> LANE_COLON) & 0xFFFF;
+            dots += (lanes >> LANE_DOT) & 0xFFFF;
+            dashes += (lanes >> LANE_DASH) & 0xFFFF;
+            lanes = 0;
+            if (i >= n) break;
+            flush = n - i < LANE_CHUNK ? n : i + LANE_CHUNK;
+        }
         uint8_t b = p[i];
         unsigned c = byte_class[b];
         seen |= c;
-        digits += c & C_DIGIT;
-        if (!(c & (C_SPECIAL | C_HIGH))) {
+        lanes += byte_lanes[b];
+        if (__builtin_expect(!(c & (C_CTX | C_HIGH)), 1)) {
             i++;
             continue;
         }
-        if (c & C_SPECIAL) {
-            if (b == '@') at = 1;
-            else if (b == ':') colons++;
-            else if (b == '.') dots++;
-            else if (b == '=') eq = 1;
-            else if (b == '%' || b == '&') enc = 1;
-            else if (b == 'A' || b == 'B' || b == '_' || b == '-') {
-                if (b == '-') dashes++;
-                if (!secret) secret = secret_mark(p, n, i);
+        if (c & C_CTX) {
+            if (b == 'e' || b == 'E') {
+                if (b == 'e' && n - i >= 3 && p[i + 1] == 'y' && p[i + 2] == 'J') jwt = 1;
+                else if (n - i >= 5 && memcmp(p + i + 1, b == 'e' ? "arer" : "ARER", 4) == 0) bearer = 1;
+            } else if (!secret) {
+                secret = secret_mark(p, n, i);
             }
-            else if (b == 'e') {
-                if (n - i >= 3 && p[i + 1] == 'y' && p[i + 2] == 'J') jwt = 1;
-                else if (n - i >= 5 && memcmp(p + i + 1, "arer", 4) == 0) bearer = 1;
-            } else if (n - i >= 5 && memcmp(p + i + 1, "ARER", 4) == 0) bearer = 1; /* 'E' */
             i++;
             continue;
         }
@@ -190,19 +208,20 @@ static int possible(const uint8_t *p, size_t n) {
             if (p[i + k] < 0x80 || p[i + k] > 0xBF) return -1;
         chars -= need; /* one character, need + 1 bytes */
         i += need + 1;
+        if (i > flush) flush = i; /* a sequence crossing the chunk end: flush at once (lanes hold < 2^16) */
     }
     if (chars < 3) return 0;
     int kinds = 0;
-    if (at) kinds |= 1 << K_EMAIL;
+    if (seen & C_AT) kinds |= 1 << K_EMAIL;
     if (jwt) kinds |= 1 << K_JWT;
     if (bearer) kinds |= 1 << K_BEARER;
     if (colons >= 2) kinds |= 1 << K_IPV6;
     if (colons >= 5 || dashes >= 5) kinds |= 1 << K_MAC;
-    if (eq) kinds |= 1 << K_SECRET | 1 << K_COOKIE;
+    if (seen & C_EQ) kinds |= 1 << K_SECRET | 1 << K_COOKIE;
     if (secret) kinds |= 1 << K_SECRET;
     kinds |= 1 << K_CUSTOM; /* operator patterns: no prefilter (only enabled when configured) */
     int ascii = !(seen & C_HIGH);
-    if (enc || !ascii) kinds |= 1 << K_ENCODED;
+    if ((seen & C_ENC) || !ascii) kinds |= 1 << K_ENCODED;
     int lower = ascii && (seen & C_LOWER) && !(seen & C_UPPER); /* non-ASCII: assume not (more kinds) */
     /* detectors.py returns early for one lowercase token of word characters and dashes */
     if (lower && !(seen & C_OTHER)) return kinds;
@@ -758,6 +777,39 @@ static size_t int_text(const any_parts *av, char out[24]) {
     return (size_t)snprintf(out, 24, "%lld", (long long)(int64_t)av->value);
 }
 
+/* How common a byte is in serialized spans (framing bytes, lowercase letters and separators most): the
+ * identity search anchors on the needle's rarest byte, so memchr skips most of the span. */
+static int byte_commonness(uint8_t b) {
+    if (b < 0x20) return 4; /* tags and lengths */
+    if (b >= 'a' && b <= 'z') return strchr("etaoinsr", b) ? 4 : 3;
+    if (b == '.' || b == '_' || b == '-' || b == '/' || b == ' ') return 3;
+    if ((b >= '0' && b <= '9') || (b >= 'A' && b <= 'Z') || b >= 0x80) return 2;
+    return 1;
+}
+
+/* 1 when v[:n] occurs in ctx[:ctx_len] at a place other than v itself. */
+static int occurs_elsewhere(const uint8_t *ctx, size_t ctx_len, const uint8_t *v, size_t n) {
+    if (ctx_len < n) return 0;
+    size_t k = 0;
+    int best = 5;
+    for (size_t j = 0; j < n && best > 1; j++) {
+        int w = byte_commonness(v[j]);
+        if (w < best) {
+            best = w;
+            k = j;
+        }
+    }
+    const uint8_t *at = ctx + k, *last = ctx + (ctx_len - n) + k; /* anchor positions of every full match */
+    while (at <= last) {
+        const uint8_t *hit = memchr(at, v[k], (size_t)(last - at) + 1);
+        if (!hit) return 0;
+        const uint8_t *start = hit - k;
+        if (start != v && memcmp(start, v, n) == 0) return 1;
+        at = hit + 1;
+    }
+    return 0;
+}
+
 /* 1 when the raw value of an attribute a rule drops, masks or pseudonymises recurs elsewhere in its span (or,
  * for resource and scope attributes, its resource spans): the Python path then scrubs it there (redactor.py:
  * identity scrubbing), so give up. Values shorter than 3 bytes are not scrubbed. */
@@ -775,14 +827,7 @@ static int identity_recurs(Scanner *sc, const any_parts *av) {
         return 0;
     }
     if (n < 3 || !sc->ctx) return 0;
-    const uint8_t *at = sc->ctx, *end = sc->ctx + sc->ctx_len;
-    while (at + n <= end) {
-        const uint8_t *hit = memmem(at, (size_t)(end - at), v, n);
-        if (!hit) break;
-        if (hit != v) return 1; /* an occurrence other than the value itself */
-        at = hit + 1;
-    }
-    return 0;
+    return occurs_elsewhere(sc->ctx, sc->ctx_len, v, n);
 }
 
 /* IPv4 a.b.c.d (ASCII digits, 1-3 each, <= 255, nothing around it) -> "a.b.c.0/24" as actions.py writes it;

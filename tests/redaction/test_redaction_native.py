@@ -337,6 +337,17 @@ def test_prefilter_never_skips_a_value_a_detector_would_hit(text: str) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("text", ["1:" * 40_000, "a" * 65_534 + "é" + "1.2.3.4" * 3, "-" * 70_000 + "x:y",
+                                  "é" * 33_000 + "12345678901234", "x" * 65_535 + "a@b.c"])
+def test_prefilter_counts_past_its_chunk_of_64_kib(text: str) -> None:
+    """The prefilter counts digits, colons, dots and dashes in 16-bit lanes flushed every 64 KiB (and at a
+    multi-byte character that crosses the boundary): long values give detectors.py's own answer."""
+    python = _mask(possible_kinds(text)) | (ENCODED_BIT if may_be_encoded(text) else 0)
+    native = NATIVE.possible_kinds(text.encode("utf-8"))
+    assert native & python == python and (not text.isascii() or native == python)
+
+
+@needs_native
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=12))
 def test_prefilter_utf8_check_matches_python(data: bytes) -> None:
