@@ -10,7 +10,8 @@ description and unit, bytes values, and integers or doubles of 13+ digits (a car
 through the detectors too. Identity scrubbing: the raw value of every attribute a rule pseudonymises, masks or
 drops is remembered per resource and per span (its events and links included) and per log record, and any other
 occurrence of it there (a log body "user-12345 clicked", a span name, a URL path) is replaced by its pseudonym
-(or the rule's mask text), so the output never shows a pseudonym next to the raw id.
+(or the rule's mask text), so the output never shows a pseudonym next to the raw id. A metric data point's own
+identities (on the point or its exemplars) are scrubbed from the point, its exemplars, its resource and scope.
 """
 
 from __future__ import annotations
@@ -333,7 +334,8 @@ class Redactor:
 
     def metrics(self, request: MetricsRequest) -> None:
         for rm in request.resource_metrics:
-            self._resource(rm.resource, [sm.scope for sm in rm.scope_metrics])
+            scopes = [sm.scope for sm in rm.scope_metrics]
+            resource_ids = self._resource(rm.resource, scopes)
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     self._text_field(metric, "name")
@@ -345,10 +347,31 @@ class Redactor:
                     if field is None:
                         continue
                     for point in getattr(metric, field).data_points:
-                        if len(point.attributes):
-                            self.attributes(point.attributes)
-                        for exemplar in getattr(point, "exemplars", ()):
-                            self.attributes(exemplar.filtered_attributes)
+                        self._data_point(point, resource_ids, rm.resource, sm.scope)
+
+    def _data_point(self, point, resource_ids: Identities, resource, scope) -> None:
+        """One data point: its attributes and its exemplars' filtered attributes, then identity scrubbing: the
+        resource's identities and its own (user.id on the point or an exemplar) leave its attributes and
+        exemplars, and its own leave the resource and scope too (they would map the pseudonym back)."""
+        exemplars = getattr(point, "exemplars", ())
+        self._ids = dict(resource_ids)
+        if len(point.attributes):
+            self.attributes(point.attributes)
+        for exemplar in exemplars:
+            if len(exemplar.filtered_attributes):
+                self.attributes(exemplar.filtered_attributes)
+        ids, self._ids = self._ids, None
+        if not ids:
+            return
+        scrub = scrubber(ids)
+        self._scrub_attributes(point.attributes, scrub)
+        for exemplar in exemplars:
+            self._scrub_attributes(exemplar.filtered_attributes, scrub)
+        own = {raw: new for raw, new in ids.items() if raw not in resource_ids}
+        if own:
+            scrub = scrubber(own)
+            self._scrub_attributes(resource.attributes, scrub)
+            self._scrub_scope(scope, scrub)
 
     def logs(self, request: LogsRequest) -> None:
         for rl in request.resource_logs:

@@ -213,3 +213,61 @@ def test_blocked_values_add_operator_patterns() -> None:
     req.resource_spans.add().scope_spans.add().spans.add(name="order ORD-123456 by EMP12345")
     out = ExportTraceServiceRequest.FromString(custom.check(req.SerializeToString()))
     assert out.resource_spans[0].scope_spans[0].spans[0].name == "order <redacted> by <emp>"
+
+
+def _metrics_with_identity() -> ExportMetricsServiceRequest:
+    """A data point carrying user.id, the same raw id in its other attributes, an exemplar, the resource and the
+    scope; a second point without the identity; and an exemplar carrying an identity of its own."""
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.add(key="host.note").value.string_value = "served user-4242 today"
+    sm = rm.scope_metrics.add()
+    sm.scope.attributes.add(key="scope.note").value.string_value = "for user-4242"
+    points = sm.metrics.add(name="reco.clicks").sum.data_points
+    point = points.add(as_int=1)
+    point.attributes.add(key="user.id").value.string_value = "user-4242"
+    point.attributes.add(key="url.path").value.string_value = "/users/user-4242/recs"
+    point.attributes.add(key="ctx").value.kvlist_value.values.add(key="who").value.string_value = "user-4242"
+    point.exemplars.add(as_int=1).filtered_attributes.add(key="note").value.string_value = "user-4242 clicked"
+    other = points.add(as_int=2)
+    other.attributes.add(key="note").value.string_value = "order ord-77 for member-9191"
+    other.exemplars.add(as_int=1).filtered_attributes.add(key="member.id").value.string_value = "member-9191"
+    sm.metrics.add(name="reco.views").gauge.data_points.add(as_double=1.0).attributes.add(
+        key="note").value.string_value = "viewed by someone"
+    return req
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_metric_data_point_identities_are_scrubbed(pair: Pair, native: bool) -> None:
+    stage = pair.native if native else pair.python
+    (out,) = stage.on_metrics(_metrics_with_identity())
+    data = out.SerializeToString()
+    assert b"user-4242" not in data and b"member-9191" not in data
+    rm = out.resource_metrics[0]
+    first, second = rm.scope_metrics[0].metrics[0].sum.data_points
+    attrs = {kv.key: kv.value for kv in first.attributes}
+    pseudonym = attrs["user.id"].string_value
+    assert pseudonym.startswith("u_")
+    assert attrs["url.path"].string_value == f"/users/{pseudonym}/recs"
+    assert attrs["ctx"].kvlist_value.values[0].value.string_value == pseudonym
+    assert first.exemplars[0].filtered_attributes[0].value.string_value == f"{pseudonym} clicked"
+    assert rm.resource.attributes[0].value.string_value == f"served {pseudonym} today"
+    assert rm.scope_metrics[0].scope.attributes[0].value.string_value == f"for {pseudonym}"
+    member = second.exemplars[0].filtered_attributes[0].value.string_value  # an exemplar's own identity
+    assert second.attributes[0].value.string_value == f"order ord-77 for {member}"
+    gauge = rm.scope_metrics[0].metrics[1].gauge.data_points[0]
+    assert gauge.attributes[0].value.string_value == "viewed by someone"
+
+
+def test_resource_identities_leave_metric_data_points(pair: Pair) -> None:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    rm.resource.attributes.add(key="enduser.id").value.string_value = "acct-5150"
+    point = rm.scope_metrics.add().metrics.add(name="m").gauge.data_points.add(as_double=1.0)
+    point.attributes.add(key="note").value.string_value = "quota of acct-5150"
+    point.exemplars.add(as_double=1.0).filtered_attributes.add(key="n").value.string_value = "acct-5150"
+    (out,) = pair.python.on_metrics(req)
+    assert b"acct-5150" not in out.SerializeToString()
+    pseudonym = out.resource_metrics[0].resource.attributes[0].value.string_value
+    assert out.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0].attributes[0].value.string_value \
+        == f"quota of {pseudonym}"
