@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers importable by every test area
 
 from otlp_peers import CaptureServer, HopProcess, start_hop_process  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def environment_unchanged_by_the_module() -> Iterator[None]:
+    """A module that leaves an environment variable behind changes what later modules test (e.g. a pseudonym key
+    that turns off the zero-config default's warning), and which modules follow depends on the order and on the
+    worker a module runs in. Restore the environment and fail the module, naming the variables (not values)."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    if after != before:
+        os.environ.clear()
+        os.environ.update(before)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        pytest.fail(f"this module left environment variables changed: {', '.join(changed)}")
 
 
 @pytest.fixture
