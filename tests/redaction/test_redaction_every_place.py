@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from otlp_peers import metric_sum, wait_until
-from test_redaction_issue19 import CORPUS, INNOCENT
+from test_redaction_issue19 import CORPUS, INNOCENT, add_trace_everywhere
 
 from processor.signals import METHOD_PATHS
 
@@ -75,27 +75,9 @@ def corpus_traces(rng: random.Random) -> tuple[list[bytes], list[tuple[bytes, by
         for value in VALUES[start:start + PER_REQUEST]:
             trace_id, span_id = _ids(rng)
             ids.append((trace_id, span_id))
-            rs = req.resource_spans.add()
-            rs.resource.attributes.add(key="service.name").value.string_value = "recommendation-service"
-            rs.resource.attributes.add(key=f"r {value}").value.string_value = value
-            ss = rs.scope_spans.add()
-            ss.scope.name = value
-            ss.scope.version = value
-            ss.scope.attributes.add(key="s").value.string_value = value
-            span = ss.spans.add(trace_id=trace_id, span_id=span_id, name=value, trace_state=f"v={value}",
-                                start_time_unix_nano=now, end_time_unix_nano=now + 1000)
+            span = add_trace_everywhere(req, value, trace_id, span_id, "recommendation-service", now, now + 1000)
             span.attributes.add(key="user.id").value.string_value = USER
             span.attributes.add(key="url.path").value.string_value = f"/users/{USER}/recs"
-            span.attributes.add(key="a").value.string_value = value
-            span.attributes.add(key=value).value.bool_value = True
-            span.attributes.add(key="b").value.bytes_value = value.encode("utf-8")
-            nested = span.attributes.add(key="n").value.kvlist_value.values.add(key="inner")
-            nested.value.array_value.values.add().string_value = value
-            span.status.message = value
-            event = span.events.add(name=value, time_unix_nano=now)
-            event.attributes.add(key="e").value.string_value = value
-            link = span.links.add(trace_id=trace_id, span_id=b"\x02" * 8, trace_state=f"v={value}")
-            link.attributes.add(key="l").value.string_value = value
         requests.append(req.SerializeToString())
     return requests, ids
 

@@ -7,7 +7,7 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_redaction_native import KEY, Pair, needs_native
+from test_redaction_native import Pair, needs_native
 
 from processor.redaction.labels import redact_label
 from processor.redaction.rules import DEFAULT_RULES
@@ -65,28 +65,35 @@ INNOCENT: list[str] = [
 assert len(set(CORPUS)) >= 100
 
 
+def add_trace_everywhere(req: ExportTraceServiceRequest, value: str, trace_id: bytes, span_id: bytes,
+                         service: str = "svc", start: int = 0, end: int = 0):  # -> Span
+    """A resource spans with `value` in every scanned position (keys, values, names, states, scope, ...)."""
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = service
+    rs.resource.attributes.add(key=f"r {value}").value.string_value = value
+    ss = rs.scope_spans.add()
+    ss.scope.name = value
+    ss.scope.version = value
+    ss.scope.attributes.add(key="s").value.string_value = value
+    span = ss.spans.add(trace_id=trace_id, span_id=span_id, name=value, trace_state=f"v={value}",
+                        start_time_unix_nano=start, end_time_unix_nano=end)
+    span.attributes.add(key="a").value.string_value = value
+    span.attributes.add(key=value).value.bool_value = True
+    span.attributes.add(key="b").value.bytes_value = value.encode("utf-8")
+    nested = span.attributes.add(key="n").value.kvlist_value.values.add(key="inner")
+    nested.value.array_value.values.add().string_value = value
+    span.status.message = value
+    event = span.events.add(name=value, time_unix_nano=start)
+    event.attributes.add(key="e").value.string_value = value
+    link = span.links.add(trace_id=trace_id, span_id=bytes(8), trace_state=f"v={value}")
+    link.attributes.add(key="l").value.string_value = value
+    return span
+
+
 def _trace_request(values: list[str]) -> bytes:
-    """Every value in every scanned position of a trace request (keys, values, names, states, scope, ...)."""
     req = ExportTraceServiceRequest()
     for i, value in enumerate(values):
-        rs = req.resource_spans.add()
-        rs.resource.attributes.add(key="service.name").value.string_value = "svc"
-        rs.resource.attributes.add(key=f"r {value}").value.string_value = value
-        ss = rs.scope_spans.add()
-        ss.scope.name = value
-        ss.scope.version = value
-        ss.scope.attributes.add(key="s").value.string_value = value
-        span = ss.spans.add(trace_id=bytes(16), span_id=i.to_bytes(8, "big"), name=value, trace_state=f"v={value}")
-        span.attributes.add(key="a").value.string_value = value
-        span.attributes.add(key=value).value.bool_value = True
-        span.attributes.add(key="b").value.bytes_value = value.encode("utf-8")
-        nested = span.attributes.add(key="n").value.kvlist_value.values.add(key="inner")
-        nested.value.array_value.values.add().string_value = value
-        span.status.message = value
-        event = span.events.add(name=value)
-        event.attributes.add(key="e").value.string_value = value
-        link = span.links.add(trace_id=bytes(16), span_id=bytes(8), trace_state=f"v={value}")
-        link.attributes.add(key="l").value.string_value = value
+        add_trace_everywhere(req, value, bytes(16), i.to_bytes(8, "big"))
     return req.SerializeToString()
 
 
