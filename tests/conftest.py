@@ -21,11 +21,14 @@ def environment_unchanged_by_the_module() -> Iterator[None]:
     worker a module runs in. Restore the environment and fail the module, naming the variables (not values)."""
     before = dict(os.environ)
     yield
-    after = dict(os.environ)
-    if after != before:
-        os.environ.clear()
-        os.environ.update(before)
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    changed = sorted(k for k in before.keys() | os.environ.keys()
+                     if before.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")  # pytest's own
+    for key in changed:
+        if key in before:
+            os.environ[key] = before[key]
+        else:
+            del os.environ[key]
+    if changed:
         pytest.fail(f"this module left environment variables changed: {', '.join(changed)}")
 
 
