@@ -28,9 +28,16 @@ demo: install
 otelcol:
 	bash collector-config/otelcol/build.sh
 
+# Every test: first all but the `serial` ones on TEST_JOBS workers (whole files per worker, so module fixtures start
+# once), then the `serial` ones alone. `python -m pytest` also runs everything, one test at a time.
+TEST_JOBS ?= 2
+TEST_ENV := RECOHOP_REQUIRE_NATIVE=1 RECOHOP_REQUIRE_OTELCOL=1
 test: install otelcol
 	$(PYTHON) -m ruff check .
-	RECOHOP_REQUIRE_NATIVE=1 RECOHOP_REQUIRE_OTELCOL=1 $(PYTHON) -m pytest -q
+	@status=0; \
+	$(TEST_ENV) $(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial" || status=$$?; \
+	$(TEST_ENV) $(PYTHON) -m pytest -q -m serial || status=$$?; \
+	exit $$status
 
 bench: install
 	$(PYTHON) -m bench all --duration 20

@@ -33,7 +33,7 @@ from bench.workload import TraceIdRewriter, generate, write_workload
 from processor.config import DEFAULTS_DIR
 from processor.signals import METHOD_PATHS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 # The explicit budgets under test.
 QUEUE_MAX_BYTES = 2 << 20  # exporter queue

@@ -21,25 +21,32 @@ pytestmark = pytest.mark.slow
 KEY = "wheel-test-key-0123456789abcdef"
 
 
-def build_wheel(work: Path, build_env: dict[str, str] | None = None) -> Path:
-    """sdist from the checkout, then the wheel from the sdist, as a package index would: only what MANIFEST.in
-    and the package data declare gets in (no build products lying in the checkout)."""
-    sdist = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(work / "sdist"), str(REPO_ROOT)],
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist from the checkout, built once for every wheel of this module: only what MANIFEST.in and the
+    package data declare gets in (no build products lying in the checkout)."""
+    out = tmp_path_factory.mktemp("sdist")
+    built = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(REPO_ROOT)],
                            capture_output=True, text=True, timeout=900)
-    assert sdist.returncode == 0, sdist.stderr[-3000:]
-    (tarball,) = (work / "sdist").glob("recohop-*.tar.gz")
+    assert built.returncode == 0, built.stderr[-3000:]
+    (tarball,) = out.glob("recohop-*.tar.gz")
+    return tarball
+
+
+def build_wheel(sdist: Path, work: Path, build_env: dict[str, str] | None = None) -> Path:
+    """The wheel from the sdist, as a package index would build it."""
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"),
-                            str(tarball)], capture_output=True, text=True, timeout=900, env=build_env)
+                            str(sdist)], capture_output=True, text=True, timeout=900, env=build_env)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (work / "dist").glob("recohop-*.whl")
     return wheel
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def installed(sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the venv's bin directory, a working directory outside the checkout)."""
     work = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(work)
+    wheel = build_wheel(sdist, work)
     subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True, timeout=300)
     bin_dir = work / "venv" / "bin"
     pip = subprocess.run([str(bin_dir / "pip"), "install", "-q", f"{wheel}[demo]"], capture_output=True, text=True,
@@ -136,9 +143,9 @@ def test_demo(installed: tuple[Path, Path]) -> None:
     assert (run_dir / "demo-out" / "dashboards" / "recommender-overview.json").exists()
 
 
-def test_without_a_c_compiler_it_installs_and_says_so(tmp_path: Path) -> None:
+def test_without_a_c_compiler_it_installs_and_says_so(sdist: Path, tmp_path: Path) -> None:
     """No compiler: the optional extensions are skipped, the hop runs its pure-Python paths and warns loudly."""
-    wheel = build_wheel(tmp_path, {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false"})
+    wheel = build_wheel(sdist, tmp_path, {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false"})
     assert ".so" not in subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True,
                                        text=True, check=True).stdout
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True, timeout=300)
