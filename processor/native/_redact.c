@@ -238,13 +238,36 @@ static int possible(const uint8_t *p, size_t n) {
 
 /* ------------------------------------------------------------------ bounded memo tables */
 
+/* A memoised answer in C memory, so a hit needs no Python object (the walk runs without the GIL). */
+enum { O_LEAVE, O_REPLACE, O_DROP };
+typedef struct {
+    int kind;        /* O_LEAVE: nothing to change; O_REPLACE: rep is the new text / KeyValue; O_DROP */
+    uint8_t *rep;    /* owned (PyMem_Raw), or NULL: also a key's mask text or prefix, a pseudonym's digest */
+    size_t replen;
+    long changed;    /* values changed (kv outcomes) */
+    int32_t *ids;    /* owned (PyMem_Raw): n_rule_ids rule ids, then n_det_ids detector ids */
+    uint32_t n_rule_ids, n_det_ids;
+} outcome;
+
+static void outcome_free(outcome *o) {
+    PyMem_RawFree(o->rep);
+    PyMem_RawFree(o->ids);
+    memset(o, 0, sizeof *o);
+}
+
 typedef struct {
     uint64_t hash;
-    PyObject *key;   /* bytes (owned); NULL: empty slot */
-    PyObject *value; /* owned, or NULL */
+    uint8_t *key;    /* owned copy (PyMem_Raw); NULL: empty slot */
+    size_t keylen;
+    PyObject *value; /* owned, or NULL: only the key table holds objects (a generalisation's function) */
     int code, rule;
+    outcome o;
 } slot;
 
+/* Tables are read without the GIL during a walk, and written only by the thread running the walk (the stage
+ * is entered by one thread at a time; redact() refuses a second caller). A table whose slots hold a Python
+ * object (the key table) is written with the GIL held, so the garbage collector's traverse never sees it
+ * change; the others hold none and are not traversed. */
 typedef struct {
     slot *slots;
     size_t mask; /* capacity - 1 */
@@ -252,18 +275,23 @@ typedef struct {
     size_t max;
 } table;
 
+/* Drops every entry (with the GIL held when the table holds Python objects). */
 static void tab_clear(table *t) {
     if (!t->slots) return;
     for (size_t i = 0; i <= t->mask; i++) {
-        Py_CLEAR(t->slots[i].key);
-        Py_CLEAR(t->slots[i].value);
+        slot *s = &t->slots[i];
+        if (!s->key) continue;
+        PyMem_RawFree(s->key);
+        s->key = NULL;
+        Py_CLEAR(s->value);
+        outcome_free(&s->o);
     }
     t->count = 0;
 }
 
 static void tab_free(table *t) {
     tab_clear(t);
-    PyMem_Free(t->slots);
+    PyMem_RawFree(t->slots);
     t->slots = NULL;
 }
 
@@ -273,23 +301,19 @@ static slot *tab_find(const table *t, const uint8_t *p, size_t n, uint64_t h) {
     for (;;) {
         slot *s = &t->slots[i];
         if (!s->key) return NULL;
-        if (s->hash == h && (size_t)PyBytes_GET_SIZE(s->key) == n && memcmp(PyBytes_AS_STRING(s->key), p, n) == 0)
-            return s;
+        if (s->hash == h && s->keylen == n && memcmp(s->key, p, n) == 0) return s;
         i = (i + 1) & t->mask;
     }
 }
 
-/* A new slot for bytes p[:n] (not present): the table is cleared first when full. NULL with an exception set
- * on error. The slot is valid until the next insert. */
+/* A new slot for bytes p[:n] (not present): the table is cleared first when full. NULL when out of memory (no
+ * exception set: the caller may not hold the GIL). The slot is valid until the next insert. */
 static slot *tab_insert(table *t, const uint8_t *p, size_t n, uint64_t h) {
     if (t->count >= t->max) tab_clear(t);
     if (!t->slots || (t->count + 1) * 2 > t->mask + 1) {
         size_t cap = t->slots ? (t->mask + 1) * 2 : 64;
-        slot *fresh = PyMem_Calloc(cap, sizeof(slot));
-        if (!fresh) {
-            PyErr_NoMemory();
-            return NULL;
-        }
+        slot *fresh = PyMem_RawCalloc(cap, sizeof(slot));
+        if (!fresh) return NULL;
         if (t->slots) {
             for (size_t i = 0; i <= t->mask; i++) {
                 slot *s = &t->slots[i];
@@ -298,21 +322,21 @@ static slot *tab_insert(table *t, const uint8_t *p, size_t n, uint64_t h) {
                 while (fresh[j].key) j = (j + 1) & (cap - 1);
                 fresh[j] = *s;
             }
-            PyMem_Free(t->slots);
+            PyMem_RawFree(t->slots);
         }
         t->slots = fresh;
         t->mask = cap - 1;
     }
-    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
+    uint8_t *key = PyMem_RawMalloc(n ? n : 1);
     if (!key) return NULL;
+    if (n) memcpy(key, p, n);
     size_t i = (size_t)h & t->mask;
     while (t->slots[i].key) i = (i + 1) & t->mask;
     slot *s = &t->slots[i];
+    memset(s, 0, sizeof *s);
     s->hash = h;
     s->key = key;
-    s->value = NULL;
-    s->code = 0;
-    s->rule = 0;
+    s->keylen = n;
     t->count++;
     return s;
 }
@@ -344,15 +368,38 @@ typedef struct {
     Py_ssize_t *rule_hits;
     Py_ssize_t detector_hits[N_KINDS];
     Py_ssize_t spans_touched;
+    PyThreadState *released; /* during a walk: the thread state saved while the GIL is released, else NULL */
 } Scanner;
+
+/* The walk runs without the GIL and takes it back only where Python is needed (a memo miss asking the Python
+ * rules and detectors, an error to raise): gil_take before touching any Python object, gil_drop after. Both are
+ * no-ops when the GIL is already in that state, so an error path may leave it taken (redact() takes it back at
+ * the end in any case). */
+static inline void gil_take(Scanner *sc) {
+    if (sc->released) {
+        PyEval_RestoreThread(sc->released);
+        sc->released = NULL;
+    }
+}
+
+static inline void gil_drop(Scanner *sc) {
+    if (!sc->released) sc->released = PyEval_SaveThread();
+}
+
+/* MemoryError, with the GIL taken first; -1 (the walkers' error). */
+static int no_memory(Scanner *sc) {
+    gil_take(sc);
+    PyErr_NoMemory();
+    return -1;
+}
 
 static int scratch_reserve(Scanner *sc, size_t more) {
     if (sc->scratch_len + more <= sc->scratch_cap) return 1;
     size_t cap = sc->scratch_cap ? sc->scratch_cap : 4096;
     while (cap < sc->scratch_len + more) cap *= 2;
-    uint8_t *p = PyMem_Realloc(sc->scratch, cap);
+    uint8_t *p = PyMem_RawRealloc(sc->scratch, cap);
     if (!p) {
-        PyErr_NoMemory();
+        no_memory(sc);
         return 0;
     }
     sc->scratch = p;
@@ -377,9 +424,9 @@ static int put_varint(Scanner *sc, uint64_t v) {
 static int add_edit(Scanner *sc, const uint8_t *start, const uint8_t *end, size_t off) {
     if (sc->n_edits == sc->cap_edits) {
         size_t cap = sc->cap_edits ? sc->cap_edits * 2 : 64;
-        edit *e = PyMem_Realloc(sc->edits, cap * sizeof(edit));
+        edit *e = PyMem_RawRealloc(sc->edits, cap * sizeof(edit));
         if (!e) {
-            PyErr_NoMemory();
+            no_memory(sc);
             return 0;
         }
         sc->edits = e;
@@ -436,23 +483,90 @@ static int put_kv_string(Scanner *sc, const uint8_t *key, size_t keylen, const u
     return put(sc, &t, 1) && put_varint(sc, slen) && put(sc, s1, n1) && put(sc, s2, n2);
 }
 
-static int count_ids(Scanner *sc, PyObject *ids, int rules) {
+/* Appends the ints of tuple ids (each in [0, limit)) to o->ids. 1, or 0 with an exception set (GIL held). */
+static int ids_append(outcome *o, PyObject *ids, Py_ssize_t limit) {
     if (!PyTuple_Check(ids)) {
         PyErr_SetString(PyExc_TypeError, "hit ids must be a tuple of ints");
         return 0;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ids); i++) {
+    Py_ssize_t add = PyTuple_GET_SIZE(ids), have = (Py_ssize_t)o->n_rule_ids + o->n_det_ids;
+    if (!add) return 1;
+    if (add > INT32_MAX - have) {
+        PyErr_SetString(PyExc_ValueError, "too many hit ids");
+        return 0;
+    }
+    int32_t *grown = PyMem_RawRealloc(o->ids, (size_t)(have + add) * sizeof(int32_t));
+    if (!grown) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    o->ids = grown;
+    for (Py_ssize_t i = 0; i < add; i++) {
         Py_ssize_t id = PyLong_AsSsize_t(PyTuple_GET_ITEM(ids, i));
         if (id == -1 && PyErr_Occurred()) return 0;
-        Py_ssize_t limit = rules ? sc->n_rules : N_KINDS;
         if (id < 0 || id >= limit) {
             PyErr_SetString(PyExc_ValueError, "hit id out of range");
             return 0;
         }
-        if (rules) sc->rule_hits[id]++;
-        else sc->detector_hits[id]++;
+        grown[have + i] = (int32_t)id;
     }
     return 1;
+}
+
+/* o->rep = a copy of p[:n]. 1, or 0 with MemoryError (GIL held). */
+static int rep_copy(outcome *o, const void *p, size_t n) {
+    o->rep = PyMem_RawMalloc(n ? n : 1);
+    if (!o->rep) {
+        PyErr_NoMemory();
+        return 0;
+    }
+    if (n) memcpy(o->rep, p, n);
+    o->replen = n;
+    return 1;
+}
+
+/* A kv_outcome answer (None or (KeyValue bytes or None, changed, rule ids, detector ids)) into o. 1, or 0 with an
+ * exception set (GIL held; o may hold parts: outcome_free it). */
+static int parse_kv_outcome(Scanner *sc, PyObject *res, outcome *o) {
+    if (res == Py_None) return 1;
+    PyObject *kv, *rules, *dets;
+    long n;
+    if (!PyArg_ParseTuple(res, "OlOO", &kv, &n, &rules, &dets)) return 0;
+    if (kv == Py_None) {
+        o->kind = O_DROP;
+    } else {
+        if (!PyBytes_Check(kv)) {
+            PyErr_SetString(PyExc_TypeError, "replacement KeyValue must be bytes");
+            return 0;
+        }
+        o->kind = O_REPLACE;
+        if (!rep_copy(o, PyBytes_AS_STRING(kv), (size_t)PyBytes_GET_SIZE(kv))) return 0;
+    }
+    o->changed = n;
+    if (!ids_append(o, rules, sc->n_rules)) return 0;
+    o->n_rule_ids = (uint32_t)PyTuple_GET_SIZE(rules);
+    if (!ids_append(o, dets, N_KINDS)) return 0;
+    o->n_det_ids = (uint32_t)PyTuple_GET_SIZE(dets);
+    return 1;
+}
+
+/* A text_outcome answer (None or (text bytes, detector ids)) into o. 1, or 0 with an exception set. */
+static int parse_text_outcome(Scanner *sc, PyObject *res, outcome *o) {
+    if (res == Py_None) return 1;
+    PyObject *text, *dets;
+    if (!PyArg_ParseTuple(res, "SO", &text, &dets)) return 0;
+    o->kind = O_REPLACE;
+    o->changed = 1;
+    if (!rep_copy(o, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text)) || !ids_append(o, dets, N_KINDS))
+        return 0;
+    o->n_det_ids = (uint32_t)PyTuple_GET_SIZE(dets);
+    return 1;
+}
+
+/* The outcome's hits into the request's counts (ids were range-checked when parsed). */
+static void count_outcome(Scanner *sc, const outcome *o) {
+    for (uint32_t i = 0; i < o->n_rule_ids; i++) sc->rule_hits[o->ids[i]]++;
+    for (uint32_t i = 0; i < o->n_det_ids; i++) sc->detector_hits[o->ids[o->n_rule_ids + i]]++;
 }
 
 /* ------------------------------------------------------------------ message parts */
@@ -533,11 +647,20 @@ static int split_any(const uint8_t *p, size_t n, any_parts *av) {
 
 /* ------------------------------------------------------------------ callbacks, memoised */
 
-/* The key's action: *code, *rule and (borrowed, valid until the next key insert) *arg. 1, or -1 on error. */
-static int key_action(Scanner *sc, const uint8_t *key, size_t n, int *code, int *rule, PyObject **arg) {
+/* What key_action said about a key (valid until the next key insert). */
+typedef struct {
+    int code, rule;
+    const uint8_t *text; /* A_MASK: the mask text; A_PSEUDO: the prefix */
+    size_t textlen;
+    PyObject *fn;        /* A_GEN / A_GEN_IP: the generalising function (borrowed; use it with the GIL) */
+} key_rule;
+
+/* The key's rule, memoised per key (Python only for a key seen for the first time). 1, or -1 on error. */
+static int key_action(Scanner *sc, const uint8_t *key, size_t n, key_rule *kr) {
     uint64_t h = siphash13(&memo_key, key, n);
     slot *s = tab_find(&sc->keys, key, n, h);
     if (!s) {
+        gil_take(sc);
         PyObject *res = PyObject_CallFunction(sc->key_action, "y#", (const char *)key, (Py_ssize_t)n);
         if (!res) return -1;
         int c, r;
@@ -554,98 +677,143 @@ static int key_action(Scanner *sc, const uint8_t *key, size_t n, int *code, int 
             PyErr_SetString(PyExc_ValueError, "key_action returned an unusable action");
             return -1;
         }
-        s = tab_insert(&sc->keys, key, n, h);
-        if (!s) {
+        outcome o = {0};
+        if ((c == A_MASK || c == A_PSEUDO) && !rep_copy(&o, PyBytes_AS_STRING(a), (size_t)PyBytes_GET_SIZE(a))) {
             Py_DECREF(res);
             return -1;
         }
-        Py_INCREF(a);
-        s->value = a;
+        s = tab_insert(&sc->keys, key, n, h);
+        if (!s) {
+            outcome_free(&o);
+            Py_DECREF(res);
+            return no_memory(sc);
+        }
+        s->value = Py_NewRef(a);
         s->code = c;
         s->rule = r;
+        s->o = o;
         Py_DECREF(res);
+        gil_drop(sc);
     }
-    *code = s->code;
-    *rule = s->rule;
-    *arg = s->value;
+    kr->code = s->code;
+    kr->rule = s->rule;
+    kr->text = s->o.rep;
+    kr->textlen = s->o.replen;
+    kr->fn = s->value;
     return 1;
 }
 
-/* Memoised callback result for p[:n] in t (new reference): None, False or a tuple. NULL on error. */
-static PyObject *memo_call(table *t, PyObject *fn, const uint8_t *p, size_t n) {
+/* The outcome for p[:n]: memoised in t (values up to MEMO_ITEM_MAX bytes), else fn's answer (asked with the GIL
+ * taken, parsed by parse). 1 with *o set (a slot's, valid until the next insert into t, or tmp's, which the
+ * caller frees with outcome_free), 0 when fn answered False (give up), -1 on error. */
+static int memo_outcome(Scanner *sc, table *t, PyObject *fn, int (*parse)(Scanner *, PyObject *, outcome *),
+                        const uint8_t *p, size_t n, const outcome **o, outcome *tmp) {
     uint64_t h = 0;
     if (n <= MEMO_ITEM_MAX) {
         h = siphash13(&memo_key, p, n);
         slot *s = tab_find(t, p, n, h);
         if (s) {
-            Py_INCREF(s->value);
-            return s->value;
+            *o = &s->o;
+            return 1;
         }
     }
+    gil_take(sc);
     PyObject *res = PyObject_CallFunction(fn, "y#", (const char *)p, (Py_ssize_t)n);
-    if (!res) return NULL;
+    if (!res) return -1;
     if (res != Py_None && res != Py_False && !PyTuple_Check(res)) {
         Py_DECREF(res);
         PyErr_SetString(PyExc_TypeError, "outcome callbacks return None, False or a tuple");
-        return NULL;
+        return -1;
     }
-    if (n <= MEMO_ITEM_MAX && res != Py_False) {
+    if (res == Py_False) {
+        Py_DECREF(res);
+        gil_drop(sc);
+        return 0;
+    }
+    memset(tmp, 0, sizeof *tmp);
+    int ok = parse(sc, res, tmp);
+    Py_DECREF(res);
+    if (!ok) {
+        outcome_free(tmp);
+        return -1;
+    }
+    *o = tmp;
+    if (n <= MEMO_ITEM_MAX) {
         slot *s = tab_insert(t, p, n, h);
         if (!s) {
-            Py_DECREF(res);
-            return NULL;
+            outcome_free(tmp);
+            return no_memory(sc);
         }
-        Py_INCREF(res);
-        s->value = res;
+        s->o = *tmp;
+        memset(tmp, 0, sizeof *tmp);
+        *o = &s->o;
     }
-    return res;
+    gil_drop(sc);
+    return 1;
 }
 
-/* OpenSSL's HMAC-SHA256 of p[:n] in hex, cut to the pseudonym length (a new str); NULL without an exception when
- * libcrypto is not there or fails. */
-static PyObject *libcrypto_digest(Scanner *sc, const uint8_t *p, size_t n) {
+/* OpenSSL's HMAC-SHA256 of p[:n] in hex, cut to the pseudonym length, into hex; 0 when libcrypto is not there or
+ * fails. Needs no GIL (the work context is the scanner's, used by the thread running the walk). */
+static int libcrypto_digest(Scanner *sc, const uint8_t *p, size_t n, char hex[64]) {
     unsigned char digest[64];
     unsigned int len = 0;
     if (!sc->hmac_template || !ssl.copy(sc->hmac_work, sc->hmac_template) || !ssl.update(sc->hmac_work, p, n) ||
         !ssl.final(sc->hmac_work, digest, &len) || len != 32)
-        return NULL;
+        return 0;
     static const char hexdigits[] = "0123456789abcdef";
-    char hex[64];
     for (int i = 0; i < 32; i++) {
         hex[2 * i] = hexdigits[digest[i] >> 4];
         hex[2 * i + 1] = hexdigits[digest[i] & 15];
     }
-    return PyUnicode_FromStringAndSize(hex, sc->pseudonym_length);
+    return 1;
 }
 
-/* The digest part of the pseudonym of value p[:n] (a new reference to a str), memoised per value (user ids repeat
- * on a trace's spans): libcrypto's, or else the Python pseudonymiser's. */
-static PyObject *pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n) {
+/* The digest part of the pseudonym of value p[:n] into out (*outlen bytes, at most 64), memoised per value (user
+ * ids repeat on a trace's spans): libcrypto's without the GIL, or else the Python pseudonymiser's. 1, or -1 on
+ * error. */
+static int pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n, char out[64], size_t *outlen) {
     table *t = &sc->pseudos;
     uint64_t h = 0;
     if (n <= MEMO_ITEM_MAX) {
         h = siphash13(&memo_key, p, n);
         slot *s = tab_find(t, p, n, h);
-        if (s) return Py_NewRef(s->value);
+        if (s) {
+            memcpy(out, s->o.rep, s->o.replen);
+            *outlen = s->o.replen;
+            return 1;
+        }
     }
-    PyObject *res = libcrypto_digest(sc, p, n);
-    if (!res && PyErr_Occurred()) return NULL;
-    if (!res) res = PyObject_CallFunction(sc->pseudonym, "y#", (const char *)p, (Py_ssize_t)n);
-    if (!res) return NULL;
-    if (!PyUnicode_Check(res)) {
+    if (libcrypto_digest(sc, p, n, out)) {
+        *outlen = (size_t)sc->pseudonym_length;
+    } else {
+        gil_take(sc);
+        PyObject *res = PyObject_CallFunction(sc->pseudonym, "y#", (const char *)p, (Py_ssize_t)n);
+        if (!res) return -1;
+        Py_ssize_t len;
+        const char *d = PyUnicode_Check(res) ? PyUnicode_AsUTF8AndSize(res, &len) : NULL;
+        if (!d || len > 64) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "pseudonym() returns str of up to 64 bytes");
+            Py_DECREF(res);
+            return -1;
+        }
+        memcpy(out, d, (size_t)len);
+        *outlen = (size_t)len;
         Py_DECREF(res);
-        PyErr_SetString(PyExc_TypeError, "pseudonym() returns str");
-        return NULL;
+        gil_drop(sc);
     }
     if (n <= MEMO_ITEM_MAX) {
-        slot *s = tab_insert(t, p, n, h);
+        /* this table holds no Python object: it is written without the GIL */
+        uint8_t *copy = PyMem_RawMalloc(*outlen ? *outlen : 1);
+        slot *s = copy ? tab_insert(t, p, n, h) : NULL;
         if (!s) {
-            Py_DECREF(res);
-            return NULL;
+            PyMem_RawFree(copy);
+            return no_memory(sc);
         }
-        s->value = Py_NewRef(res);
+        memcpy(copy, out, *outlen);
+        s->o.rep = copy;
+        s->o.replen = *outlen;
     }
-    return res;
+    return 1;
 }
 
 /* ------------------------------------------------------------------ texts and attributes */
@@ -656,52 +824,43 @@ static int do_text(Scanner *sc, const wire_field *f, long *changed) {
     int kinds = possible(f->data, f->len);
     if (kinds < 0) return 0; /* not UTF-8: the Python path decides (upb refuses it) */
     if (!(kinds & sc->kinds_mask)) return 1;
-    PyObject *res = memo_call(&sc->texts, sc->text_outcome, f->data, f->len);
-    if (!res) return -1;
-    int rc = 1;
-    if (res == Py_False) rc = 0;
-    else if (res != Py_None) {
-        PyObject *text, *ids;
-        if (!PyArg_ParseTuple(res, "SO", &text, &ids)) rc = -1;
+    const outcome *o;
+    outcome tmp = {0};
+    int rc = memo_outcome(sc, &sc->texts, sc->text_outcome, parse_text_outcome, f->data, f->len, &o, &tmp);
+    if (rc <= 0) return rc;
+    if (o->kind == O_REPLACE) {
+        size_t off = sc->scratch_len;
+        if (!put(sc, o->rep, o->replen) || !replace_field(sc, f, off)) rc = -1;
         else {
-            size_t off = sc->scratch_len;
-            if (!put(sc, PyBytes_AS_STRING(text), (size_t)PyBytes_GET_SIZE(text)) || !replace_field(sc, f, off) ||
-                !count_ids(sc, ids, 0))
-                rc = -1;
-            else
-                *changed += 1;
+            count_outcome(sc, o);
+            *changed += 1;
         }
     }
-    Py_DECREF(res);
+    outcome_free(&tmp);
     return rc;
 }
 
-/* Apply a kv_outcome tuple to the attribute field f. */
-static int apply_outcome(Scanner *sc, const wire_field *f, PyObject *res, long *changed) {
-    PyObject *kv, *rules, *dets;
-    long n;
-    if (!PyArg_ParseTuple(res, "OlOO", &kv, &n, &rules, &dets)) return -1;
-    if (kv == Py_None) {
+/* Apply a kv_outcome to the attribute field f. */
+static int apply_outcome(Scanner *sc, const wire_field *f, const outcome *o, long *changed) {
+    if (o->kind == O_LEAVE) return 1;
+    if (o->kind == O_DROP) {
         if (!delete_field(sc, f)) return -1;
     } else {
-        if (!PyBytes_Check(kv)) {
-            PyErr_SetString(PyExc_TypeError, "replacement KeyValue must be bytes");
-            return -1;
-        }
         size_t off = sc->scratch_len;
-        if (!put(sc, PyBytes_AS_STRING(kv), (size_t)PyBytes_GET_SIZE(kv)) || !replace_field(sc, f, off)) return -1;
+        if (!put(sc, o->rep, o->replen) || !replace_field(sc, f, off)) return -1;
     }
-    if (!count_ids(sc, rules, 1) || !count_ids(sc, dets, 0)) return -1;
-    *changed += n;
+    count_outcome(sc, o);
+    *changed += o->changed;
     return 1;
 }
 
 /* The attribute through the Python message path (kv_outcome, memoised by its bytes). */
 static int generic_kv(Scanner *sc, const wire_field *f, long *changed) {
-    PyObject *res = memo_call(&sc->kvs, sc->kv_outcome, f->data, f->len);
-    if (!res) return -1;
-    int rc = res == Py_False ? 0 : res == Py_None ? 1 : apply_outcome(sc, f, res, changed);
-    Py_DECREF(res);
+    const outcome *o;
+    outcome tmp = {0};
+    int rc = memo_outcome(sc, &sc->kvs, sc->kv_outcome, parse_kv_outcome, f->data, f->len, &o, &tmp);
+    if (rc > 0) rc = apply_outcome(sc, f, o, changed);
+    outcome_free(&tmp);
     return rc;
 }
 
@@ -738,11 +897,10 @@ static int nested_clean(Scanner *sc, const any_parts *av, int depth) {
         }
         kv_parts kp;
         if (!split_kv(f.data, f.len, &kp)) return 0;
-        int code, rule;
-        PyObject *arg;
-        if (key_action(sc, kp.key, kp.keylen, &code, &rule, &arg) < 0) return -1;
-        if (code == A_CLEAN) continue;
-        if (code != A_SCAN) return 0;
+        key_rule kr;
+        if (key_action(sc, kp.key, kp.keylen, &kr) < 0) return -1;
+        if (kr.code == A_CLEAN) continue;
+        if (kr.code != A_SCAN) return 0;
         int v = value_clean(sc, kp.val, kp.vallen, depth + 1);
         if (v != 1) return v;
     }
@@ -867,9 +1025,9 @@ static size_t ipv4_net(const uint8_t *p, size_t n, char out[24]) {
 static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
     kv_parts kp;
     if (!split_kv(f->data, f->len, &kp)) return generic_kv(sc, f, changed);
-    int code, rule;
-    PyObject *arg;
-    if (key_action(sc, kp.key, kp.keylen, &code, &rule, &arg) < 0) return -1;
+    key_rule kr;
+    if (key_action(sc, kp.key, kp.keylen, &kr) < 0) return -1;
+    int code = kr.code;
     if (code == A_CLEAN) return 1;
     any_parts av;
     if (!split_any(kp.val, kp.vallen, &av)) return generic_kv(sc, f, changed);
@@ -878,24 +1036,19 @@ static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
             int kinds = possible(av.data, av.len);
             if (kinds < 0) return 0;
             if (!(kinds & sc->kinds_mask)) return 1;
-            PyObject *res = memo_call(&sc->texts, sc->text_outcome, av.data, av.len);
-            if (!res) return -1;
-            int rc = 1;
-            if (res == Py_False) rc = 0;
-            else if (res != Py_None) {
-                PyObject *text, *ids;
-                if (!PyArg_ParseTuple(res, "SO", &text, &ids)) rc = -1;
+            const outcome *o;
+            outcome tmp = {0};
+            int rc = memo_outcome(sc, &sc->texts, sc->text_outcome, parse_text_outcome, av.data, av.len, &o, &tmp);
+            if (rc > 0 && o->kind == O_REPLACE) {
+                size_t off = sc->scratch_len;
+                if (!put_kv_string(sc, kp.key, kp.keylen, o->rep, o->replen, NULL, 0) || !replace_field(sc, f, off))
+                    rc = -1;
                 else {
-                    size_t off = sc->scratch_len;
-                    if (!put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(text),
-                                       (size_t)PyBytes_GET_SIZE(text), NULL, 0) ||
-                        !replace_field(sc, f, off) || !count_ids(sc, ids, 0))
-                        rc = -1;
-                    else
-                        *changed += 1;
+                    count_outcome(sc, o);
+                    *changed += 1;
                 }
             }
-            Py_DECREF(res);
+            outcome_free(&tmp);
             return rc;
         }
         if (big_number(&av)) return generic_kv(sc, f, changed);
@@ -906,42 +1059,39 @@ static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
     if ((code == A_DROP || code == A_MASK || code == A_PSEUDO) && identity_recurs(sc, &av)) return 0;
     if (code == A_DROP) {
         if (!delete_field(sc, f)) return -1;
-        sc->rule_hits[rule]++;
+        sc->rule_hits[kr.rule]++;
         *changed += 1;
         return 1;
     }
-    const uint8_t *s1 = NULL;
-    size_t n1 = 0;
     char net[24];
-    PyObject *owned = NULL;
     if (code == A_MASK) {
-        s1 = (const uint8_t *)PyBytes_AS_STRING(arg);
-        n1 = (size_t)PyBytes_GET_SIZE(arg);
         size_t off = sc->scratch_len;
-        if (!put_kv_string(sc, kp.key, kp.keylen, s1, n1, NULL, 0) || !replace_field(sc, f, off)) return -1;
+        if (!put_kv_string(sc, kp.key, kp.keylen, kr.text, kr.textlen, NULL, 0) || !replace_field(sc, f, off))
+            return -1;
     } else if (code == A_PSEUDO && sc->pseudonym &&
                (av.kind == V_STRING || av.kind == V_BYTES || av.kind == V_EMPTY)) {
         if (av.kind == V_STRING && possible(av.data, av.len) < 0) return 0;
-        PyObject *digest = pseudonym_digest(sc, av.data, av.len);
-        if (!digest) return -1;
-        Py_ssize_t dlen;
-        const char *d = PyUnicode_AsUTF8AndSize(digest, &dlen);
+        char digest[64];
+        size_t dlen;
+        if (pseudonym_digest(sc, av.data, av.len, digest, &dlen) < 0) return -1;
         size_t off = sc->scratch_len;
-        int ok = d && put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)PyBytes_AS_STRING(arg),
-                                    (size_t)PyBytes_GET_SIZE(arg), (const uint8_t *)d, (size_t)dlen) &&
-                 replace_field(sc, f, off);
-        Py_DECREF(digest);
-        if (!ok) return -1;
+        if (!put_kv_string(sc, kp.key, kp.keylen, kr.text, kr.textlen, (const uint8_t *)digest, dlen) ||
+            !replace_field(sc, f, off))
+            return -1;
     } else if ((code == A_GEN || code == A_GEN_IP) && av.kind == V_STRING) {
         if (possible(av.data, av.len) < 0) return 0;
         size_t netlen = code == A_GEN_IP ? ipv4_net(av.data, av.len, net) : 0;
+        size_t off = sc->scratch_len;
         if (netlen) {
-            s1 = (const uint8_t *)net;
-            n1 = netlen;
+            if (!put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)net, netlen, NULL, 0) ||
+                !replace_field(sc, f, off))
+                return -1;
         } else {
+            /* anything but a plain IPv4: the rule's Python function, with the GIL */
+            gil_take(sc);
             PyObject *text = PyUnicode_DecodeUTF8((const char *)av.data, (Py_ssize_t)av.len, "strict");
             if (!text) return -1;
-            owned = PyObject_CallOneArg(arg, text);
+            PyObject *owned = PyObject_CallOneArg(kr.fn, text);
             Py_DECREF(text);
             if (!owned) return -1;
             Py_ssize_t len;
@@ -951,17 +1101,16 @@ static int do_kv(Scanner *sc, const wire_field *f, long *changed) {
                 Py_DECREF(owned);
                 return -1;
             }
-            s1 = (const uint8_t *)u;
-            n1 = (size_t)len;
+            int ok = put_kv_string(sc, kp.key, kp.keylen, (const uint8_t *)u, (size_t)len, NULL, 0) &&
+                     replace_field(sc, f, off);
+            Py_DECREF(owned);
+            if (!ok) return -1;
+            gil_drop(sc);
         }
-        size_t off = sc->scratch_len;
-        int ok = put_kv_string(sc, kp.key, kp.keylen, s1, n1, NULL, 0) && replace_field(sc, f, off);
-        Py_XDECREF(owned);
-        if (!ok) return -1;
     } else {
         return generic_kv(sc, f, changed);
     }
-    sc->rule_hits[rule]++;
+    sc->rule_hits[kr.rule]++;
     *changed += 1;
     return 1;
 }
@@ -1228,7 +1377,12 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     memset(sc->detector_hits, 0, sizeof sc->detector_hits);
     PyObject *result = NULL, *out = NULL, *rules = NULL, *dets = NULL;
     Py_INCREF(arg); /* the buffer must outlive the callbacks */
+    /* The walk without the GIL (Python only for memo misses and errors): another request's stage runs Python
+     * meanwhile. Nothing else touches this scanner's state until it ends: the stage is entered by one thread at
+     * a time (the pipeline's per-stage lock), and redact(), clear() and __init__ refuse while busy. */
+    sc->released = PyEval_SaveThread();
     int r = walk_request(sc, sc->buf, n);
+    gil_take(sc);
     if (r < 0) goto done;
     if (r == 0) {
         Py_INCREF(Py_None);
@@ -1276,7 +1430,7 @@ done:
     sc->buf = NULL;
     sc->busy = 0;
     if (sc->scratch_cap > (1u << 22)) { /* don't keep a huge buffer after an outsized request */
-        PyMem_Free(sc->scratch);
+        PyMem_RawFree(sc->scratch);
         sc->scratch = NULL;
         sc->scratch_cap = 0;
     }
@@ -1296,6 +1450,10 @@ static PyObject *Scanner_clear(Scanner *sc, PyObject *unused) {
 }
 
 static PyObject *Scanner_memo_sizes(Scanner *sc, PyObject *unused) {
+    if (sc->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "memo_sizes() during redact()");
+        return NULL;
+    }
     return Py_BuildValue("(nnnn)", (Py_ssize_t)sc->keys.count, (Py_ssize_t)sc->kvs.count,
                          (Py_ssize_t)sc->texts.count, (Py_ssize_t)sc->pseudos.count);
 }
@@ -1376,11 +1534,9 @@ static int Scanner_traverse(Scanner *sc, visitproc visit, void *arg) {
     Py_VISIT(sc->kv_outcome);
     Py_VISIT(sc->text_outcome);
     Py_VISIT(sc->pseudonym);
-    int r;
-    if ((r = tab_traverse(&sc->keys, visit, arg)) || (r = tab_traverse(&sc->kvs, visit, arg)) ||
-        (r = tab_traverse(&sc->texts, visit, arg)) || (r = tab_traverse(&sc->pseudos, visit, arg)))
-        return r;
-    return 0;
+    /* only the key table holds objects (and it is written with the GIL held); the others are C data, which a
+     * walk without the GIL may be writing */
+    return tab_traverse(&sc->keys, visit, arg);
 }
 
 static int Scanner_tp_clear(Scanner *sc) {
@@ -1406,8 +1562,8 @@ static void Scanner_dealloc(Scanner *sc) {
     tab_free(&sc->kvs);
     tab_free(&sc->texts);
     tab_free(&sc->pseudos);
-    PyMem_Free(sc->edits);
-    PyMem_Free(sc->scratch);
+    PyMem_RawFree(sc->edits);
+    PyMem_RawFree(sc->scratch);
     PyMem_Free(sc->rule_hits);
     if (sc->hmac_template) ssl.ctx_free(sc->hmac_template); /* frees its copy of the key's pads */
     if (sc->hmac_work) ssl.ctx_free(sc->hmac_work);

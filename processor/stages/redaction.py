@@ -50,6 +50,8 @@ class UnreadableValues:
 class RedactionStage(Stage):
     name = "redaction"
     mutates = True
+    # Values and attributes change, spans are never added or removed: the receiver's span count travels on.
+    keeps_span_count = True
 
     def __init__(self, redactor: Redactor, registry: CollectorRegistry, name: str = "redaction") -> None:
         self.name = name
