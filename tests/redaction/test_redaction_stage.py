@@ -20,6 +20,7 @@ from redaction_requests import kv, logs_request, metrics_request, traces_request
 from processor.config_node import ConfigError, Node
 from processor.redaction.redactor import Redactor
 from processor.redaction.rules import DEFAULT_RULES, SUMMARY_ATTRIBUTE
+from processor.signals import count_items
 from processor.stages.base import StageContext
 from processor.stages.redaction import RedactionStage, build
 
@@ -329,3 +330,15 @@ def test_unreadable_values_are_counted_on_metrics(pseudonym_key: None) -> None:
     attributes = {a.key: a.value.string_value for a in out.resource_spans[0].scope_spans[0].spans[0].attributes}
     assert attributes["client.address"] == rule.generalise.tag and attributes["other"] == "x"
     assert registry.get_sample_value("recohop_redaction_unreadable_values_total", sample) == 1
+
+
+def test_the_stage_keeps_every_span() -> None:
+    """`keeps_span_count`: rules drop attributes and rewrite values, never spans, so the receiver's span count
+    travels on to the exporter without a parse."""
+    stage = make_stage()
+    assert stage.keeps_span_count
+    req = traces_request(["mail jane.doe@example.com", "call +1 415 555 2671", "plain"], ["user-1", "user-2"])
+    raw = req.SerializeToString()
+    (out,) = stage.on_trace_bytes(raw)
+    assert out != raw  # something was redacted
+    assert count_items("traces", out) == count_items("traces", raw) == 3
