@@ -25,10 +25,10 @@ from processor.clock import SYSTEM_CLOCK, Clock
 from processor.config import ExporterConfig
 from processor.filesink import FileSink
 from processor.retryinfo import retry_delay
-from processor.signals import METHOD_PATHS, RESPONSE_TYPES, count_items, rejected_items
+from processor.signals import METHOD_PATHS, RESPONSE_TYPES, SIGNAL_ITEMS, count_items, rejected_items
 from processor.spillqueue import SpillFull, SpillQueue
 from processor.stages.base import Emitted
-from processor.telemetry import SIGNAL_ITEMS, HopMetrics
+from processor.telemetry import HopMetrics
 
 log = logging.getLogger("recohop.exporter")
 

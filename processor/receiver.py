@@ -27,11 +27,12 @@ from processor.signals import (
     REQUEST_TYPES,
     RESPONSE_TYPES,
     SERVICE_NAMES,
+    SIGNAL_ITEMS,
     SIGNALS,
     count_items,
 )
 from processor.stages.base import Backpressure, Emitted, Rejected, Rejections
-from processor.telemetry import SIGNAL_ITEMS, HopMetrics
+from processor.telemetry import HopMetrics
 
 log = logging.getLogger("recohop.receiver")
 

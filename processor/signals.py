@@ -8,6 +8,8 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 SIGNALS = ("traces", "metrics", "logs")
+# What each signal's items are called in the hop's metrics (the `signal` label of recohop_*_items_total).
+SIGNAL_ITEMS = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
 
 REQUEST_TYPES = {
     "traces": trace_pb.ExportTraceServiceRequest,

@@ -7,7 +7,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-SIGNAL_ITEMS = {"traces": "spans", "metrics": "metric_points", "logs": "log_records"}
+from processor.signals import SIGNAL_ITEMS
+
 # Label values known before the first event: their series are exported at 0 from start, so a healthy hop's
 # trouble panels and alerts read 0 rather than "no data" (indistinguishable from a broken scrape).
 REFUSAL_REASONS = ("unauthenticated", "malformed", "rejected", "internal_error", "invalid", "backpressure")

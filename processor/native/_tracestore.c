@@ -72,8 +72,11 @@ typedef struct {
 typedef struct {
     const uint8_t *pattern;
     Py_ssize_t len;
-    PyObject *gates; /* tuple of bytes or NULL */
-    int bit;         /* first hit bit (gated) or the present bit (ungated) */
+    int gated;                /* exact-value gates (hit bits) rather than one present bit */
+    size_t ngates;
+    const uint8_t **gate_data; /* the gates' bytes (owned by keys_obj), read without the GIL */
+    size_t *gate_lens;
+    int bit;                  /* first hit bit (gated) or the present bit (ungated) */
 } key_t_;
 
 /* One remembered classifier answer: values of read-all keys (routes, placements) repeat, so most attributes are
@@ -112,6 +115,8 @@ typedef struct {
     uint32_t serial; /* one per scope pass of an intake */
     hash_key hkey;   /* the trace table's and the decision cache's key (hash.h), random per store */
     uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
+    PyThreadState *released; /* set while intake runs without the GIL (classify takes it back for its call) */
+    int busy;                /* inside intake: any other call is refused (callers hold the stage's lock) */
 } Store;
 
 /* Bounds on the work one lookup may do: a hash chain of the trace table longer than CHAIN_MAX, or a decision-cache
@@ -128,7 +133,7 @@ static void rekey(Store *s);
 static int cache_alloc(cache_gen *g, size_t half) {
     size_t cap = 16;
     while (cap < half * 2) cap <<= 1;
-    g->slots = PyMem_Malloc(cap * sizeof(cache_slot));
+    g->slots = PyMem_RawMalloc(cap * sizeof(cache_slot));
     if (!g->slots) return 0;
     g->cap = cap;
     g->count = 0;
@@ -180,7 +185,7 @@ static void cache_put(Store *s, const uint8_t *tid, int32_t code) {
 /* Re-inserts one cache generation's decisions under the current key (kept as they are when memory is short:
  * still correct, only slower). */
 static void cache_rehash(Store *s, cache_gen *g) {
-    cache_slot *old = g->slots, *fresh = PyMem_Malloc(g->cap * sizeof(cache_slot));
+    cache_slot *old = g->slots, *fresh = PyMem_RawMalloc(g->cap * sizeof(cache_slot));
     if (!fresh) return;
     for (size_t i = 0; i < g->cap; i++) fresh[i].code = -1;
     g->slots = fresh;
@@ -190,7 +195,7 @@ static void cache_rehash(Store *s, cache_gen *g) {
         cache_slot *slot = cache_find(&s->hkey, g, old[i].tid, &probes);
         *slot = old[i];
     }
-    PyMem_Free(old);
+    PyMem_RawFree(old);
 }
 
 /* A new key for both tables, and every entry and decision placed under it. */
@@ -216,7 +221,7 @@ static entry_t *find_entry(Store *s, const uint8_t *tid) {
 
 static int grow_table(Store *s) {
     size_t cap = s->tcap * 2;
-    entry_t **table = PyMem_Calloc(cap, sizeof(entry_t *));
+    entry_t **table = PyMem_RawCalloc(cap, sizeof(entry_t *));
     if (!table) return 0;
     for (size_t i = 0; i < s->tcap; i++) {
         entry_t *e = s->table[i];
@@ -228,7 +233,7 @@ static int grow_table(Store *s) {
             e = n;
         }
     }
-    PyMem_Free(s->table);
+    PyMem_RawFree(s->table);
     s->table = table;
     s->tcap = cap;
     return 1;
@@ -236,7 +241,7 @@ static int grow_table(Store *s) {
 
 /* A new entry, not yet in the table: intake allocates every entry a request needs before it changes anything. */
 static entry_t *alloc_entry(Store *s, const uint8_t *tid, double now) {
-    entry_t *e = PyMem_Calloc(1, sizeof(entry_t) + sizeof(int64_t) * (size_t)s->nnames);
+    entry_t *e = PyMem_RawCalloc(1, sizeof(entry_t) + sizeof(int64_t) * (size_t)s->nnames);
     if (!e) return NULL;
     memcpy(e->tid, tid, 16);
     e->first = now;
@@ -294,7 +299,7 @@ static int ref_gid(Store *s, int32_t gid, int delta) {
     if ((size_t)gid >= s->nrefs) {
         size_t n = s->nrefs ? s->nrefs : 64;
         while (n <= (size_t)gid) n *= 2;
-        int32_t *refs = PyMem_Realloc(s->refs, n * sizeof(int32_t));
+        int32_t *refs = PyMem_RawRealloc(s->refs, n * sizeof(int32_t));
         if (!refs) { PyErr_NoMemory(); return -1; }
         memset(refs + s->nrefs, 0, (n - s->nrefs) * sizeof(int32_t));
         s->refs = refs;
@@ -312,7 +317,7 @@ static int chunk_reserve(chunk_t *c, size_t need) {
     if (cap < need) cap = need;
     if (cap < 256) cap = 256;
     if (cap > UINT32_MAX) cap = UINT32_MAX;
-    uint8_t *d = PyMem_Realloc(c->data, cap);
+    uint8_t *d = PyMem_RawRealloc(c->data, cap);
     if (!d) return 0;
     c->data = d;
     c->cap = (uint32_t)cap;
@@ -335,8 +340,8 @@ static void free_pending(entry_t *e) {
     chunk_t *c = e->pending;
     while (c) {
         chunk_t *n = c->next;
-        PyMem_Free(c->data);
-        PyMem_Free(c);
+        PyMem_RawFree(c->data);
+        PyMem_RawFree(c);
         c = n;
     }
     e->pending = NULL;
@@ -350,8 +355,8 @@ static void free_chunks(Store *s, chunk_t *c, PyObject *released) {
             if (!g || PyList_Append(released, g) < 0) PyErr_Clear();
             Py_XDECREF(g);
         }
-        PyMem_Free(c->data);
-        PyMem_Free(c);
+        PyMem_RawFree(c->data);
+        PyMem_RawFree(c);
         c = n;
     }
 }
@@ -374,7 +379,7 @@ static void unlink_entry(Store *s, entry_t *e) {
 static void destroy_entry(Store *s, entry_t *e, PyObject *released) {
     free_chunks(s, e->chunks, released);
     free_chunks(s, e->logs, released);
-    PyMem_Free(e);
+    PyMem_RawFree(e);
 }
 
 /* -- span reading ------------------------------------------------------------------------------------------- */
@@ -394,7 +399,7 @@ static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size
     uint64_t h = siphash13(&s->hkey, kv, len) ^ ((uint64_t)key_index * 0x9E3779B97F4A7C15ULL);
     struct class_slot *slot = NULL;
     if (len <= CLASS_MEMO_MAX_LEN) {
-        if (!s->classes_memo) s->classes_memo = PyMem_Calloc(CLASS_MEMO, sizeof(struct class_slot));
+        if (!s->classes_memo) s->classes_memo = PyMem_RawCalloc(CLASS_MEMO, sizeof(struct class_slot));
         if (s->classes_memo) {
             slot = &s->classes_memo[h & (CLASS_MEMO - 1)];
             if (slot->used && slot->hash == h && slot->key_index == key_index && slot->len == len &&
@@ -402,13 +407,15 @@ static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size
                 return slot->bits;
         }
     }
+    PyThreadState *released = s->released; /* intake's parse runs without the GIL: the call needs it */
+    if (released) PyEval_RestoreThread(released);
     PyObject *r = PyObject_CallFunction(s->classifier, "ny#", key_index, (const char *)kv, (Py_ssize_t)len);
     uint64_t bits = r ? PyLong_AsUnsignedLongLong(r) : (uint64_t)-1;
     Py_XDECREF(r);
-    if (PyErr_Occurred()) {
-        PyErr_Clear();
-        return 1ULL << 63; /* not remembered: the next occurrence asks again */
-    }
+    int failed = PyErr_Occurred() != NULL;
+    if (failed) PyErr_Clear();
+    if (released) s->released = PyEval_SaveThread();
+    if (failed) return 1ULL << 63; /* not remembered: the next occurrence asks again */
     if (slot) {
         slot->used = 1;
         slot->hash = h;
@@ -470,11 +477,11 @@ static int read_span(Store *s, span_t *sp) {
             for (Py_ssize_t k = 0; k < s->nkeys; k++) {
                 key_t_ *kk = &s->keys[k];
                 if ((size_t)kk->len != key_len || memcmp(kk->pattern, key, key_len) != 0) continue;
-                if (!kk->gates) {
+                if (!kk->gated) {
                     sp->present |= 1ULL << kk->bit;
                     if (s->classifier) sp->classes |= classify(s, k, f.data, f.len);
                 } else {
-                    sp->hits |= gate_hits(kk->gates, f.data, f.len) << kk->bit;
+                    sp->hits |= gate_hits(kk->gate_data, kk->gate_lens, kk->ngates, f.data, f.len) << kk->bit;
                 }
                 break;
             }
@@ -507,6 +514,69 @@ typedef struct {
     size_t res_len, scope_len;
 } scope_ref;
 
+/* Pass 1 of intake: every ScopeSpans (its resource and scope) and every span's facts, into growing arrays.
+ * 1: read, 0: bytes this store does not read, -1: out of memory. Runs without the GIL (classify takes it back
+ * for a classifier call); allocates with PyMem_Raw*. */
+static int parse_request(Store *s, const uint8_t *data, size_t len, span_t **spans_out, Py_ssize_t *nspans_out,
+                         scope_ref **scopes_out, Py_ssize_t *nscopes_out) {
+    span_t *spans = NULL;
+    scope_ref *scopes = NULL;
+    Py_ssize_t nspans = 0, nscopes = 0, span_cap = 0, scope_cap = 0;
+    int status = 1;
+    wire_cur c = wire_span(data, len);
+    wire_field f;
+    int r = 0;
+    while (status > 0 && (r = wire_next(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2) { status = 0; break; }
+        wire_cur rc = wire_span(f.data, f.len);
+        wire_field rf;
+        int rr;
+        while ((rr = wire_next(&rc, &rf)) == 1) {
+            if (rf.number != 2) continue;
+            if (rf.wtype != 2) { rr = -1; break; }
+            if (nscopes == scope_cap) {
+                scope_cap = scope_cap ? scope_cap * 2 : 8;
+                scope_ref *n = PyMem_RawRealloc(scopes, sizeof(scope_ref) * (size_t)scope_cap);
+                if (!n) { status = -1; break; }
+                scopes = n;
+            }
+            scopes[nscopes] = (scope_ref){f.data, rf.data, f.len, rf.len};
+            wire_cur sc = wire_span(rf.data, rf.len);
+            wire_field sf;
+            int sr;
+            while ((sr = wire_next(&sc, &sf)) == 1) {
+                if (sf.number != 2) continue;
+                if (sf.wtype != 2) { sr = -1; break; }
+                if (nspans == span_cap) {
+                    span_cap = span_cap ? span_cap * 2 : 256;
+                    span_t *n = PyMem_RawRealloc(spans, sizeof(span_t) * (size_t)span_cap);
+                    if (!n) { status = -1; break; }
+                    spans = n;
+                }
+                span_t *sp = &spans[nspans];
+                memset(sp, 0, sizeof(*sp));
+                sp->data = sf.data;
+                sp->len = sf.len;
+                sp->scope = (int32_t)nscopes;
+                if (!read_span(s, sp)) { sr = -1; break; }
+                nspans++;
+            }
+            if (status < 0) break;
+            if (sr < 0) { rr = -1; break; }
+            nscopes++;
+        }
+        if (status < 0) break;
+        if (rr < 0) { status = 0; break; }
+    }
+    if (status > 0 && r < 0) status = 0;
+    *spans_out = spans;
+    *nspans_out = nspans;
+    *scopes_out = scopes;
+    *nscopes_out = nscopes;
+    return status;
+}
+
 /* -- Store methods ------------------------------------------------------------------------------------------ */
 
 static int Store_traverse(Store *s, visitproc visit, void *arg) {
@@ -531,18 +601,22 @@ static void Store_dealloc(Store *s) {
         destroy_entry(s, e, NULL);
         e = n;
     }
-    PyMem_Free(s->table);
-    PyMem_Free(s->young.slots);
-    PyMem_Free(s->old.slots);
-    PyMem_Free(s->refs);
-    PyMem_Free(s->batch);
-    PyMem_Free(s->names);
-    PyMem_Free(s->name_lens);
-    PyMem_Free(s->keys);
+    PyMem_RawFree(s->table);
+    PyMem_RawFree(s->young.slots);
+    PyMem_RawFree(s->old.slots);
+    PyMem_RawFree(s->refs);
+    PyMem_RawFree(s->batch);
+    PyMem_RawFree(s->names);
+    PyMem_RawFree(s->name_lens);
+    for (Py_ssize_t i = 0; s->keys && i < s->nkeys; i++) {
+        PyMem_RawFree(s->keys[i].gate_data);
+        PyMem_RawFree(s->keys[i].gate_lens);
+    }
+    PyMem_RawFree(s->keys);
     Py_XDECREF(s->names_obj);
     Py_XDECREF(s->keys_obj);
     Py_XDECREF(s->classifier);
-    PyMem_Free(s->classes_memo);
+    PyMem_RawFree(s->classes_memo);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -561,10 +635,10 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
     Py_INCREF(keys);
     s->keys_obj = keys;
     s->nnames = PyTuple_GET_SIZE(names);
-    s->names = PyMem_Calloc((size_t)s->nnames + 1, sizeof(uint8_t *));
-    s->name_lens = PyMem_Calloc((size_t)s->nnames + 1, sizeof(Py_ssize_t));
+    s->names = PyMem_RawCalloc((size_t)s->nnames + 1, sizeof(uint8_t *));
+    s->name_lens = PyMem_RawCalloc((size_t)s->nnames + 1, sizeof(Py_ssize_t));
     s->nkeys = PyTuple_GET_SIZE(keys);
-    s->keys = PyMem_Calloc((size_t)s->nkeys + 1, sizeof(key_t_));
+    s->keys = PyMem_RawCalloc((size_t)s->nkeys + 1, sizeof(key_t_));
     if (!s->names || !s->name_lens || !s->keys) { PyErr_NoMemory(); return -1; }
     for (Py_ssize_t i = 0; i < s->nnames; i++) {
         PyObject *n = PyTuple_GET_ITEM(names, i);
@@ -591,7 +665,17 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
                     PyErr_SetString(PyExc_TypeError, "gates: a tuple of bytes");
                     return -1;
                 }
-            s->keys[i].gates = gates;
+            size_t ngates = (size_t)PyTuple_GET_SIZE(gates);
+            s->keys[i].gated = 1;
+            s->keys[i].ngates = ngates;
+            s->keys[i].gate_data = PyMem_RawCalloc(ngates + 1, sizeof(uint8_t *));
+            s->keys[i].gate_lens = PyMem_RawCalloc(ngates + 1, sizeof(size_t));
+            if (!s->keys[i].gate_data || !s->keys[i].gate_lens) { PyErr_NoMemory(); return -1; }
+            for (size_t g = 0; g < ngates; g++) {
+                PyObject *gate = PyTuple_GET_ITEM(gates, (Py_ssize_t)g);
+                s->keys[i].gate_data[g] = (const uint8_t *)PyBytes_AS_STRING(gate);
+                s->keys[i].gate_lens[g] = (size_t)PyBytes_GET_SIZE(gate);
+            }
             s->keys[i].bit = hit_bit;
             hit_bit += (int)PyTuple_GET_SIZE(gates);
         }
@@ -605,7 +689,7 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
     s->max_spans = max_spans;
     s->half = (size_t)(cache_size / 2);
     s->tcap = 1024;
-    s->table = PyMem_Calloc(s->tcap, sizeof(entry_t *));
+    s->table = PyMem_RawCalloc(s->tcap, sizeof(entry_t *));
     if (!s->table || !cache_alloc(&s->young, s->half) || !cache_alloc(&s->old, s->half)) {
         PyErr_NoMemory();
         return -1;
@@ -616,6 +700,10 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
 #define READY(s)                                                                    \
     if (!(s)->table) {                                                              \
         PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");       \
+        return NULL;                                                                \
+    }                                                                               \
+    if ((s)->busy) {                                                                \
+        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)"); \
         return NULL;                                                                \
     }
 
@@ -640,62 +728,26 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     uint8_t *scope_used = NULL;
     size_t fresh_cap = 16;
     PyObject *result = NULL, *full = NULL, *late = NULL, *unused = NULL;
-    Py_ssize_t nspans = 0, nscopes = 0, span_cap = 0, scope_cap = 0, invalid = 0, dropped = 0, added = 0;
+    Py_ssize_t nspans = 0, nscopes = 0, invalid = 0, dropped = 0, added = 0;
     Py_ssize_t nfresh = 0, ntouched = 0;
     int malformed = 0;
 
-    /* pass 1: validate the whole request and read every span's facts (no state changes) */
-    wire_cur c = wire_span(buf.buf, (size_t)buf.len);
-    wire_field f;
-    int r;
-    while ((r = wire_next(&c, &f)) == 1) {
-        if (f.number != 1) continue;
-        if (f.wtype != 2) { malformed = 1; break; }
-        wire_cur rc = wire_span(f.data, f.len);
-        wire_field rf;
-        int rr;
-        while ((rr = wire_next(&rc, &rf)) == 1) {
-            if (rf.number != 2) continue;
-            if (rf.wtype != 2) { rr = -1; break; }
-            if (nscopes == scope_cap) {
-                scope_cap = scope_cap ? scope_cap * 2 : 8;
-                scope_ref *n = PyMem_Realloc(scopes, sizeof(scope_ref) * (size_t)scope_cap);
-                if (!n) { PyErr_NoMemory(); goto out; }
-                scopes = n;
-            }
-            scopes[nscopes] = (scope_ref){f.data, rf.data, f.len, rf.len};
-            wire_cur sc = wire_span(rf.data, rf.len);
-            wire_field sf;
-            int sr;
-            while ((sr = wire_next(&sc, &sf)) == 1) {
-                if (sf.number != 2) continue;
-                if (sf.wtype != 2) { sr = -1; break; }
-                if (nspans == span_cap) {
-                    span_cap = span_cap ? span_cap * 2 : 256;
-                    span_t *n = PyMem_Realloc(spans, sizeof(span_t) * (size_t)span_cap);
-                    if (!n) { PyErr_NoMemory(); goto out; }
-                    spans = n;
-                }
-                span_t *sp = &spans[nspans];
-                memset(sp, 0, sizeof(*sp));
-                sp->data = sf.data;
-                sp->len = sf.len;
-                sp->scope = (int32_t)nscopes;
-                if (!read_span(s, sp)) { sr = -1; break; }
-                nspans++;
-            }
-            if (sr < 0) { rr = -1; break; }
-            nscopes++;
-        }
-        if (rr < 0) { malformed = 1; break; }
-    }
-    if (r < 0) malformed = 1;
-    if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+    /* pass 1, without the GIL: validate the whole request and read every span's facts (no state changes; the
+     * store is ours alone: `busy` refuses other calls, and the stage's lock keeps other threads out anyway) */
+    int parsed;
+    s->busy = 1;
+    s->released = PyEval_SaveThread();
+    parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes);
+    PyEval_RestoreThread(s->released);
+    s->released = NULL;
+    if (parsed < 0) { PyErr_NoMemory(); goto out; }
+    if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+
 
     /* group ids: headers interned by Python once per scope (validated here, before any state changes) */
-    gids = PyMem_Malloc(sizeof(int32_t) * (size_t)(nscopes + 1));
+    gids = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(nscopes + 1));
     if (!gids) { PyErr_NoMemory(); goto out; }
-    PyObject **headers = PyMem_Calloc((size_t)nscopes * 2 + 1, sizeof(PyObject *));
+    PyObject **headers = PyMem_RawCalloc((size_t)nscopes * 2 + 1, sizeof(PyObject *));
     if (!headers) { PyErr_NoMemory(); goto out; }
     for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
         headers[2 * i] = framed_header(scopes[i].res, scopes[i].res_len);
@@ -717,7 +769,7 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         }
     }
     for (Py_ssize_t i = 0; i < nscopes * 2; i++) Py_XDECREF(headers[i]);
-    PyMem_Free(headers);
+    PyMem_RawFree(headers);
     if (malformed < 0) goto out;
     if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
     for (Py_ssize_t i = 0; i < nscopes; i++)
@@ -727,14 +779,14 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
      * here (new entries are not linked yet, new chunks wait on their entry's `pending` list, existing chunks
      * only grow their capacity), so a failure undoes the scratch fields and returns with the store as it was */
     if (!(full = PyList_New(0)) || !(late = PyList_New(0)) || !(unused = PyList_New(0))) goto out;
-    targets = PyMem_Calloc((size_t)nspans + 1, sizeof(entry_t *));
-    span_chunk = PyMem_Calloc((size_t)nspans + 1, sizeof(chunk_t *));
-    touched = PyMem_Malloc(sizeof(chunk_t *) * (size_t)(nspans + 1));
-    fresh = PyMem_Malloc(sizeof(entry_t *) * (size_t)(nspans + 1));
-    order = PyMem_Malloc(sizeof(entry_t *) * (size_t)(nspans + 1));
-    scope_used = PyMem_Calloc((size_t)nscopes + 1, 1);
+    targets = PyMem_RawCalloc((size_t)nspans + 1, sizeof(entry_t *));
+    span_chunk = PyMem_RawCalloc((size_t)nspans + 1, sizeof(chunk_t *));
+    touched = PyMem_RawMalloc(sizeof(chunk_t *) * (size_t)(nspans + 1));
+    fresh = PyMem_RawMalloc(sizeof(entry_t *) * (size_t)(nspans + 1));
+    order = PyMem_RawMalloc(sizeof(entry_t *) * (size_t)(nspans + 1));
+    scope_used = PyMem_RawCalloc((size_t)nscopes + 1, 1);
     while (fresh_cap < (size_t)nspans * 2 + 2) fresh_cap <<= 1;
-    fresh_tab = PyMem_Calloc(fresh_cap, sizeof(entry_t *));
+    fresh_tab = PyMem_RawCalloc(fresh_cap, sizeof(entry_t *));
     if (!targets || !span_chunk || !touched || !fresh || !order || !scope_used || !fresh_tab) {
         PyErr_NoMemory();
         goto undo;
@@ -801,7 +853,7 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
                 chunk_t *tail = NULL;
                 for (ch = e->pending; ch && ch->gid != gid; ch = ch->next) tail = ch;
                 if (!ch) {
-                    if (!(ch = PyMem_Calloc(1, sizeof(chunk_t)))) { PyErr_NoMemory(); goto undo; }
+                    if (!(ch = PyMem_RawCalloc(1, sizeof(chunk_t)))) { PyErr_NoMemory(); goto undo; }
                     ch->gid = gid;
                     if (tail) tail->next = ch; else e->pending = ch;
                 }
@@ -840,7 +892,9 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     result = Py_BuildValue("(OOnnOn)", full, late, dropped, invalid, unused, added);
     if (!result) goto undo;
 
-    /* pass 3: commit (cannot fail: every allocation was made above) */
+    /* pass 3: commit (cannot fail: every allocation was made above; touches no Python object, so it runs
+     * without the GIL) */
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t k = 0; k < nfresh; k++) link_entry(s, fresh[k]);
     for (Py_ssize_t i = 0; i < nspans; i++) {
         entry_t *e = targets[i];
@@ -897,6 +951,7 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         end_scope_pass(s, order, &norder, now);
     }
     for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
+    Py_END_ALLOW_THREADS
     goto out;
 
 undo: /* the store as it was: scratch fields cleared, pending chunks and unlinked entries freed */
@@ -911,25 +966,26 @@ undo: /* the store as it was: scratch fields cleared, pending chunks and unlinke
     }
     for (Py_ssize_t k = 0; k < nfresh; k++) {
         free_pending(fresh[k]);
-        PyMem_Free(fresh[k]);
+        PyMem_RawFree(fresh[k]);
     }
     if (scope_used)
         for (Py_ssize_t i = 0; i < nscopes; i++)
             if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
 out:
+    s->busy = 0;
     Py_XDECREF(full);
     Py_XDECREF(late);
     Py_XDECREF(unused);
-    PyMem_Free(spans);
-    PyMem_Free(scopes);
-    PyMem_Free(gids);
-    PyMem_Free(order);
-    PyMem_Free(targets);
-    PyMem_Free(span_chunk);
-    PyMem_Free(touched);
-    PyMem_Free(fresh);
-    PyMem_Free(fresh_tab);
-    PyMem_Free(scope_used);
+    PyMem_RawFree(spans);
+    PyMem_RawFree(scopes);
+    PyMem_RawFree(gids);
+    PyMem_RawFree(order);
+    PyMem_RawFree(targets);
+    PyMem_RawFree(span_chunk);
+    PyMem_RawFree(touched);
+    PyMem_RawFree(fresh);
+    PyMem_RawFree(fresh_tab);
+    PyMem_RawFree(scope_used);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -953,13 +1009,13 @@ static PyObject *Store_add_log(Store *s, PyObject *args) {
     }
     chunk_t *ch = e->logs, *tail = NULL, *made = NULL;
     for (; ch && ch->gid != gid; ch = ch->next) tail = ch;
-    if (!ch && !(ch = made = PyMem_Calloc(1, sizeof(chunk_t)))) PyErr_NoMemory();
+    if (!ch && !(ch = made = PyMem_RawCalloc(1, sizeof(chunk_t)))) PyErr_NoMemory();
     if (ch && made) ch->gid = gid;
     if (!ch || ref_gid(s, gid, 0) < 0 ||
         !chunk_reserve(ch, (size_t)ch->len + 1 + wire_varint_size((uint64_t)data.len) + (size_t)data.len)) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
-        if (made) { PyMem_Free(made->data); PyMem_Free(made); }
-        PyMem_Free(fresh);
+        if (made) { PyMem_RawFree(made->data); PyMem_RawFree(made); }
+        PyMem_RawFree(fresh);
         goto out;
     }
     if (fresh) link_entry(s, fresh);
@@ -1017,7 +1073,7 @@ static int batch_add(Store *s, entry_t *e) {
     if (e->selected) return 1;
     if (s->nbatch == s->batch_cap) {
         Py_ssize_t cap = s->batch_cap ? s->batch_cap * 2 : 256;
-        entry_t **b = PyMem_Realloc(s->batch, sizeof(entry_t *) * (size_t)cap);
+        entry_t **b = PyMem_RawRealloc(s->batch, sizeof(entry_t *) * (size_t)cap);
         if (!b) return 0;
         s->batch = b;
         s->batch_cap = cap;
@@ -1094,7 +1150,7 @@ static PyObject *Store_select_due(Store *s, PyObject *args) {
             if (!batch_add(s, e)) goto nomem;
             if (s->nbatch > cap) {
                 cap = s->batch_cap;
-                uint8_t *r = PyMem_Realloc(reasons, (size_t)cap);
+                uint8_t *r = PyMem_RawRealloc(reasons, (size_t)cap);
                 if (!r) goto nomem;
                 reasons = r;
             }
@@ -1102,10 +1158,10 @@ static PyObject *Store_select_due(Store *s, PyObject *args) {
         }
     }
     PyObject *res = batch_done(s, batch_result(s, reasons));
-    PyMem_Free(reasons);
+    PyMem_RawFree(reasons);
     return res;
 nomem:
-    PyMem_Free(reasons);
+    PyMem_RawFree(reasons);
     batch_reset(s);
     PyErr_NoMemory();
     return NULL;
@@ -1132,7 +1188,7 @@ static PyObject *Store_select_relieve(Store *s, PyObject *args) {
         }
         if (!e) break;
         if (!batch_add(s, e)) goto nomem;
-        uint8_t *r = PyMem_Realloc(reasons, (size_t)s->nbatch);
+        uint8_t *r = PyMem_RawRealloc(reasons, (size_t)s->nbatch);
         if (!r) goto nomem;
         reasons = r;
         reasons[s->nbatch - 1] = why;
@@ -1140,10 +1196,10 @@ static PyObject *Store_select_relieve(Store *s, PyObject *args) {
         traces--;
     }
     PyObject *res = batch_done(s, batch_result(s, reasons));
-    PyMem_Free(reasons);
+    PyMem_RawFree(reasons);
     return res;
 nomem:
-    PyMem_Free(reasons);
+    PyMem_RawFree(reasons);
     batch_reset(s);
     PyErr_NoMemory();
     return NULL;
@@ -1296,12 +1352,16 @@ static PyObject *Store_bucket(Store *s, PyObject *args) {
 static PyObject *Store_set_classifier(Store *s, PyObject *args) {
     PyObject *fn;
     if (!PyArg_ParseTuple(args, "O", &fn)) return NULL;
+    if (s->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)");
+        return NULL;
+    }
     if (fn != Py_None && !PyCallable_Check(fn)) {
         PyErr_SetString(PyExc_TypeError, "classifier: a callable or None");
         return NULL;
     }
     Py_CLEAR(s->classifier);
-    PyMem_Free(s->classes_memo); /* answers of the previous classifier */
+    PyMem_RawFree(s->classes_memo); /* answers of the previous classifier */
     s->classes_memo = NULL;
     if (fn != Py_None) {
         Py_INCREF(fn);

@@ -132,24 +132,19 @@ static size_t canonical_kv(const uint8_t *p, size_t n, uint8_t *out, size_t cap)
 
 /* Bit g set when the attribute (a serialized KeyValue) means the same as gate g (a canonical KeyValue, see
  * processor/sampling: the exact values a policy tests for). Byte-equal is the fast case; any other valid
- * encoding is compared in its canonical form. */
-static uint64_t gate_hits(PyObject *gates, const uint8_t *kv, size_t len) {
+ * encoding is compared in its canonical form. The gates are plain byte arrays (no Python object is touched:
+ * the store's intake calls this without the GIL). */
+static uint64_t gate_hits(const uint8_t *const *gates, const size_t *gate_lens, size_t n, const uint8_t *kv,
+                          size_t len) {
     uint64_t hits = 0;
-    Py_ssize_t n = PyTuple_GET_SIZE(gates);
-    for (Py_ssize_t g = 0; g < n && g < 64; g++) {
-        PyObject *gate = PyTuple_GET_ITEM(gates, g);
-        if ((size_t)PyBytes_GET_SIZE(gate) == len && memcmp(PyBytes_AS_STRING(gate), kv, len) == 0)
-            hits |= 1ULL << g;
-    }
+    for (size_t g = 0; g < n && g < 64; g++)
+        if (gate_lens[g] == len && memcmp(gates[g], kv, len) == 0) hits |= 1ULL << g;
     if (hits) return hits;
     uint8_t canon[512];
     size_t clen = canonical_kv(kv, len, canon, sizeof canon);
     if (!clen || (clen == len && memcmp(canon, kv, len) == 0)) return 0;
-    for (Py_ssize_t g = 0; g < n && g < 64; g++) {
-        PyObject *gate = PyTuple_GET_ITEM(gates, g);
-        if ((size_t)PyBytes_GET_SIZE(gate) == clen && memcmp(PyBytes_AS_STRING(gate), canon, clen) == 0)
-            hits |= 1ULL << g;
-    }
+    for (size_t g = 0; g < n && g < 64; g++)
+        if (gate_lens[g] == clen && memcmp(gates[g], canon, clen) == 0) hits |= 1ULL << g;
     return hits;
 }
 

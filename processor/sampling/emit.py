@@ -102,13 +102,23 @@ class Outbox:
     def take_traces(self) -> list[ExportTraceServiceRequest]:
         return [ExportTraceServiceRequest.FromString(raw) for raw in self.take_trace_bytes()]
 
+    def take_counted_traces(self) -> tuple[list[ExportTraceServiceRequest], list[int]]:
+        """`take_traces` with each request's span count (`Emitted.trace_spans`: the exporter need not count)."""
+        raws, counts = self.take_counted_trace_bytes()
+        return [ExportTraceServiceRequest.FromString(raw) for raw in raws], counts
+
     def take_trace_bytes(self) -> list[bytes]:
+        return self.take_counted_trace_bytes()[0]
+
+    def take_counted_trace_bytes(self) -> tuple[list[bytes], list[int]]:
+        """The held spans as one serialized request, with its span count (known here, so the exporter need
+        not parse the request to count it: `Emitted.trace_spans`)."""
         if not self.spans:
-            return []
-        raw = _payload(self.spans)
+            return [], []
+        raw, nspans = _payload(self.spans), self.nspans
         self.spans = {}
         self.nspans = 0
-        return [raw]
+        return [raw], [nspans]
 
     def take_logs(self) -> list[ExportLogsServiceRequest]:
         if not self.logs:

@@ -254,7 +254,8 @@ class TailSampling(Stage):
         self.wal.commit()
 
     def _take(self) -> Emitted | None:
-        emitted = Emitted(traces=self.out.take_traces(), logs=self.out.take_logs())
+        traces, spans = self.out.take_counted_traces()
+        emitted = Emitted(traces=traces, logs=self.out.take_logs(), trace_spans=spans)
         if self._replayed:
             self._replayed.extend(emitted)
             emitted, self._replayed = self._replayed, Emitted()
