@@ -360,6 +360,10 @@ typedef struct {
     const uint8_t *buf;
     const uint8_t *ctx; /* the span (or resource spans) an attribute belongs to: where its raw value may recur */
     size_t ctx_len;
+    /* the Resource and InstrumentationScope of the spans walked: a span's own identities leave them too */
+    const uint8_t *res, *scope;
+    size_t res_len, scope_len;
+    int in_span;
     edit *edits;
     size_t n_edits, cap_edits;
     uint8_t *scratch;
@@ -968,9 +972,9 @@ static int occurs_elsewhere(const uint8_t *ctx, size_t ctx_len, const uint8_t *v
     return 0;
 }
 
-/* 1 when the raw value of an attribute a rule drops, masks or pseudonymises recurs elsewhere in its span (or,
- * for resource and scope attributes, its resource spans): the Python path then scrubs it there (redactor.py:
- * identity scrubbing), so give up. Values shorter than 3 bytes are not scrubbed. */
+/* 1 when the raw value of an attribute a rule drops, masks or pseudonymises recurs elsewhere in its span, the
+ * span's resource or scope (or, for resource and scope attributes, its resource spans): the Python path then
+ * scrubs it there (redactor.py: identity scrubbing), so give up. Values shorter than 3 bytes are not scrubbed. */
 static int identity_recurs(Scanner *sc, const any_parts *av) {
     char num[24];
     const uint8_t *v;
@@ -985,7 +989,9 @@ static int identity_recurs(Scanner *sc, const any_parts *av) {
         return 0;
     }
     if (n < 3 || !sc->ctx) return 0;
-    return occurs_elsewhere(sc->ctx, sc->ctx_len, v, n);
+    if (occurs_elsewhere(sc->ctx, sc->ctx_len, v, n)) return 1;
+    return sc->in_span && ((sc->res && occurs_elsewhere(sc->res, sc->res_len, v, n)) ||
+                           (sc->scope && occurs_elsewhere(sc->scope, sc->scope_len, v, n)));
 }
 
 /* IPv4 a.b.c.d (ASCII digits, 1-3 each, <= 255, nothing around it) -> "a.b.c.0/24" as actions.py writes it;
@@ -1234,6 +1240,7 @@ static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
     size_t outer_len = sc->ctx_len;
     sc->ctx = p;
     sc->ctx_len = n;
+    sc->in_span = 1;
     while ((r = next_field(&c, &f)) == 1) {
         int k = 1;
         switch (f.number) {
@@ -1268,6 +1275,7 @@ static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
     }
     sc->ctx = outer;
     sc->ctx_len = outer_len;
+    sc->in_span = 0;
     if (r < 0) return 0;
     if (changed) {
         sc->spans_touched++;
@@ -1310,14 +1318,40 @@ static int walk_pair(Scanner *sc, const uint8_t *p, size_t n, walker first, walk
     return r == 0 ? 1 : 0;
 }
 
+/* The payload of field 1 (the resource / scope) of a ResourceSpans / ScopeSpans, wherever it stands (before the
+ * spans are walked: a span's own identities are looked for in it). 1 (*out NULL when absent), or 0 when the
+ * field occurs more than once (merged by protobuf) or the message is malformed: the Python path decides. */
+static int first_field(const uint8_t *p, size_t n, const uint8_t **out, size_t *out_len) {
+    wire_cur c = wire_span(p, n);
+    wire_field f;
+    int r;
+    *out = NULL;
+    *out_len = 0;
+    while ((r = next_field(&c, &f)) == 1) {
+        if (f.number != 1) continue;
+        if (f.wtype != 2 || *out) return 0;
+        *out = f.data;
+        *out_len = f.len;
+    }
+    return r == 0;
+}
+
 static int walk_scope_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
-    return walk_pair(sc, p, n, walk_scope, walk_span);
+    if (!first_field(p, n, &sc->scope, &sc->scope_len)) return 0;
+    int r = walk_pair(sc, p, n, walk_scope, walk_span);
+    sc->scope = NULL;
+    return r;
 }
 
 static int walk_resource_spans(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     sc->ctx = p; /* resource and scope attributes: their raw values may recur anywhere in the resource spans */
     sc->ctx_len = n;
-    return walk_pair(sc, p, n, walk_resource, walk_scope_spans);
+    sc->in_span = 0;
+    sc->scope = NULL;
+    if (!first_field(p, n, &sc->res, &sc->res_len)) return 0;
+    int r = walk_pair(sc, p, n, walk_resource, walk_scope_spans);
+    sc->res = NULL;
+    return r;
 }
 
 static int walk_request(Scanner *sc, const uint8_t *p, size_t n) {

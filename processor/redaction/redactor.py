@@ -10,8 +10,8 @@ description and unit, bytes values, and integers or doubles of 13+ digits (a car
 through the detectors too. Identity scrubbing: the raw value of every attribute a rule pseudonymises, masks or
 drops is remembered per resource and per span (its events and links included) and per log record, and any other
 occurrence of it there (a log body "user-12345 clicked", a span name, a URL path) is replaced by its pseudonym
-(or the rule's mask text), so the output never shows a pseudonym next to the raw id. A metric data point's own
-identities (on the point or its exemplars) are scrubbed from the point, its exemplars, its resource and scope.
+(or the rule's mask text), so the output never shows a pseudonym next to the raw id. The own identities of a
+span, log record or metric data point (on the point or its exemplars) are scrubbed from its resource and scope too.
 """
 
 from __future__ import annotations
@@ -227,6 +227,15 @@ class Redactor:
         self._scrub_field(scope, "version", scrub)
         self._scrub_attributes(scope.attributes, scrub)
 
+    def _scrub_own(self, ids: Identities, resource_ids: Identities, resource, scope) -> None:
+        """The identities of one span, log record or data point that are not its resource's (`user.id` on the
+        span) leave its resource and scope too: a raw id there would map the pseudonym back."""
+        own = {raw: new for raw, new in ids.items() if raw not in resource_ids}
+        if own:
+            scrub = scrubber(own)
+            self._scrub_attributes(resource.attributes, scrub)
+            self._scrub_scope(scope, scrub)
+
     def attributes(self, kvs: Iterable[KeyValue], depth: int = 0) -> int:
         """Every attribute of a list (drops removed); returns how many attributes changed."""
         changed = 0
@@ -247,15 +256,17 @@ class Redactor:
 
     # ------------------------------------------------------------------ traces
 
-    def span(self, span) -> None:  # opentelemetry.proto.trace.v1.trace_pb2.Span
+    def span(self, span) -> Identities:  # opentelemetry.proto.trace.v1.trace_pb2.Span
+        """Redacts one span; its identities (the resource's and its own)."""
         outer = self._ids
-        self._ids = {} if outer is None else dict(outer)  # the resource's identities, plus the span's own
+        self._ids = ids = {} if outer is None else dict(outer)  # the resource's identities, plus the span's own
         changed = self.attributes(span.attributes) if len(span.attributes) else 0
         changed += self.span_extras(span)
-        if self._ids:
-            changed += self._scrub_span(span, self._ids)
+        if ids:
+            changed += self._scrub_span(span, ids)
         self._ids = outer
         self.finish_span(span, changed)
+        return ids
 
     def _text_field(self, message, name: str) -> int:
         """Detectors on one string field of a message: 1 when it changed."""
@@ -313,7 +324,7 @@ class Redactor:
             self._ids = ids or None
             for ss in rs.scope_spans:
                 for span in ss.spans:
-                    self.span(span)
+                    self._scrub_own(self.span(span), ids, rs.resource, ss.scope)
             self._ids = None
 
     def _resource(self, resource, scopes: list) -> Identities:
@@ -367,11 +378,7 @@ class Redactor:
         self._scrub_attributes(point.attributes, scrub)
         for exemplar in exemplars:
             self._scrub_attributes(exemplar.filtered_attributes, scrub)
-        own = {raw: new for raw, new in ids.items() if raw not in resource_ids}
-        if own:
-            scrub = scrubber(own)
-            self._scrub_attributes(resource.attributes, scrub)
-            self._scrub_scope(scope, scrub)
+        self._scrub_own(ids, resource_ids, resource, scope)
 
     def logs(self, request: LogsRequest) -> None:
         for rl in request.resource_logs:
@@ -391,3 +398,4 @@ class Redactor:
                         if record.HasField("body"):
                             self._scrub_value(record.body, scrub)
                         self._scrub_field(record, "event_name", scrub)
+                        self._scrub_own(ids, resource_ids, rl.resource, sl.scope)

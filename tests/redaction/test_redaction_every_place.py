@@ -78,6 +78,8 @@ def corpus_traces(rng: random.Random) -> tuple[list[bytes], list[tuple[bytes, by
             span = add_trace_everywhere(req, value, trace_id, span_id, "recommendation-service", now, now + 1000)
             span.attributes.add(key="user.id").value.string_value = USER
             span.attributes.add(key="url.path").value.string_value = f"/users/{USER}/recs"
+            # the span's identity in its resource's text too (scrubbed there: it would map the pseudonym back)
+            req.resource_spans[-1].resource.attributes.add(key="host.note").value.string_value = f"serving {USER}"
         requests.append(req.SerializeToString())
     return requests, ids
 
@@ -91,6 +93,7 @@ def corpus_logs(ids: list[tuple[bytes, bytes]]) -> list[bytes]:
                                               strict=True):
             rl = req.resource_logs.add()
             rl.resource.attributes.add(key=value).value.string_value = value
+            rl.resource.attributes.add(key="host.note").value.string_value = f"serving {USER}"
             sl = rl.scope_logs.add()
             sl.scope.name = value
             record = sl.log_records.add(event_name=value, trace_id=trace_id, span_id=span_id, severity_text="INFO",

@@ -8,6 +8,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from test_redaction_native import Pair, needs_native
+from wire_encodings import reversed_fields
 
 from processor.redaction.labels import redact_label
 from processor.redaction.rules import DEFAULT_RULES
@@ -172,6 +173,63 @@ def test_a_raw_id_never_sits_next_to_its_pseudonym(pair: Pair) -> None:
     pseudonym = next(kv.value.string_value for kv in first.attributes if kv.key == "user.id")
     assert first.name == f"GET /users/{pseudonym}/profile" and first.events[0].name == f"user-{pseudonym} clicked"
     assert second.name == "untouched 12345"
+
+
+def _span_identity_in_resource() -> ExportTraceServiceRequest:
+    """A span's user.id whose raw form also stands in its resource and scope (not in another resource)."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="host.note").value.string_value = "serving user-777 today"
+    ss = rs.scope_spans.add()
+    ss.scope.name = "lib for user-777"
+    ss.scope.attributes.add(key="scope.note").value.string_value = "user-777"
+    ss.spans.add(name="s").attributes.add(key="user.id").value.string_value = "user-777"
+    other = req.resource_spans.add()
+    other.resource.attributes.add(key="host.note").value.string_value = "serving user-777 too"
+    other.scope_spans.add().spans.add(name="t").attributes.add(key="k").value.string_value = "v"
+    return req
+
+
+@needs_native
+def test_a_span_identity_leaves_its_resource_and_scope(pair: Pair) -> None:
+    raw = _span_identity_in_resource().SerializeToString()
+    assert pair.native.native.scanner.redact(raw) is None  # the scanner hands it to the Python path
+    out = ExportTraceServiceRequest.FromString(pair.check(raw))  # both paths, the same bytes
+    rs, other = out.resource_spans
+    pseudonym = rs.scope_spans[0].spans[0].attributes[0].value.string_value
+    assert pseudonym.startswith("u_")
+    assert rs.resource.attributes[0].value.string_value == f"serving {pseudonym} today"
+    assert rs.scope_spans[0].scope.name == f"lib for {pseudonym}"
+    assert rs.scope_spans[0].scope.attributes[0].value.string_value == pseudonym
+    assert other.resource.attributes[0].value.string_value == "serving user-777 too"  # not this span's resource
+
+
+@needs_native
+def test_a_span_identity_absent_from_its_resource_stays_in_c(pair: Pair) -> None:
+    """The resource and scope are searched for the raw id, so requests without it are not handed to Python
+    (the resource written after its spans, as otelcol may, included)."""
+    req = _span_identity_in_resource()
+    del req.resource_spans[0]
+    req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="user.id").value.string_value = "user-778"
+    for raw in (req.SerializeToString(), reversed_fields(req)):
+        assert pair.native.native.scanner.redact(raw) is not None
+        assert b"user-778" not in pair.check(raw)
+
+
+def test_a_log_record_identity_leaves_its_resource_and_scope(pair: Pair) -> None:
+    req = ExportLogsServiceRequest()
+    rl = req.resource_logs.add()
+    rl.resource.attributes.add(key="host.note").value.string_value = "serving user-777 today"
+    sl = rl.scope_logs.add()
+    sl.scope.attributes.add(key="scope.note").value.string_value = "for user-777"
+    sl.log_records.add().attributes.add(key="user.id").value.string_value = "user-777"
+    for stage in (pair.native, pair.python):
+        (out,) = stage.on_logs(ExportLogsServiceRequest.FromString(req.SerializeToString()))
+        assert b"user-777" not in out.SerializeToString()
+        rl_out = out.resource_logs[0]
+        pseudonym = rl_out.scope_logs[0].log_records[0].attributes[0].value.string_value
+        assert rl_out.resource.attributes[0].value.string_value == f"serving {pseudonym} today"
+        assert rl_out.scope_logs[0].scope.attributes[0].value.string_value == f"for {pseudonym}"
 
 
 def test_logs_and_metrics_every_position(pair: Pair) -> None:
