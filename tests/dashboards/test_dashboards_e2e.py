@@ -34,6 +34,9 @@ from dashboards.validate import dashboard_variables, evaluate_panels, panel_targ
 from processor.localprom import LocalPrometheus, prometheus_binary, start_prometheus
 
 FAULTS = "error=0.03,slow=0.03,timeout=0.03,cache_miss=0.2"
+# The flat-line check needs requests to reach the hop at a steady rate: no other test may share the cores.
+pytestmark = pytest.mark.serial
+
 RPS = 80.0
 MAIN_SEED = 5
 MAIN_SECONDS = 40.0
