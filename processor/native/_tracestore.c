@@ -892,9 +892,8 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     result = Py_BuildValue("(OOnnOn)", full, late, dropped, invalid, unused, added);
     if (!result) goto undo;
 
-    /* pass 3: commit (cannot fail: every allocation was made above; touches no Python object, so it runs
-     * without the GIL) */
-    Py_BEGIN_ALLOW_THREADS
+    /* pass 3: commit (cannot fail: every allocation was made above). It keeps the GIL: it is short (copies and
+     * merges), and taking the GIL back costs up to a switch interval under load while the stage's lock is held. */
     for (Py_ssize_t k = 0; k < nfresh; k++) link_entry(s, fresh[k]);
     for (Py_ssize_t i = 0; i < nspans; i++) {
         entry_t *e = targets[i];
@@ -951,7 +950,6 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         end_scope_pass(s, order, &norder, now);
     }
     for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
-    Py_END_ALLOW_THREADS
     goto out;
 
 undo: /* the store as it was: scratch fields cleared, pending chunks and unlinked entries freed */
