@@ -732,14 +732,20 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     Py_ssize_t nfresh = 0, ntouched = 0;
     int malformed = 0;
 
-    /* pass 1, without the GIL: validate the whole request and read every span's facts (no state changes; the
-     * store is ours alone: `busy` refuses other calls, and the stage's lock keeps other threads out anyway) */
+    /* pass 1: validate the whole request and read every span's facts (no state changes). It can run without
+     * the GIL (RELEASE_GIL_FOR_PARSE; classify then takes it back for its call), but measured in the hop it lost:
+     * taking the GIL back under load, with the stage's lock held, cost more than the parallel parse gave
+     * (BENCHMARKS.md, "Trace store intake off the GIL"). */
     int parsed;
     s->busy = 1;
+#ifdef RELEASE_GIL_FOR_PARSE
     s->released = PyEval_SaveThread();
+#endif
     parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes);
+#ifdef RELEASE_GIL_FOR_PARSE
     PyEval_RestoreThread(s->released);
     s->released = NULL;
+#endif
     if (parsed < 0) { PyErr_NoMemory(); goto out; }
     if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
 
