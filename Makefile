@@ -35,7 +35,7 @@ TEST_ENV := RECOHOP_REQUIRE_NATIVE=1 RECOHOP_REQUIRE_OTELCOL=1
 test: install otelcol
 	$(PYTHON) -m ruff check .
 	@status=0; \
-	$(TEST_ENV) $(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial" || status=$$?; \
+	$(TEST_ENV) $(PYTHON) -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not serial" --durations=15 || status=$$?; \
 	$(TEST_ENV) $(PYTHON) -m pytest -q -m serial || status=$$?; \
 	exit $$status
 
