@@ -23,10 +23,39 @@ from processor.signals import REQUEST_TYPES, RESPONSE_TYPES, SERVICE_NAMES, SIGN
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports for the processes tests start. Not from bind(("127.0.0.1", 0)): that hands out Linux's ephemeral range
+# (32768-60999), where every outgoing connection on the machine also takes its source port, so a port freed here
+# could be taken before the process under test binds it ("Address already in use"). Below that range, each
+# pytest-xdist worker gets a block of its own and hands its ports out in turn, skipping any that is bound now.
+PORT_RANGE = (10000, 32000)
+
+
+def _port_block() -> range:
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    size = (PORT_RANGE[1] - PORT_RANGE[0]) // workers
+    return range(PORT_RANGE[0] + worker * size, PORT_RANGE[0] + (worker + 1) * size)
+
+
+_block = _port_block()
+_next_port = _block.start + (os.getpid() * 7919) % len(_block)  # runs right after each other start elsewhere
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing is bound to, not handed out before by this process (see PORT_RANGE)."""
+    global _next_port
+    with _port_lock:
+        for _ in range(len(_block)):
+            port = _next_port
+            _next_port = _block.start + (_next_port + 1 - _block.start) % len(_block)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {_block}")
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = 20.0,

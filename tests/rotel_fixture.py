@@ -18,14 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rotel
+from otlp_peers import free_port
 
 ROTEL_BIN = Path(os.path.dirname(rotel.__file__)) / "rotel-agent"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -86,8 +83,8 @@ def start_rotel(forward_to: str, tmp_path: Path, timeout: float = 15.0, grpc_por
     if grpc_port and _accepts(grpc_port):
         # Something else already listens there: waiting for the port would "succeed" on the wrong process.
         raise RuntimeError(f"cannot start rotel-agent: 127.0.0.1:{grpc_port} is already in use")
-    grpc_port = grpc_port or _free_port()
-    http_port = _free_port()
+    grpc_port = grpc_port or free_port()
+    http_port = free_port()
     name = f"rotel-{grpc_port}"
     log_path = tmp_path / f"{name}.out"
     args = [str(ROTEL_BIN), "start",
