@@ -115,7 +115,6 @@ typedef struct {
     uint32_t serial; /* one per scope pass of an intake */
     hash_key hkey;   /* the trace table's and the decision cache's key (hash.h), random per store */
     uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
-    PyThreadState *released; /* set while intake runs without the GIL (classify takes it back for its call) */
     int busy;                /* inside intake: any other call is refused (callers hold the stage's lock) */
 } Store;
 
@@ -407,14 +406,11 @@ static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size
                 return slot->bits;
         }
     }
-    PyThreadState *released = s->released; /* intake's parse runs without the GIL: the call needs it */
-    if (released) PyEval_RestoreThread(released);
     PyObject *r = PyObject_CallFunction(s->classifier, "ny#", key_index, (const char *)kv, (Py_ssize_t)len);
     uint64_t bits = r ? PyLong_AsUnsignedLongLong(r) : (uint64_t)-1;
     Py_XDECREF(r);
     int failed = PyErr_Occurred() != NULL;
     if (failed) PyErr_Clear();
-    if (released) s->released = PyEval_SaveThread();
     if (failed) return 1ULL << 63; /* not remembered: the next occurrence asks again */
     if (slot) {
         slot->used = 1;
@@ -732,20 +728,11 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     Py_ssize_t nfresh = 0, ntouched = 0;
     int malformed = 0;
 
-    /* pass 1: validate the whole request and read every span's facts (no state changes). It can run without
-     * the GIL (RELEASE_GIL_FOR_PARSE; classify then takes it back for its call), but measured in the hop it lost:
-     * taking the GIL back under load, with the stage's lock held, cost more than the parallel parse gave
-     * (BENCHMARKS.md, "Trace store intake off the GIL"). */
-    int parsed;
+    /* pass 1: validate the whole request and read every span's facts (no state changes). It runs with the GIL:
+     * without it (tried in 2340899) the hop lost, since taking the GIL back under load, with the stage's lock
+     * held, cost more than the parallel parse gave (BENCHMARKS.md, "Trace store intake off the GIL"). */
     s->busy = 1;
-#ifdef RELEASE_GIL_FOR_PARSE
-    s->released = PyEval_SaveThread();
-#endif
-    parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes);
-#ifdef RELEASE_GIL_FOR_PARSE
-    PyEval_RestoreThread(s->released);
-    s->released = NULL;
-#endif
+    int parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes);
     if (parsed < 0) { PyErr_NoMemory(); goto out; }
     if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
 
