@@ -47,6 +47,16 @@ def _add_run_args(p: argparse.ArgumentParser, duration: float, warmup: float, re
                    help="windows per hop/rotel row (same process); the median is reported, all are kept")
     p.add_argument("--out", type=Path, default=Path("bench-out/results.json"))
     p.add_argument("--workdir", type=Path, help="logs, configs, workload (default: next to --out)")
+    p.add_argument("--against", type=_checkout, metavar="DIR",
+                   help="another recohop checkout (e.g. a `git worktree` with `python setup.py build_ext --inplace` "
+                        "run in it): each hop row also runs on its code, right after, as ROW@base")
+
+
+def _checkout(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "processor" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text}: not a recohop checkout (no processor/__init__.py)")
+    return path
 
 
 def _seconds(text: str) -> int:
@@ -165,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration, warmup=args.warmup, clients=args.clients, streams=args.streams,
         channels=args.channels, fresh_ids=not args.no_fresh_ids, workdir=workdir, rotel=not args.no_rotel,
         auto_stages=not args.no_stages, builtin_default=not args.no_default, hop_configs=args.hop_config, repeat=args.repeat,
-        only_rows=args.rows)
+        only_rows=args.rows, against=args.against)
     print(f"workload: {len(workload.requests)} requests, {workload.total_spans} spans "
           f"(~{workload.total_spans / len(workload.requests):.0f}/request, "
           f"{workload.total_bytes / workload.total_spans:.0f} wire bytes/span), {workload.traces} traces, "

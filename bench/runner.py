@@ -28,6 +28,7 @@ from bench.workload import Workload
 
 STAGE_KINDS = ("limits", "redaction", "spanmetrics", "tail_sampling", "cardinality")
 STAGES_DIR = procs.REPO_ROOT / "processor" / "stages"
+BASE = "@base"  # suffix of the rows run on `Settings.against`
 PASSTHROUGH_CONFIG = "# recohop pass-through: receive, parse, forward the original bytes\npipeline: []\n"
 
 
@@ -46,6 +47,9 @@ class Settings:
     hop_configs: list[tuple[str, Path]] = field(default_factory=list)
     repeat: int = 1
     only_rows: list[str] | None = None  # hop rows to run by name (None: every row)
+    # Another checkout of recohop (its native scanners built in place): every hop row runs a second time right
+    # after itself on that code, as `<row>@base`, so a change is measured against its base in the same run.
+    against: Path | None = None
 
 
 def parse_only(workload: Workload, duration: float) -> dict[str, Any]:
@@ -208,6 +212,10 @@ def hop_rows(s: Settings, notes: list[str]) -> list[HopRow]:
         if unknown:
             raise ValueError(f"--rows: no hop row named {', '.join(unknown)} (rows: {', '.join(r.name for r in rows)})")
         rows = [r for r in rows if r.name in s.only_rows]
+    if s.against is not None:
+        rows = [twin for r in rows for twin in (r, HopRow(f"{r.name}{BASE}", r.config, r.skip,
+                                                          {**(r.env or {}), "PYTHONPATH": str(s.against)},
+                                                          r.transport))]
     return rows
 
 
@@ -307,8 +315,13 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
            "passthrough/rotel": ratio("recohop_passthrough", "rotel_passthrough"),
            "client_ceiling/passthrough": ratio("client_ceiling", "recohop_passthrough")}
     for r in rows:
-        if r["kind"] == "hop" and r["name"] != "recohop_passthrough":
-            out[f"{r['name']}/passthrough"] = ratio(r["name"], "recohop_passthrough")
+        name = r["name"]
+        base = name.endswith(BASE)
+        if r["kind"] == "hop" and name.removesuffix(BASE) != "recohop_passthrough":
+            # a base row against the base's own pass-through
+            out[f"{name}/passthrough"] = ratio(name, "recohop_passthrough" + (BASE if base else ""))
+        if base:
+            out[f"{name.removesuffix(BASE)}/{name}"] = ratio(name.removesuffix(BASE), name)
     if "builtin_default" in by:
         out["builtin_default/parse_only"] = ratio("builtin_default", "parse_only")
         out["builtin_default/rotel"] = ratio("builtin_default", "rotel_passthrough")

@@ -7,8 +7,11 @@
  * rule and request), never per span: it turns each group key into a series slot once (cached) and adds the
  * group's totals with numpy.
  *
- * scan(buf, attr_keys, res_keys, rules, name_rules, resolve, targets) -> (spans, outs) or None when the bytes
- * are not what this scanner understands (the caller then uses the pure-Python path, the reference).
+ * scan(buf, attr_keys, res_keys, rules, name_rules, resolve, targets[, walked]) -> (spans, outs) or None when
+ * the bytes are not what this scanner understands (the caller then uses the pure-Python path, the reference).
+ * walk(buf, attr_keys, res_keys, rules, name_rules, resolve) -> walked: scan's pass over the bytes done ahead
+ * (the pipeline calls it before the stage's lock); scan given it (same bytes, same key and rule objects) only
+ * applies the groups to the targets.
  *   attr_keys: tuple of utf-8 bytes - span attribute keys the rules read
  *   res_keys:  tuple of utf-8 bytes - resource attribute keys the rules read
  *   rules:     tuple of (sources, value_attr, bounds, candidates):
@@ -885,54 +888,122 @@ out:
     return result;
 }
 
-static PyObject *scan(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    PyObject *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve, *targets;
-    if (!PyArg_ParseTuple(args, "y*OOOO!OO!", &buf, &attr_obj, &res_obj, &rules_obj, &PyDict_Type, &name_rules,
-                          &resolve, &PyTuple_Type, &targets))
-        return NULL;
-    scanner s;
-    memset(&s, 0, sizeof(s));
-    PyObject *result = NULL, *outs = NULL;
-    int status = 0; /* 1 ok, 0 Python error, -1 give up */
-    s.name_rules = name_rules;
-    s.resolve = resolve;
-    s.base = buf.buf;
-    if (!read_patterns(attr_obj, &s.attr_keys, &s.nattr) || !read_patterns(res_obj, &s.res_keys, &s.nres) ||
-        !read_rules(&s, rules_obj))
-        goto out;
+/* The walk (everything up to the targets): reads the request once, without the GIL. 1 walked, 0 Python error,
+ * -1 bytes this scanner does not read. It touches nothing the targets hold, so it may run on any thread, before
+ * the span-metrics stage's lock is taken (`walk`), and `scan` then only applies the groups. */
+static int walk_request(scanner *s, const Py_buffer *buf, PyObject *attr_obj, PyObject *res_obj, PyObject *rules_obj,
+                        PyObject *name_rules, PyObject *resolve) {
+    memset(s, 0, sizeof(*s));
+    s->name_rules = name_rules;
+    s->resolve = resolve;
+    s->base = buf->buf;
+    if (!read_patterns(attr_obj, &s->attr_keys, &s->nattr) || !read_patterns(res_obj, &s->res_keys, &s->nres) ||
+        !read_rules(s, rules_obj))
+        return 0;
     size_t max_sources = 1;
-    for (Py_ssize_t i = 0; i < s.nrules; i++)
-        if ((size_t)s.rules[i].nsources > max_sources) max_sources = (size_t)s.rules[i].nsources;
-    s.scratch = PyMem_RawMalloc((max_sources + 1) * sizeof(int32_t));
-    s.attr_ids = PyMem_RawMalloc(((size_t)s.nattr + 1) * sizeof(int32_t));
-    s.res_ids = PyMem_RawMalloc(((size_t)s.nres + 1) * sizeof(int32_t));
-    s.rule_first = PyMem_RawMalloc(((size_t)s.nrules + 1) * sizeof(int32_t));
-    s.rule_last = PyMem_RawMalloc(((size_t)s.nrules + 1) * sizeof(int32_t));
-    s.table_cap = 256;
-    s.table = PyMem_RawMalloc(s.table_cap * sizeof(int32_t));
-    if (!s.scratch || !s.attr_ids || !s.res_ids || !s.rule_first || !s.rule_last || !s.table) {
+    for (Py_ssize_t i = 0; i < s->nrules; i++)
+        if ((size_t)s->rules[i].nsources > max_sources) max_sources = (size_t)s->rules[i].nsources;
+    s->scratch = PyMem_RawMalloc((max_sources + 1) * sizeof(int32_t));
+    s->attr_ids = PyMem_RawMalloc(((size_t)s->nattr + 1) * sizeof(int32_t));
+    s->res_ids = PyMem_RawMalloc(((size_t)s->nres + 1) * sizeof(int32_t));
+    s->rule_first = PyMem_RawMalloc(((size_t)s->nrules + 1) * sizeof(int32_t));
+    s->rule_last = PyMem_RawMalloc(((size_t)s->nrules + 1) * sizeof(int32_t));
+    s->table_cap = 256;
+    s->table = PyMem_RawMalloc(s->table_cap * sizeof(int32_t));
+    if (!s->scratch || !s->attr_ids || !s->res_ids || !s->rule_first || !s->rule_last || !s->table) {
         PyErr_NoMemory();
-        goto out;
+        return 0;
     }
-    if (!interner_init(&s.names, 64) || !interner_init(&s.values, 256)) goto out;
-    memset(s.rule_first, 0xFF, ((size_t)s.nrules + 1) * sizeof(int32_t));
-    memset(s.rule_last, 0xFF, ((size_t)s.nrules + 1) * sizeof(int32_t));
-    memset(s.table, 0xFF, s.table_cap * sizeof(int32_t));
+    if (!interner_init(&s->names, 64) || !interner_init(&s->values, 256)) return 0;
+    memset(s->rule_first, 0xFF, ((size_t)s->nrules + 1) * sizeof(int32_t));
+    memset(s->rule_last, 0xFF, ((size_t)s->nrules + 1) * sizeof(int32_t));
+    memset(s->table, 0xFF, s->table_cap * sizeof(int32_t));
 
-    wire_cur c = wire_span(buf.buf, (size_t)buf.len);
+    wire_cur c = wire_span(buf->buf, (size_t)buf->len);
     wire_field f;
-    int r;
-    status = 1;
+    int r = 1;
+    int status = 1;
     walk_ts = PyEval_SaveThread();
     while (status == 1 && (r = wire_next(&c, &f)) == 1) {
         if (f.number != 1) continue;
         if (f.wtype != 2) { status = -1; break; }
-        status = scan_resource_spans(&s, f.data, f.len);
+        status = scan_resource_spans(s, f.data, f.len);
     }
     PyEval_RestoreThread(walk_ts);
     walk_ts = NULL;
     if (status == 1 && r < 0) status = -1;
+    return status;
+}
+
+/* A request walked ahead (`walk`), for one `scan` of the same bytes with the same keys and rules. */
+typedef struct {
+    PyObject_HEAD
+    scanner s;
+    Py_buffer buf;
+    int has_buf;
+    PyObject *attr_obj, *res_obj, *rules_obj; /* what the walk read (scan checks it is given the same objects) */
+    int status;                                /* walk_request's 1 or -1; 2 once a scan took it */
+} Walked;
+
+static void Walked_dealloc(Walked *w) {
+    free_scanner(&w->s);
+    if (w->has_buf) PyBuffer_Release(&w->buf);
+    Py_XDECREF(w->attr_obj);
+    Py_XDECREF(w->res_obj);
+    Py_XDECREF(w->rules_obj);
+    PyObject_Free(w);
+}
+
+static PyTypeObject WalkedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._spanscan.Walked",
+    .tp_basicsize = sizeof(Walked),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Walked_dealloc,
+    .tp_doc = "A traces request walked ahead by walk(), for one scan() of the same bytes.",
+};
+
+/* walk(buf, attr_keys, res_keys, rules, name_rules, resolve) -> Walked: scan's pass over the bytes, ahead. */
+static PyObject *walk(PyObject *self, PyObject *args) {
+    PyObject *raw, *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve;
+    if (!PyArg_ParseTuple(args, "O!OOOO!O", &PyBytes_Type, &raw, &attr_obj, &res_obj, &rules_obj, &PyDict_Type,
+                          &name_rules, &resolve))
+        return NULL;
+    Walked *w = PyObject_New(Walked, &WalkedType);
+    if (!w) return NULL;
+    memset(&w->s, 0, sizeof(w->s));
+    w->has_buf = 0;
+    w->attr_obj = Py_NewRef(attr_obj);
+    w->res_obj = Py_NewRef(res_obj);
+    w->rules_obj = Py_NewRef(rules_obj);
+    w->status = 2;
+    if (PyObject_GetBuffer(raw, &w->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(w); return NULL; }
+    w->has_buf = 1;
+    int status = walk_request(&w->s, &w->buf, attr_obj, res_obj, rules_obj, name_rules, resolve);
+    if (status == 0) { Py_DECREF(w); return NULL; }
+    w->status = status;
+    return (PyObject *)w;
+}
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve, *targets, *ahead = Py_None;
+    if (!PyArg_ParseTuple(args, "y*OOOO!OO!|O", &buf, &attr_obj, &res_obj, &rules_obj, &PyDict_Type, &name_rules,
+                          &resolve, &PyTuple_Type, &targets, &ahead))
+        return NULL;
+    scanner s;
+    PyObject *result = NULL, *outs = NULL;
+    int status; /* 1 ok, 0 Python error, -1 give up */
+    Walked *w = (Walked *)ahead;
+    if (Py_IS_TYPE(ahead, &WalkedType) && w->status != 2 && w->has_buf && w->buf.buf == buf.buf &&
+        w->buf.len == buf.len && w->attr_obj == attr_obj && w->res_obj == res_obj && w->rules_obj == rules_obj) {
+        s = w->s; /* taken over: the walked object keeps the bytes alive, its scanner is emptied */
+        memset(&w->s, 0, sizeof(w->s));
+        status = w->status;
+        w->status = 2;
+    } else {
+        status = walk_request(&s, &buf, attr_obj, res_obj, rules_obj, name_rules, resolve);
+    }
     if (status == 0) goto out;
     if (status < 0) { result = Py_NewRef(Py_None); goto out; }
     if (PyTuple_GET_SIZE(targets) != s.nrules) {
@@ -957,12 +1028,13 @@ out:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Group a traces request's spans per derivation rule by their label sources."},
+    {"walk", walk, METH_VARARGS, "scan's pass over a request, ahead and without the GIL (pass the result to scan)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__spanscan(void) {
-    if (!hash_key_random(&scan_key)) return NULL;
+    if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0) return NULL;
     return PyModule_Create(&module);
 }

@@ -96,6 +96,8 @@ typedef struct {
     PyObject *names_obj, *keys_obj;
     PyObject *classifier; /* NULL, or classify(key index, serialized KeyValue) -> class bits (see set_classifier) */
     struct class_slot *classes_memo; /* direct-mapped memo of classifier answers (CLASS_MEMO slots) */
+    PyThread_type_lock memo_lock;    /* guards classes_memo: `parse` reads spans on several threads at once */
+    hash_key memo_key;               /* the memo's hash key (never re-keyed: read without the stage's lock) */
     const uint8_t **names;
     Py_ssize_t *name_lens;
     Py_ssize_t nnames;
@@ -394,36 +396,49 @@ typedef struct {
 /* The class bits of one attribute of a read-all key: which value-reading policies (regex, numeric) its value
  * satisfies, answered by Python (memoised there by the KeyValue's bytes). A failing answer sets the top bit:
  * "ask the policies about this trace in Python". */
-static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size_t len) {
-    uint64_t h = siphash13(&s->hkey, kv, len) ^ ((uint64_t)key_index * 0x9E3779B97F4A7C15ULL);
-    struct class_slot *slot = NULL;
-    if (len <= CLASS_MEMO_MAX_LEN) {
+/* The class bits of one attribute of a read-all key: from the memo, else from the Python classifier (taking the
+ * GIL for the call when the caller runs without it: `nogil`). The memo is shared by every thread that parses, so
+ * it is read and written under memo_lock, which is never held while waiting for the GIL. */
+static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size_t len, int nogil) {
+    uint64_t h = siphash13(&s->memo_key, kv, len) ^ ((uint64_t)key_index * 0x9E3779B97F4A7C15ULL);
+    int memo = len <= CLASS_MEMO_MAX_LEN;
+    if (memo) {
+        PyThread_acquire_lock(s->memo_lock, WAIT_LOCK);
         if (!s->classes_memo) s->classes_memo = PyMem_RawCalloc(CLASS_MEMO, sizeof(struct class_slot));
-        if (s->classes_memo) {
-            slot = &s->classes_memo[h & (CLASS_MEMO - 1)];
-            if (slot->used && slot->hash == h && slot->key_index == key_index && slot->len == len &&
-                memcmp(slot->kv, kv, len) == 0)
-                return slot->bits;
+        struct class_slot *slot = s->classes_memo ? &s->classes_memo[h & (CLASS_MEMO - 1)] : NULL;
+        if (slot && slot->used && slot->hash == h && slot->key_index == key_index && slot->len == len &&
+            memcmp(slot->kv, kv, len) == 0) {
+            uint64_t bits = slot->bits;
+            PyThread_release_lock(s->memo_lock);
+            return bits;
         }
+        PyThread_release_lock(s->memo_lock);
     }
+    PyGILState_STATE gil = nogil ? PyGILState_Ensure() : PyGILState_LOCKED;
     PyObject *r = PyObject_CallFunction(s->classifier, "ny#", key_index, (const char *)kv, (Py_ssize_t)len);
     uint64_t bits = r ? PyLong_AsUnsignedLongLong(r) : (uint64_t)-1;
     Py_XDECREF(r);
     int failed = PyErr_Occurred() != NULL;
     if (failed) PyErr_Clear();
+    if (nogil) PyGILState_Release(gil);
     if (failed) return 1ULL << 63; /* not remembered: the next occurrence asks again */
-    if (slot) {
-        slot->used = 1;
-        slot->hash = h;
-        slot->bits = bits;
-        slot->key_index = key_index;
-        slot->len = (uint32_t)len;
-        memcpy(slot->kv, kv, len);
+    if (memo) {
+        PyThread_acquire_lock(s->memo_lock, WAIT_LOCK);
+        if (s->classes_memo) {
+            struct class_slot *slot = &s->classes_memo[h & (CLASS_MEMO - 1)];
+            slot->used = 1;
+            slot->hash = h;
+            slot->bits = bits;
+            slot->key_index = key_index;
+            slot->len = (uint32_t)len;
+            memcpy(slot->kv, kv, len);
+        }
+        PyThread_release_lock(s->memo_lock);
     }
     return bits;
 }
 
-static int read_span(Store *s, span_t *sp) {
+static int read_span(Store *s, span_t *sp, int nogil) {
     wire_cur c = wire_span(sp->data, sp->len);
     wire_field f;
     uint64_t status = 0; /* merged over repeated status fields */
@@ -475,7 +490,7 @@ static int read_span(Store *s, span_t *sp) {
                 if ((size_t)kk->len != key_len || memcmp(kk->pattern, key, key_len) != 0) continue;
                 if (!kk->gated) {
                     sp->present |= 1ULL << kk->bit;
-                    if (s->classifier) sp->classes |= classify(s, k, f.data, f.len);
+                    if (s->classifier) sp->classes |= classify(s, k, f.data, f.len, nogil);
                 } else {
                     sp->hits |= gate_hits(kk->gate_data, kk->gate_lens, kk->ngates, f.data, f.len) << kk->bit;
                 }
@@ -511,10 +526,11 @@ typedef struct {
 } scope_ref;
 
 /* Pass 1 of intake: every ScopeSpans (its resource and scope) and every span's facts, into growing arrays.
- * 1: read, 0: bytes this store does not read, -1: out of memory. Runs without the GIL (classify takes it back
- * for a classifier call); allocates with PyMem_Raw*. */
+ * 1: read, 0: bytes this store does not read, -1: out of memory. Reads only what `Store.__init__` set (and the
+ * classifier memo, under its lock), so `Store.parse` runs it without the GIL and without the stage's lock
+ * (`nogil`: classify takes the GIL back for a classifier call); allocates with PyMem_Raw*. */
 static int parse_request(Store *s, const uint8_t *data, size_t len, span_t **spans_out, Py_ssize_t *nspans_out,
-                         scope_ref **scopes_out, Py_ssize_t *nscopes_out) {
+                         scope_ref **scopes_out, Py_ssize_t *nscopes_out, int nogil) {
     span_t *spans = NULL;
     scope_ref *scopes = NULL;
     Py_ssize_t nspans = 0, nscopes = 0, span_cap = 0, scope_cap = 0;
@@ -555,7 +571,7 @@ static int parse_request(Store *s, const uint8_t *data, size_t len, span_t **spa
                 sp->data = sf.data;
                 sp->len = sf.len;
                 sp->scope = (int32_t)nscopes;
-                if (!read_span(s, sp)) { sr = -1; break; }
+                if (!read_span(s, sp, nogil)) { sr = -1; break; }
                 nspans++;
             }
             if (status < 0) break;
@@ -613,6 +629,7 @@ static void Store_dealloc(Store *s) {
     Py_XDECREF(s->keys_obj);
     Py_XDECREF(s->classifier);
     PyMem_RawFree(s->classes_memo);
+    if (s->memo_lock) PyThread_free_lock(s->memo_lock);
     Py_TYPE(s)->tp_free((PyObject *)s);
 }
 
@@ -681,7 +698,8 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
         return -1;
     }
     if (max_spans < 1 || cache_size < 2) { PyErr_SetString(PyExc_ValueError, "bad limits"); return -1; }
-    if (!hash_key_random(&s->hkey)) return -1;
+    if (!hash_key_random(&s->hkey) || !hash_key_random(&s->memo_key)) return -1;
+    if (!s->memo_lock && !(s->memo_lock = PyThread_allocate_lock())) { PyErr_NoMemory(); return -1; }
     s->max_spans = max_spans;
     s->half = (size_t)(cache_size / 2);
     s->tcap = 1024;
@@ -708,14 +726,80 @@ static PyObject *late_item(int32_t gid, const uint8_t *data, size_t len, int roo
                          (int)code);
 }
 
-/* intake(raw, now, intern) -> (full_ids, late, late_dropped, invalid, unused_gids, added) or None.
- * intern(resource_field, scope_field) -> gid * 2 + has_resource_attrs, called once per ScopeSpans. */
+/* -- Parsed: pass 1 of an intake, done ahead ------------------------------------------------------------- */
+
+/* What `Store.parse` read of one request: the spans' facts, pointing into the request's bytes (held here). The
+ * pipeline calls `parse` before it takes the stage's lock, without the GIL, so the walk overlaps other requests'
+ * work; `intake` then only merges. Used once: intake takes the arrays. */
+typedef struct {
+    PyObject_HEAD
+    Store *store;
+    Py_buffer buf;
+    int has_buf;
+    int status; /* parse_request's answer: 1 read, 0 not read by this store */
+    span_t *spans;
+    scope_ref *scopes;
+    Py_ssize_t nspans, nscopes;
+} Parsed;
+
+static void Parsed_dealloc(Parsed *p) {
+    PyMem_RawFree(p->spans);
+    PyMem_RawFree(p->scopes);
+    if (p->has_buf) PyBuffer_Release(&p->buf);
+    Py_XDECREF(p->store);
+    PyObject_Free(p);
+}
+
+static PyTypeObject ParsedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._tracestore.Parsed",
+    .tp_basicsize = sizeof(Parsed),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Parsed_dealloc,
+    .tp_doc = "One request's spans as Store.parse read them (for one Store.intake of the same bytes).",
+};
+
+/* parse(raw) -> Parsed: intake's first pass, without the GIL. Reads no state intake changes, so it may run on any
+ * thread at any time (also during another call on this store). */
+static PyObject *Store_parse(Store *s, PyObject *raw) {
+    if (!s->table) {
+        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(raw)) {
+        PyErr_SetString(PyExc_TypeError, "parse: bytes");
+        return NULL;
+    }
+    Parsed *p = PyObject_New(Parsed, &ParsedType);
+    if (!p) return NULL;
+    p->store = NULL;
+    p->has_buf = 0;
+    p->spans = NULL;
+    p->scopes = NULL;
+    p->nspans = p->nscopes = 0;
+    p->status = 0;
+    if (PyObject_GetBuffer(raw, &p->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(p); return NULL; }
+    p->has_buf = 1;
+    Py_INCREF(s);
+    p->store = s;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = parse_request(s, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes, &p->nscopes, 1);
+    Py_END_ALLOW_THREADS
+    if (status < 0) { Py_DECREF(p); return PyErr_NoMemory(); }
+    p->status = status;
+    return (PyObject *)p;
+}
+
+/* intake(raw, now, intern[, parsed]) -> (full_ids, late, late_dropped, invalid, unused_gids, added) or None.
+ * intern(resource_field, scope_field) -> gid * 2 + has_resource_attrs, called once per ScopeSpans. `parsed`: what
+ * `parse` read of these very bytes (used when it is this store's and holds the same buffer; else ignored). */
 static PyObject *Store_intake(Store *s, PyObject *args) {
     READY(s);
     Py_buffer buf;
     double now;
-    PyObject *intern;
-    if (!PyArg_ParseTuple(args, "y*dO", &buf, &now, &intern)) return NULL;
+    PyObject *intern, *ahead = Py_None;
+    if (!PyArg_ParseTuple(args, "y*dO|O", &buf, &now, &intern, &ahead)) return NULL;
     span_t *spans = NULL;
     scope_ref *scopes = NULL;
     int32_t *gids = NULL;
@@ -728,11 +812,27 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     Py_ssize_t nfresh = 0, ntouched = 0;
     int malformed = 0;
 
-    /* pass 1: validate the whole request and read every span's facts (no state changes). It runs with the GIL:
-     * without it (tried in 2340899) the hop lost, since taking the GIL back under load, with the stage's lock
-     * held, cost more than the parallel parse gave (BENCHMARKS.md, "Trace store intake off the GIL"). */
+    /* pass 1: validate the whole request and read every span's facts (no state changes): done ahead by `parse`
+     * (without the GIL, before the stage's lock), else here with the GIL. Not here without it: under the stage's
+     * lock, taking the GIL back under load cost more than the parallel parse gave (2340899; BENCHMARKS.md,
+     * "Trace store intake off the GIL"). */
     s->busy = 1;
-    int parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes);
+    int parsed;
+    Parsed *p = (Parsed *)ahead;
+    if (Py_IS_TYPE(ahead, &ParsedType) && p->store == s && p->has_buf && p->buf.buf == buf.buf &&
+        p->buf.len == buf.len && (p->spans || !p->nspans) && p->status >= 0) {
+        parsed = p->status;
+        spans = p->spans;
+        scopes = p->scopes;
+        nspans = p->nspans;
+        nscopes = p->nscopes;
+        p->spans = NULL;
+        p->scopes = NULL;
+        p->nspans = p->nscopes = 0;
+        p->status = -1; /* used */
+    } else {
+        parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes, 0);
+    }
     if (parsed < 0) { PyErr_NoMemory(); goto out; }
     if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
 
@@ -1363,6 +1463,7 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
 
 static PyMethodDef Store_methods[] = {
     {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
+    {"parse", (PyCFunction)Store_parse, METH_O, "Intake's first pass on a request, ahead and without the GIL."},
     {"set_classifier", (PyCFunction)Store_set_classifier, METH_VARARGS,
      "classify(key index, KeyValue bytes) -> class bits, asked for attributes of read-all keys (None: off)."},
     {"add_log", (PyCFunction)Store_add_log, METH_VARARGS, "Buffer one log record with its trace."},
@@ -1404,7 +1505,7 @@ static PyTypeObject StoreType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tracestore", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__tracestore(void) {
-    if (PyType_Ready(&StoreType) < 0) return NULL;
+    if (PyType_Ready(&StoreType) < 0 || PyType_Ready(&ParsedType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&StoreType);

@@ -12,6 +12,7 @@ fallback and the oracle (`tests/sampling/test_sampling_store.py` compares both).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -233,6 +234,8 @@ class NativeStore:
         self.slots = DecisionSlots(policies)
         self.decider = BatchDecider(policies, layout, self.slots)
         self.cache = NativeCache(self)
+        # Per receiver thread: the request `prepare` read ahead, and what it read (used by one intake).
+        self._ahead = threading.local()
 
     # -- what is buffered ------------------------------------------------------------------------------------
 
@@ -257,6 +260,11 @@ class NativeStore:
             yield bool(kind), by_id[gid], chunk
 
     # -- intake ---------------------------------------------------------------------------------------------
+
+    def prepare(self, raw: bytes) -> None:
+        """Intake's first pass (reading every span's facts) on this thread, ahead of `intake_spans` of the same
+        bytes: called without the stage's lock, it runs without the GIL, so it overlaps other requests' work."""
+        self._ahead.read = (raw, self.native.parse(raw))
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """Buffer a serialized request; the ids of traces that reached max_spans come back."""
@@ -291,8 +299,12 @@ class NativeStore:
             if code >> 1 >= known:
                 made.append(code >> 1)
             return code
+        ahead = getattr(self._ahead, "read", None)
+        if ahead is not None:
+            self._ahead.read = None
+            ahead = ahead[1] if ahead[0] is raw else None
         try:
-            done = self.native.intake(raw, now, intern)
+            done = self.native.intake(raw, now, intern, ahead)
         except BaseException:
             self.groups_gone(made)  # a refused request changes nothing: not even the groups it named
             raise

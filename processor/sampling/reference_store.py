@@ -53,6 +53,9 @@ class ReferenceStore:
 
     # -- intake ---------------------------------------------------------------------------------------------
 
+    def prepare(self, raw: bytes) -> None:
+        """Nothing ahead: this store reads a request in one pass, under the stage's lock."""
+
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[TraceEntry]:
         roots: list[TraceEntry] = []
         full: list[TraceEntry] = []

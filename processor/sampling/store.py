@@ -64,6 +64,10 @@ class TraceStore(Protocol):
     def stats(self) -> tuple[int, int, int]:
         """(traces, bytes, spans) buffered."""
 
+    def prepare(self, raw: bytes) -> None:
+        """Optional work on a request ahead of its `intake_spans`, on the receiver thread without the stage's lock
+        (concurrently with other calls): nothing that reads or changes what intake changes."""
+
     def intake_spans(self, raw: bytes, now: float, late: Late) -> Any:
         """Buffer a serialized traces request; late spans of decided traces go to `late`. Returns what
         `select_full` takes (falsy: no trace reached max_spans_per_trace)."""

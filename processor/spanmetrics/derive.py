@@ -60,6 +60,12 @@ class Deriver:
         self.native = NativeIntake(_native, self.red, self.sinks, resource_keys, reservoir) \
             if _native is not None else None
 
+    def walk_bytes(self, raw: bytes) -> None:
+        """The native intake's pass over `raw`, ahead of `consume_bytes` on this thread (no lock taken: see
+        `NativeIntake.walk`)."""
+        if self.native is not None:
+            self.native.walk(raw)
+
     def consume_bytes(self, raw: bytes) -> bool:
         """Adds a serialized request through the native intake; False when it is not built or did not
         understand the bytes (then call `consume` with the parsed request: it gives the same result).

@@ -10,6 +10,7 @@ the first span of each (group, bucket), so no per-span Python object is ever mad
 
 from __future__ import annotations
 
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -128,6 +129,8 @@ class NativeIntake:
                                           reservoir is not None and isinstance(sink.agg, HistogramAgg)))
         self.specs = tuple(r.spec for r in self.rules)
         self.name_rules: dict[bytes, tuple[int, ...]] = {}
+        # Per receiver thread: the request `walk` read ahead, and the walk (used by one `consume`).
+        self._ahead = threading.local()
 
     def _source(self, spec: LabelSpec) -> Source:
         if spec.source == "attribute":
@@ -148,12 +151,26 @@ class NativeIntake:
             self.name_rules[raw_name] = rules
         return rules
 
+    def walk(self, raw: bytes) -> None:
+        """The scanner's pass over `raw`, on this thread, ahead of its `consume`. Called without the stage's
+        lock: the walk runs without the GIL and touches nothing `consume` changes (the span-name cache it may add
+        to only grows, under the GIL). A walk that raises is dropped: `consume` walks again and reports it."""
+        try:
+            walked = self.module.walk(raw, self.attr_keys, self.res_keys, self.specs, self.name_rules, self._resolve)
+        except Exception:  # noqa: BLE001 - consume repeats the walk under the lock and raises there
+            walked = None
+        self._ahead.walked = (raw, walked)
+
     def consume(self, raw: bytes) -> bool:
         """Adds one serialized request; False when the scanner gave up (the caller then takes the Python path).
         Groups whose key is cached are added by the scanner itself; here only new keys and exemplars."""
         targets = tuple(r.target(self.reservoir) for r in self.rules)
+        ahead = getattr(self._ahead, "walked", None)
+        if ahead is not None:
+            self._ahead.walked = None
+            ahead = ahead[1] if ahead[0] is raw else None
         scanned = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.name_rules, self._resolve,
-                                   targets)
+                                   targets, ahead)
         if scanned is None:
             return False
         spans_table, outs = scanned

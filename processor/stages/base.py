@@ -191,6 +191,13 @@ class Stage:
         malformed). Called without any lock, on several receiver threads at once."""
         return None
 
+    def prepare_trace_bytes(self, raw: bytes) -> None:
+        """Optional, for a stage with `takes_trace_bytes`: called by the pipeline with a request this stage's
+        `on_trace_bytes` is about to get, on the same thread, just before the stage's lock is taken. Work that
+        reads nothing the stage's calls change (a parse) can be done here without the GIL, overlapping other
+        requests inside the stage; the stage's `on_trace_bytes` of these bytes may then reuse it. Called on
+        several receiver threads at once."""
+
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [request]
 

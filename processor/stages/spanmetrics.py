@@ -106,6 +106,10 @@ class SpanMetricsStage(Stage):
             self.deriver.consume(request)
         return [request]
 
+    def prepare_trace_bytes(self, raw: bytes) -> None:
+        """The scanner's walk, ahead of the stage's lock (`Stage.prepare_trace_bytes`)."""
+        self.deriver.walk_bytes(raw)
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         if not self.deriver.consume_bytes(raw):
             self.deriver.consume(TracesRequest.FromString(raw))

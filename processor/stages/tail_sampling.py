@@ -99,6 +99,10 @@ class TailSampling(Stage):
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [TracesRequest.FromString(raw) for raw in self.on_trace_bytes(request.SerializeToString())]
 
+    def prepare_trace_bytes(self, raw: bytes) -> None:
+        """The store's first intake pass, ahead of the stage's lock (`Stage.prepare_trace_bytes`)."""
+        self.store.prepare(raw)
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         """The hot path: serialized request in (buffered per trace by the store), the serialized spans of
         late-arriving kept traces out."""

@@ -183,6 +183,8 @@ def check_redact(data: bytes) -> None:
         native.native.scanner.redact(body)  # memory safety only: the receiver refuses such bytes
         return
     for raw in variants(message, opt, body):
+        if opt & 0x80:  # as the pipeline calls it: redacted ahead with a spare scanner, counted under the lock
+            native.prepare_trace_bytes(raw)
         (native_out,) = native.on_trace_bytes(raw)
         (python_out,) = python.on_traces(known(Request.FromString(raw)))
         assert known(Request.FromString(native_out)) == known(python_out)
@@ -217,6 +219,8 @@ class SpanMetricsPair:
             self.fresh()
         self.fed += 1
         self.clock[0] += 1.0
+        if self.fed % 2:  # as the pipeline calls it: walked ahead, applied under the lock
+            self.native.prepare_trace_bytes(raw)
         assert self.native.on_trace_bytes(raw) == [raw]
         self.python.on_traces(known(Request.FromString(raw)))
         self.native.flush(self.clock[0])
@@ -279,8 +283,11 @@ def check_spanscan(data: bytes) -> None:
     opt, body = split(data)
     message = parse(body)
     if message is None:  # memory safety on bytes the receiver refuses (results not compared)
+        native = pair.garbage_stage.deriver.native
         try:
-            pair.garbage_stage.deriver.native.consume(body)
+            if opt & 0x80:
+                native.walk(body)  # the walk ahead, which the consume then takes over
+            native.consume(body)
         except DecodeError:
             pass  # a group key the scanner framed from such bytes: upb refuses it too
         return
@@ -342,6 +349,7 @@ class SamplingPair:
 
     @staticmethod
     def send(h: Any, raw: bytes) -> None:
+        h.stage.prepare_trace_bytes(raw)  # as the pipeline does: the native store reads it ahead, without the GIL
         h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
         h.advance(0.7, step=0.35)
 
@@ -396,13 +404,15 @@ class SamplingPair:
         """Memory safety on any bytes: the store alone (its results are not compared)."""
         from processor.sampling.buffer import Late
 
+        store = self.garbage.stage.store
         try:
-            self.garbage.stage.store.add_span_bytes(body, 0.0, Late())
+            store.prepare(body)  # the first pass ahead (without the GIL), then the intake that uses it
+            store.add_span_bytes(body, 0.0, Late())
         except DecodeError:
             if parse(body) is not None:
                 raise  # a request upb accepts must never make the store's callbacks fail
             # else: the group callback parses the resource/scope framed from bytes upb refuses
-        if self.garbage.stage.store.stats()[0] > 2000:
+        if store.stats()[0] > 2000:
             self.garbage = self.harness(True)
 
 
