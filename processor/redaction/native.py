@@ -13,10 +13,7 @@ the Redactor's counters, so the stage's self-metrics are unchanged.
 
 from __future__ import annotations
 
-import queue
-import threading
 from types import ModuleType
-from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -43,34 +40,15 @@ def kinds_mask(kinds: tuple[str, ...]) -> int:
 
 
 class NativeTraces:
-    """One stage's C scanners; `redact(raw)` is `Redactor.traces` on bytes (None: use the Python path).
-
-    Besides the scanner the stage uses under its lock, `AHEAD` spare scanners let the pipeline redact requests
-    before it takes the stage's lock (`redact_ahead`, the walk without the GIL), so two requests are redacted at
-    once. Each scanner has its own memo and its own callbacks (a probe Redactor each), so they share no mutable
-    state but the rules' caches (filled under the GIL, the same answer whoever fills them)."""
+    """One stage's C scanner; `redact(raw)` is `Redactor.traces` on bytes (None: use the Python path)."""
 
     MEMO_MAX = 65536
-    AHEAD = 2  # spare scanners: the receiver threads that can redact at the same time, besides the stage's one
 
     def __init__(self, redactor: Redactor, module: ModuleType, memo_max: int | None = None) -> None:
         self.redactor = redactor
-        self.module = module
-        self.memo_max = memo_max or self.MEMO_MAX
         rules = redactor.rules
         names = [rule.name for _, rule in rules.rules] + ([rules.otherwise.name] if rules.otherwise else [])
         self.rule_names = list(dict.fromkeys(names)) or ["<none>"]
-        self.scanner = self.new_scanner()
-        self._spare: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for _ in range(self.AHEAD):
-            self._spare.put(self.new_scanner())
-        # Per receiver thread: the request `redact_ahead` redacted, and the scanner's answer (used once).
-        self._ahead = threading.local()
-
-    def new_scanner(self) -> Any:
-        """A C scanner with callbacks of its own (its probe's hit counters are per scanner)."""
-        redactor = self.redactor
-        rules = redactor.rules
         rule_ids = {name: i for i, name in enumerate(self.rule_names)}
         # A probe shares rules, detectors and pseudonymiser; its counters give one KeyValue's hits.
         probe = Redactor(rules, redactor.pseudonymiser)
@@ -128,7 +106,7 @@ class NativeTraces:
             return found[0].encode("utf-8"), tuple(KIND_IDS[kind] for kind in found[1])
 
         pseudonymiser = redactor.pseudonymiser
-        return self.module.Scanner(
+        self.scanner = module.Scanner(
             key_action, kv_outcome, text_outcome,
             (kinds_mask(redactor.detectors.kinds) | (ENCODED_BIT if redactor.detectors.decode else 0))
             if redactor.detectors.enabled else 0,
@@ -136,7 +114,7 @@ class NativeTraces:
             pseudonymiser.digest if pseudonymiser is not None else None,
             pseudonymiser.key if pseudonymiser is not None else None,
             pseudonymiser.length if pseudonymiser is not None else 0,
-            len(self.rule_names), self.memo_max)
+            len(self.rule_names), memo_max or self.MEMO_MAX)
 
     @classmethod
     def load(cls, redactor: Redactor) -> NativeTraces | None:
@@ -144,30 +122,10 @@ class NativeTraces:
         module = native.load("redact")
         return cls(redactor, module) if module is not None else None
 
-    def redact_ahead(self, raw: bytes) -> None:
-        """Redact `raw` on this thread with a spare scanner, ahead of `redact` of the same bytes (called without
-        the stage's lock; the walk runs without the GIL). Nothing is counted here: `redact` counts the hits,
-        under the lock. With no spare scanner free, or when the scanner raises, `redact` does it all."""
-        try:
-            scanner = self._spare.get_nowait()
-        except queue.Empty:
-            return
-        try:
-            self._ahead.found = (raw, scanner.redact(raw))
-        except Exception:  # noqa: BLE001 - redact() redoes it with the stage's scanner and raises there
-            self._ahead.found = None
-        finally:
-            self._spare.put(scanner)
-
     def redact(self, raw: bytes) -> bytes | None:
         """The redacted request (`raw` itself when nothing changed), or None when the scanner met bytes it
         does not handle (the caller then takes the Python path, which counts the hits itself)."""
-        ahead = getattr(self._ahead, "found", None)
-        if ahead is not None and ahead[0] is raw:
-            self._ahead.found = None
-            found = ahead[1]
-        else:
-            found = self.scanner.redact(raw)
+        found = self.scanner.redact(raw)
         if found is None:
             return None
         out, spans_touched, rule_counts, detector_counts = found

@@ -90,12 +90,6 @@ class RedactionStage(Stage):
             request.ParseFromString(out)
         return [request]
 
-    def prepare_trace_bytes(self, raw: bytes) -> None:
-        """The scanner's pass with a spare scanner, ahead of the stage's lock (`Stage.prepare_trace_bytes`):
-        `on_trace_bytes` of the same bytes then only counts the hits."""
-        if self.native is not None:
-            self.native.redact_ahead(raw)
-
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         """The hot path: `raw` itself when nothing needed redacting, else the redacted request's bytes."""
         out = self.native.redact(raw) if self.native is not None else None
