@@ -263,8 +263,12 @@ class NativeStore:
 
     def prepare(self, raw: bytes) -> None:
         """Intake's first pass (reading every span's facts) on this thread, ahead of `intake_spans` of the same
-        bytes: called without the stage's lock, it runs without the GIL, so it overlaps other requests' work."""
-        self._ahead.read = (raw, self.native.parse(raw))
+        bytes: called without the stage's lock, it runs without the GIL, so it overlaps other requests' work.
+        A parse that raises is dropped: the intake parses again under the lock, and fails there as it would."""
+        try:
+            self._ahead.read = (raw, self.native.parse(raw))
+        except Exception:  # noqa: BLE001 - the intake repeats the parse and raises in the stage's own handling
+            self._ahead.read = None
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """Buffer a serialized request; the ids of traces that reached max_spans come back."""

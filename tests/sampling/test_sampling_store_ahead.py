@@ -108,3 +108,24 @@ def test_a_read_ahead_is_used_once_and_only_for_its_own_bytes_and_store() -> Non
     assert s.intake(garbage, 1.0, intern, s.parse(garbage)) is None  # not readable: as without the read ahead
     with pytest.raises(TypeError):
         s.parse(bytearray(raw))
+
+
+@needs_store
+def test_a_read_ahead_that_fails_leaves_the_intake_to_fail_in_the_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    store = h.stage.store
+    raw = workload(traces=30, per_request=400)[0]
+
+    class Failing:
+        def parse(self, data: bytes) -> None:
+            raise MemoryError
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(native, name)
+
+    native = store.native
+    monkeypatch.setattr(store, "native", Failing())
+    h.stage.prepare_trace_bytes(raw)  # nothing raised here: the stage's own call reads the request
+    monkeypatch.setattr(store, "native", native)
+    assert h.stage.on_trace_bytes(raw) == [] and store.stats()[0] == 30
+
