@@ -118,6 +118,7 @@ typedef struct {
     hash_key hkey;   /* the trace table's and the decision cache's key (hash.h), random per store */
     uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
     int busy;                /* inside intake: any other call is refused (callers hold the stage's lock) */
+    int parsing;             /* `parse` calls running without the GIL (changed with the GIL held) */
 } Store;
 
 /* Bounds on the work one lookup may do: a hash chain of the trace table longer than CHAIN_MAX, or a decision-cache
@@ -394,11 +395,10 @@ typedef struct {
 } span_t;
 
 /* The class bits of one attribute of a read-all key: which value-reading policies (regex, numeric) its value
- * satisfies, answered by Python (memoised there by the KeyValue's bytes). A failing answer sets the top bit:
- * "ask the policies about this trace in Python". */
-/* The class bits of one attribute of a read-all key: from the memo, else from the Python classifier (taking the
- * GIL for the call when the caller runs without it: `nogil`). The memo is shared by every thread that parses, so
- * it is read and written under memo_lock, which is never held while waiting for the GIL. */
+ * satisfies, from the memo, else from the Python classifier (taking the GIL for the call when the caller runs
+ * without it: `nogil`). A failing answer sets the top bit: "ask the policies about this trace in Python". The memo
+ * is shared by every thread that parses, so it is read and written under memo_lock, which is never held while
+ * waiting for the GIL. */
 static uint64_t classify(Store *s, Py_ssize_t key_index, const uint8_t *kv, size_t len, int nogil) {
     uint64_t h = siphash13(&s->memo_key, kv, len) ^ ((uint64_t)key_index * 0x9E3779B97F4A7C15ULL);
     int memo = len <= CLASS_MEMO_MAX_LEN;
@@ -783,9 +783,11 @@ static PyObject *Store_parse(Store *s, PyObject *raw) {
     Py_INCREF(s);
     p->store = s;
     int status;
+    s->parsing++;
     Py_BEGIN_ALLOW_THREADS
     status = parse_request(s, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes, &p->nscopes, 1);
     Py_END_ALLOW_THREADS
+    s->parsing--;
     if (status < 0) { Py_DECREF(p); return PyErr_NoMemory(); }
     p->status = status;
     return (PyObject *)p;
@@ -819,8 +821,8 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     s->busy = 1;
     int parsed;
     Parsed *p = (Parsed *)ahead;
-    if (Py_IS_TYPE(ahead, &ParsedType) && p->store == s && p->has_buf && p->buf.buf == buf.buf &&
-        p->buf.len == buf.len && (p->spans || !p->nspans) && p->status >= 0) {
+    if (Py_IS_TYPE(ahead, &ParsedType) && p->store == s && p->status >= 0 && p->buf.buf == buf.buf &&
+        p->buf.len == buf.len) {
         parsed = p->status;
         spans = p->spans;
         scopes = p->scopes;
@@ -1443,8 +1445,12 @@ static PyObject *Store_bucket(Store *s, PyObject *args) {
 static PyObject *Store_set_classifier(Store *s, PyObject *args) {
     PyObject *fn;
     if (!PyArg_ParseTuple(args, "O", &fn)) return NULL;
-    if (s->busy) {
-        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)");
+    if (!s->table) {
+        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
+        return NULL;
+    }
+    if (s->busy || s->parsing) { /* a parse without the GIL reads the classifier and its memo */
+        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake or parse (one caller at a time)");
         return NULL;
     }
     if (fn != Py_None && !PyCallable_Check(fn)) {
@@ -1452,8 +1458,10 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
         return NULL;
     }
     Py_CLEAR(s->classifier);
+    PyThread_acquire_lock(s->memo_lock, WAIT_LOCK);
     PyMem_RawFree(s->classes_memo); /* answers of the previous classifier */
     s->classes_memo = NULL;
+    PyThread_release_lock(s->memo_lock);
     if (fn != Py_None) {
         Py_INCREF(fn);
         s->classifier = fn;

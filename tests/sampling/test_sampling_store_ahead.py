@@ -129,3 +129,27 @@ def test_a_read_ahead_that_fails_leaves_the_intake_to_fail_in_the_stage(monkeypa
     monkeypatch.setattr(store, "native", native)
     assert h.stage.on_trace_bytes(raw) == [] and store.stats()[0] == 30
 
+
+
+@needs_store
+def test_the_classifier_is_not_swapped_under_a_running_parse() -> None:
+    """`set_classifier` frees the memo a parse without the GIL reads: refused while one runs."""
+    assert STORE is not None
+    store = STORE.Store((), ((b"reco.placement", None),), 100, 1000)
+    raw = workload(traces=30, per_request=400)[0]
+    refused: list[str] = []
+
+    def classify(index: int, kv: bytes) -> int:  # called from inside the parse, with the GIL taken back
+        try:
+            store.set_classifier(None)
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        return 1
+
+    store.set_classifier(classify)
+    ahead = store.parse(raw)
+    assert refused and "parse" in refused[0]
+    assert store.intake(raw, 1.0, lambda res, scope: 0, ahead) is not None
+    store.set_classifier(None)  # no parse running: allowed
+    with pytest.raises(RuntimeError):
+        STORE.Store.__new__(STORE.Store).set_classifier(None)  # never initialised
