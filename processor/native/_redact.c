@@ -264,8 +264,8 @@ typedef struct {
     outcome o;
 } slot;
 
-/* Tables are read without the GIL during a walk, and written only by the thread running the walk (the stage
- * is entered by one thread at a time; redact() refuses a second caller). A table whose slots hold a Python
+/* Tables are read without the GIL during a walk, and written only by the thread running the walk (the walk holds
+ * the scanner's lock, so there is one at a time: see redact()). A table whose slots hold a Python
  * object (the key table) is written with the GIL held, so the garbage collector's traverse never sees it
  * change; the others hold none and are not traversed. */
 typedef struct {
@@ -353,7 +353,8 @@ typedef struct {
     PyObject *key_action, *kv_outcome, *text_outcome, *pseudonym;
     hmac_ctx *hmac_template, *hmac_work; /* keyed once; the work context is a copy per value */
     Py_ssize_t pseudonym_length;
-    int kinds_mask, summary, busy;
+    int kinds_mask, summary;
+    int busy; /* redact() calls in progress (changed with the GIL held) */
     Py_ssize_t n_rules;
     table keys, kvs, texts, pseudos;
     /* per call */
@@ -373,6 +374,7 @@ typedef struct {
     Py_ssize_t detector_hits[N_KINDS];
     Py_ssize_t spans_touched;
     PyThreadState *released; /* during a walk: the thread state saved while the GIL is released, else NULL */
+    PyThread_type_lock walk_lock; /* held by the thread walking (see redact()); NULL before __init__ */
 } Scanner;
 
 /* The walk runs without the GIL and takes it back only where Python is needed (a memo miss asking the Python
@@ -1385,89 +1387,118 @@ static PyObject *counts_tuple(const Py_ssize_t *counts, Py_ssize_t n) {
     return t;
 }
 
+/* The scanner redact() is walking on this thread (a callback calling redact() again would wait on itself). */
+static _Thread_local const Scanner *walking;
+
+/* Puts input buf[:n] with the walk's edits applied into w (n + delta bytes). 0 when the edits are not in input
+ * order (never expected). */
+static int apply_edits(const Scanner *sc, const uint8_t *buf, size_t n, uint8_t *w) {
+    size_t at = 0;
+    for (size_t i = 0; i < sc->n_edits; i++) {
+        const edit *e = &sc->edits[i];
+        if (e->start < at || e->end < e->start) return 0; /* edits are in input order and never overlap */
+        memcpy(w, buf + at, e->start - at);
+        w += e->start - at;
+        memcpy(w, sc->scratch + e->off, e->len);
+        w += e->len;
+        at = e->end;
+    }
+    memcpy(w, buf + at, n - at);
+    return 1;
+}
+
 static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     if (!PyBytes_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "redact() takes bytes");
         return NULL;
     }
-    if (sc->busy) {
+    if (walking == sc) {
         PyErr_SetString(PyExc_RuntimeError, "redact() is not reentrant");
         return NULL;
     }
-    if (!sc->key_action || !sc->rule_hits) {
+    if (!sc->key_action || !sc->rule_hits || !sc->walk_lock) {
         PyErr_SetString(PyExc_RuntimeError, "Scanner.__init__ was not called");
         return NULL;
     }
-    sc->busy = 1;
-    sc->buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    Py_ssize_t n_rules = sc->n_rules;
+    Py_ssize_t *rule_hits = PyMem_Calloc((size_t)n_rules, sizeof(Py_ssize_t));
+    if (!rule_hits) return PyErr_NoMemory();
+    Py_ssize_t detector_hits[N_KINDS], spans_touched = 0;
+    size_t n = (size_t)PyBytes_GET_SIZE(arg);
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
+    uint8_t *built = NULL; /* the output when something changed (PyMem_Raw): copied into bytes with the GIL */
+    Py_ssize_t total = (Py_ssize_t)n;
+    int unordered = 0;
+    PyObject *result = NULL, *out = NULL, *rules = NULL, *dets = NULL;
+    Py_INCREF(arg); /* the buffer must outlive the callbacks */
+    sc->busy++;
+    walking = sc;
+    /* The walk runs without the GIL and outside any Python lock. The scanner's own lock, taken without the GIL
+     * (so a thread waiting for it holds nothing another thread needs), keeps one walk at a time on the memo
+     * tables and the per-call state; a memo miss takes the GIL while holding it, which is safe because no thread
+     * waits for this lock while holding the GIL. The GIL is taken back after the lock is released, so the next
+     * walk starts while this thread waits for the GIL. clear(), memo_sizes() and __init__ refuse while busy. */
+    PyThreadState *ts = PyEval_SaveThread();
+    PyThread_acquire_lock(sc->walk_lock, WAIT_LOCK);
+    sc->released = ts;
+    sc->buf = buf;
     sc->ctx = NULL;
     sc->ctx_len = 0;
-    size_t n = (size_t)PyBytes_GET_SIZE(arg);
     sc->n_edits = 0;
     sc->scratch_len = 0;
     sc->delta = 0;
     sc->spans_touched = 0;
-    memset(sc->rule_hits, 0, (size_t)sc->n_rules * sizeof(Py_ssize_t));
+    memset(sc->rule_hits, 0, (size_t)n_rules * sizeof(Py_ssize_t));
     memset(sc->detector_hits, 0, sizeof sc->detector_hits);
-    PyObject *result = NULL, *out = NULL, *rules = NULL, *dets = NULL;
-    Py_INCREF(arg); /* the buffer must outlive the callbacks */
-    /* The walk without the GIL (Python only for memo misses and errors): another request's stage runs Python
-     * meanwhile. Nothing else touches this scanner's state until it ends: the stage is entered by one thread at
-     * a time (the pipeline's per-stage lock), and redact(), clear() and __init__ refuse while busy. */
-    sc->released = PyEval_SaveThread();
-    int r = walk_request(sc, sc->buf, n);
-    gil_take(sc);
-    if (r < 0) goto done;
-    if (r == 0) {
-        Py_INCREF(Py_None);
-        result = Py_None;
-        goto done;
-    }
-    if (sc->n_edits == 0) {
-        Py_INCREF(arg);
-        out = arg;
-    } else {
-        Py_ssize_t total = (Py_ssize_t)n + sc->delta;
-        out = PyBytes_FromStringAndSize(NULL, total);
-        if (!out) goto done;
-        uint8_t *w = (uint8_t *)PyBytes_AS_STRING(out);
-        size_t at = 0;
-        for (size_t i = 0; i < sc->n_edits; i++) {
-            const edit *e = &sc->edits[i];
-            if (e->start < at || e->end < e->start) { /* edits are in input order and never overlap */
-                PyErr_SetString(PyExc_RuntimeError, "redaction edits overlap");
-                goto done;
-            }
-            memcpy(w, sc->buf + at, e->start - at);
-            w += e->start - at;
-            memcpy(w, sc->scratch + e->off, e->len);
-            w += e->len;
-            at = e->end;
-        }
-        memcpy(w, sc->buf + at, n - at);
-        w += n - at;
-        if (w - (uint8_t *)PyBytes_AS_STRING(out) != total) {
-            PyErr_SetString(PyExc_RuntimeError, "redaction output size mismatch");
-            goto done;
+    int r = walk_request(sc, buf, n);
+    if (r > 0) {
+        memcpy(rule_hits, sc->rule_hits, (size_t)n_rules * sizeof(Py_ssize_t));
+        memcpy(detector_hits, sc->detector_hits, sizeof detector_hits);
+        spans_touched = sc->spans_touched;
+        if (sc->n_edits) {
+            total = (Py_ssize_t)n + sc->delta;
+            built = PyMem_RawMalloc(total ? (size_t)total : 1);
+            if (!built)
+                r = no_memory(sc);
+            else if (!apply_edits(sc, buf, n, built))
+                unordered = 1;
         }
     }
-    rules = counts_tuple(sc->rule_hits, sc->n_rules);
-    if (!rules) goto done;
-    dets = counts_tuple(sc->detector_hits, N_KINDS);
-    if (!dets) goto done;
-    result = Py_BuildValue("(OnOO)", out, sc->spans_touched, rules, dets);
-done:
-    Py_XDECREF(out);
-    Py_XDECREF(rules);
-    Py_XDECREF(dets);
-    Py_DECREF(arg);
-    sc->buf = NULL;
-    sc->busy = 0;
     if (sc->scratch_cap > (1u << 22)) { /* don't keep a huge buffer after an outsized request */
         PyMem_RawFree(sc->scratch);
         sc->scratch = NULL;
         sc->scratch_cap = 0;
     }
+    sc->buf = NULL;
+    ts = sc->released; /* NULL when the walk ended with the GIL taken (an error) */
+    sc->released = NULL;
+    PyThread_release_lock(sc->walk_lock);
+    if (ts) PyEval_RestoreThread(ts);
+    walking = NULL;
+    sc->busy--;
+    if (r < 0) goto done;
+    if (r == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (unordered) {
+        PyErr_SetString(PyExc_RuntimeError, "redaction edits overlap");
+        goto done;
+    }
+    out = built ? PyBytes_FromStringAndSize((const char *)built, total) : Py_NewRef(arg);
+    if (!out) goto done;
+    rules = counts_tuple(rule_hits, n_rules);
+    if (!rules) goto done;
+    dets = counts_tuple(detector_hits, N_KINDS);
+    if (!dets) goto done;
+    result = Py_BuildValue("(OnOO)", out, spans_touched, rules, dets);
+done:
+    PyMem_RawFree(built);
+    PyMem_Free(rule_hits);
+    Py_XDECREF(out);
+    Py_XDECREF(rules);
+    Py_XDECREF(dets);
+    Py_DECREF(arg);
     return result;
 }
 
@@ -1516,6 +1547,10 @@ static int Scanner_init(Scanner *sc, PyObject *args, PyObject *kwds) {
     }
     if (n_rules < 1 || memo_max < 1 || sc->busy) {
         PyErr_SetString(PyExc_ValueError, "n_rules >= 1, memo_max >= 1");
+        return -1;
+    }
+    if (!sc->walk_lock && !(sc->walk_lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
         return -1;
     }
     Py_ssize_t *hits = PyMem_Calloc((size_t)n_rules, sizeof(Py_ssize_t));
@@ -1601,6 +1636,7 @@ static void Scanner_dealloc(Scanner *sc) {
     PyMem_Free(sc->rule_hits);
     if (sc->hmac_template) ssl.ctx_free(sc->hmac_template); /* frees its copy of the key's pads */
     if (sc->hmac_work) ssl.ctx_free(sc->hmac_work);
+    if (sc->walk_lock) PyThread_free_lock(sc->walk_lock);
     Py_TYPE(sc)->tp_free((PyObject *)sc);
 }
 

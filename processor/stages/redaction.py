@@ -90,6 +90,11 @@ class RedactionStage(Stage):
             request.ParseFromString(out)
         return [request]
 
+    def prepare_trace_bytes(self, raw: bytes) -> None:
+        """The scanner's walk, ahead of the stage's lock (`Stage.prepare_trace_bytes`)."""
+        if self.native is not None:
+            self.native.prepare(raw)
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         """The hot path: `raw` itself when nothing needed redacting, else the redacted request's bytes."""
         out = self.native.redact(raw) if self.native is not None else None
