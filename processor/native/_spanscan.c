@@ -7,9 +7,9 @@
  * rule and request), never per span: it turns each group key into a series slot once (cached) and adds the
  * group's totals with numpy.
  *
- * scan(buf, attr_keys, res_keys, rules, name_rules, resolve, targets[, walked]) -> (spans, outs) or None when
+ * scan(buf, attr_keys, res_keys, rules, names, resolve, targets[, walked]) -> (spans, outs) or None when
  * the bytes are not what this scanner understands (the caller then uses the pure-Python path, the reference).
- * walk(buf, attr_keys, res_keys, rules, name_rules, resolve) -> walked: scan's pass over the bytes done ahead
+ * walk(buf, attr_keys, res_keys, rules, names, resolve) -> walked: scan's pass over the bytes done ahead
  * (the pipeline calls it before the stage's lock); scan given it (same bytes, same key and rule objects) only
  * applies the groups to the targets.
  *   attr_keys: tuple of utf-8 bytes - span attribute keys the rules read
@@ -21,8 +21,9 @@
  *                       an int or double in [0, 1e300) are skipped; a string value makes scan return None
  *              bounds: None (counter) or a tuple of floats (histogram of span duration in seconds)
  *              candidates: True to report the first span of every (group, bucket) (exemplar candidates)
- *   name_rules: dict {span name bytes: tuple of rule indexes}; resolve(name bytes) is called for a name not in
- *              it (it may add the name) and returns the tuple, or None to make scan return None.
+ *   names:     a Names(max) kept by the caller across calls for these rules: span name -> rule indexes, read
+ *              and added to without the GIL; resolve(name bytes) is called for a name not in it and returns
+ *              the tuple of rule indexes (then remembered), or None to make scan return None.
  *   targets:   one (cache, values, counts, sums, full) per rule: cache a dict {group key: series slot, or for
  *              a position split ((slot, weight), ...)}; values float64[slots] (counters) or None; counts
  *              int64[slots, len(bounds) + 1] and sums float64[slots] (histograms) or None. Groups found in
@@ -109,6 +110,145 @@ typedef struct {
     size_t table_cap;
 } interner;
 
+/* The span names' rules across calls: name bytes -> rule indexes, as resolve() answered (bounded: past `max`
+ * names, new ones are resolved on every call that meets them). A walk on any thread reads and adds to it without
+ * the GIL, so a request of known names needs the GIL for nothing. Its lock is held only for memory work, never
+ * while waiting for the GIL, so a thread holding the GIL may take it too. Holds no Python object. */
+typedef struct {
+    uint64_t hash;
+    uint8_t *key; /* owned (PyMem_Raw); NULL: empty slot */
+    size_t len;
+    int32_t *rules; /* owned (PyMem_Raw) */
+    Py_ssize_t nrules;
+} known_name;
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    known_name *slots;
+    size_t mask, count, max;
+} Names;
+
+static void Names_dealloc(Names *n) {
+    if (n->slots)
+        for (size_t i = 0; i <= n->mask; i++) {
+            PyMem_RawFree(n->slots[i].key);
+            PyMem_RawFree(n->slots[i].rules);
+        }
+    PyMem_RawFree(n->slots);
+    if (n->lock) PyThread_free_lock(n->lock);
+    Py_TYPE(n)->tp_free((PyObject *)n);
+}
+
+static PyObject *Names_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max", NULL};
+    Py_ssize_t max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &max)) return NULL;
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max >= 1");
+        return NULL;
+    }
+    Names *n = (Names *)type->tp_alloc(type, 0);
+    if (!n) return NULL;
+    n->max = (size_t)max;
+    if (!(n->lock = PyThread_allocate_lock())) {
+        Py_DECREF(n);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)n;
+}
+
+static PyObject *Names_len(Names *n, PyObject *unused) {
+    PyThread_acquire_lock(n->lock, WAIT_LOCK);
+    size_t count = n->count;
+    PyThread_release_lock(n->lock);
+    return PyLong_FromSize_t(count);
+}
+
+static PyMethodDef Names_methods[] = {
+    {"count", (PyCFunction)Names_len, METH_NOARGS, "Span names known now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject NamesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._spanscan.Names",
+    .tp_basicsize = sizeof(Names),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Names_new,
+    .tp_dealloc = (destructor)Names_dealloc,
+    .tp_methods = Names_methods,
+    .tp_doc = "Names(max): span name -> rule indexes, kept across scan() / walk() calls.",
+};
+
+static known_name *names_find(const Names *n, const uint8_t *p, size_t len, uint64_t h) {
+    if (!n->slots) return NULL;
+    for (size_t i = (size_t)h & n->mask;; i = (i + 1) & n->mask) {
+        known_name *k = &n->slots[i];
+        if (!k->key) return NULL;
+        if (k->hash == h && k->len == len && memcmp(k->key, p, len) == 0) return k;
+    }
+}
+
+/* A copy of the rules known for p[:len] into *rules / *nrules (PyMem_Raw, caller frees). 1 known, 0 not, -1 out
+ * of memory. No GIL needed. */
+static int names_get(Names *n, const uint8_t *p, size_t len, uint64_t h, int32_t **rules, Py_ssize_t *nrules) {
+    int found = 0;
+    PyThread_acquire_lock(n->lock, WAIT_LOCK);
+    known_name *k = names_find(n, p, len, h);
+    if (k) {
+        *rules = PyMem_RawMalloc((size_t)(k->nrules ? k->nrules : 1) * sizeof(int32_t));
+        if (*rules) {
+            if (k->nrules) memcpy(*rules, k->rules, (size_t)k->nrules * sizeof(int32_t));
+            *nrules = k->nrules;
+            found = 1;
+        } else {
+            found = -1;
+        }
+    }
+    PyThread_release_lock(n->lock);
+    return found;
+}
+
+/* Remembers rules for p[:len] (another thread may have added it meanwhile; a full table takes no more). Best
+ * effort: out of memory only means the name is resolved again next time. No GIL needed. */
+static void names_put(Names *n, const uint8_t *p, size_t len, uint64_t h, const int32_t *rules, Py_ssize_t nrules) {
+    PyThread_acquire_lock(n->lock, WAIT_LOCK);
+    if (n->count < n->max && !names_find(n, p, len, h)) {
+        if (!n->slots || (n->count + 1) * 2 > n->mask + 1) {
+            size_t cap = n->slots ? (n->mask + 1) * 2 : 64;
+            known_name *fresh = PyMem_RawCalloc(cap, sizeof(known_name));
+            if (!fresh) goto done;
+            if (n->slots) {
+                for (size_t i = 0; i <= n->mask; i++) {
+                    if (!n->slots[i].key) continue;
+                    size_t j = (size_t)n->slots[i].hash & (cap - 1);
+                    while (fresh[j].key) j = (j + 1) & (cap - 1);
+                    fresh[j] = n->slots[i];
+                }
+                PyMem_RawFree(n->slots);
+            }
+            n->slots = fresh;
+            n->mask = cap - 1;
+        }
+        uint8_t *key = PyMem_RawMalloc(len ? len : 1);
+        int32_t *copy = PyMem_RawMalloc((size_t)(nrules ? nrules : 1) * sizeof(int32_t));
+        if (!key || !copy) {
+            PyMem_RawFree(key);
+            PyMem_RawFree(copy);
+            goto done;
+        }
+        if (len) memcpy(key, p, len);
+        if (nrules) memcpy(copy, rules, (size_t)nrules * sizeof(int32_t));
+        size_t i = (size_t)h & n->mask;
+        while (n->slots[i].key) i = (i + 1) & n->mask;
+        n->slots[i] = (known_name){h, key, len, copy, nrules};
+        n->count++;
+    }
+done:
+    PyThread_release_lock(n->lock);
+}
+
 typedef struct {
     /* immutable inputs */
     key_pattern *attr_keys;
@@ -117,7 +257,8 @@ typedef struct {
     Py_ssize_t nres;
     rule_spec *rules;
     Py_ssize_t nrules;
-    PyObject *name_rules, *resolve;
+    Names *names_known;
+    PyObject *resolve;
     const uint8_t *base;
     /* groups: open addressing table of group indexes */
     group *groups;
@@ -393,19 +534,12 @@ static inline int add_row(scanner *s, int32_t ri, const span_fields *sp, int32_t
     return 1;
 }
 
-/* The rules of a span name seen for the first time, from name_rules or resolve (Python: caller holds the GIL). */
+/* The rules of a span name from resolve (Python: caller holds the GIL) into e->rules. id, -1 on error, -2 when
+ * resolve said None (give up). */
 static int32_t resolve_rules(scanner *s, name_entry *e, int32_t id, const uint8_t *p, size_t len) {
     PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
     if (!key) return -1;
-    PyObject *rules = PyDict_GetItemWithError(s->name_rules, key);
-    if (rules) {
-        Py_INCREF(rules);
-    } else if (PyErr_Occurred()) {
-        Py_DECREF(key);
-        return -1;
-    } else {
-        rules = PyObject_CallOneArg(s->resolve, key);
-    }
+    PyObject *rules = PyObject_CallOneArg(s->resolve, key);
     Py_DECREF(key);
     if (!rules) return -1;
     if (rules == Py_None) { Py_DECREF(rules); return -2; }
@@ -426,15 +560,14 @@ static int32_t resolve_rules(scanner *s, name_entry *e, int32_t id, const uint8_
             return -1;
         }
         e->rules[i] = (int32_t)v;
-        e->needs_attrs |= s->rules[v].needs_attrs;
     }
     e->nrules = n;
     Py_DECREF(rules);
     return id;
 }
 
-/* Id of a span name in the per-call name table (its rules resolved through name_rules / resolve on first
- * sight, with the GIL). -1 on a Python error, -2 to give up. */
+/* Id of a span name in the per-call name table; on first sight its rules come from the names known across calls,
+ * else from resolve (with the GIL), and are added to them. -1 on a Python error, -2 to give up. */
 static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
     int is_new;
     int32_t id = intern(&s->names, p, len, &is_new);
@@ -446,8 +579,25 @@ static int32_t name_id_for(scanner *s, const uint8_t *p, size_t len) {
     e->nrules = 0;
     e->rules = NULL;
     e->needs_attrs = 0;
-    int32_t out;
-    WITH_GIL(out = resolve_rules(s, e, id, p, len));
+    uint64_t h = siphash13(&scan_key, p, len);
+    int32_t out = id;
+    int known = names_get(s->names_known, p, len, h, &e->rules, &e->nrules);
+    if (known < 0) {
+        WITH_GIL(PyErr_NoMemory());
+        return -1;
+    }
+    if (!known) {
+        WITH_GIL(out = resolve_rules(s, e, id, p, len));
+        if (out < 0) return out;
+        names_put(s->names_known, p, len, h, e->rules, e->nrules);
+    }
+    for (Py_ssize_t i = 0; i < e->nrules; i++) {
+        if (e->rules[i] < 0 || e->rules[i] >= s->nrules) { /* names resolved for other rules */
+            WITH_GIL(PyErr_SetString(PyExc_ValueError, "names hold a rule index out of range for these rules"));
+            return -1;
+        }
+        e->needs_attrs |= s->rules[e->rules[i]].needs_attrs;
+    }
     return out;
 }
 
@@ -892,9 +1042,9 @@ out:
  * -1 bytes this scanner does not read. It touches nothing the targets hold, so it may run on any thread, before
  * the span-metrics stage's lock is taken (`walk`), and `scan` then only applies the groups. */
 static int walk_request(scanner *s, const Py_buffer *buf, PyObject *attr_obj, PyObject *res_obj, PyObject *rules_obj,
-                        PyObject *name_rules, PyObject *resolve) {
+                        Names *names, PyObject *resolve) {
     memset(s, 0, sizeof(*s));
-    s->name_rules = name_rules;
+    s->names_known = names;
     s->resolve = resolve;
     s->base = buf->buf;
     if (!read_patterns(attr_obj, &s->attr_keys, &s->nattr) || !read_patterns(res_obj, &s->res_keys, &s->nres) ||
@@ -963,11 +1113,12 @@ static PyTypeObject WalkedType = {
     .tp_doc = "A traces request walked ahead by walk(), for one scan() of the same bytes.",
 };
 
-/* walk(buf, attr_keys, res_keys, rules, name_rules, resolve) -> Walked: scan's pass over the bytes, ahead. */
+/* walk(buf, attr_keys, res_keys, rules, names, resolve) -> Walked: scan's pass over the bytes, ahead. */
 static PyObject *walk(PyObject *self, PyObject *args) {
-    PyObject *raw, *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve;
-    if (!PyArg_ParseTuple(args, "O!OOOO!O", &PyBytes_Type, &raw, &attr_obj, &res_obj, &rules_obj, &PyDict_Type,
-                          &name_rules, &resolve))
+    PyObject *raw, *attr_obj, *res_obj, *rules_obj, *resolve;
+    Names *names;
+    if (!PyArg_ParseTuple(args, "O!OOOO!O", &PyBytes_Type, &raw, &attr_obj, &res_obj, &rules_obj, &NamesType,
+                          &names, &resolve))
         return NULL;
     Walked *w = PyObject_New(Walked, &WalkedType);
     if (!w) return NULL;
@@ -979,7 +1130,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     w->status = 2;
     if (PyObject_GetBuffer(raw, &w->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(w); return NULL; }
     w->has_buf = 1;
-    int status = walk_request(&w->s, &w->buf, attr_obj, res_obj, rules_obj, name_rules, resolve);
+    int status = walk_request(&w->s, &w->buf, attr_obj, res_obj, rules_obj, names, resolve);
     if (status == 0) { Py_DECREF(w); return NULL; }
     w->status = status;
     return (PyObject *)w;
@@ -987,8 +1138,9 @@ static PyObject *walk(PyObject *self, PyObject *args) {
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *attr_obj, *res_obj, *rules_obj, *name_rules, *resolve, *targets, *ahead = Py_None;
-    if (!PyArg_ParseTuple(args, "y*OOOO!OO!|O", &buf, &attr_obj, &res_obj, &rules_obj, &PyDict_Type, &name_rules,
+    PyObject *attr_obj, *res_obj, *rules_obj, *resolve, *targets, *ahead = Py_None;
+    Names *names;
+    if (!PyArg_ParseTuple(args, "y*OOOO!OO!|O", &buf, &attr_obj, &res_obj, &rules_obj, &NamesType, &names,
                           &resolve, &PyTuple_Type, &targets, &ahead))
         return NULL;
     scanner s;
@@ -1002,7 +1154,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         status = w->status;
         w->status = 2;
     } else {
-        status = walk_request(&s, &buf, attr_obj, res_obj, rules_obj, name_rules, resolve);
+        status = walk_request(&s, &buf, attr_obj, res_obj, rules_obj, names, resolve);
     }
     if (status == 0) goto out;
     if (status < 0) { result = Py_NewRef(Py_None); goto out; }
@@ -1035,6 +1187,12 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__spanscan(void) {
-    if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0) return NULL;
-    return PyModule_Create(&module);
+    if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0 || PyType_Ready(&NamesType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -128,7 +128,8 @@ class NativeIntake:
             self.rules.append(_NativeRule(sources, value_attr, sink.agg, sink,
                                           reservoir is not None and isinstance(sink.agg, HistogramAgg)))
         self.specs = tuple(r.spec for r in self.rules)
-        self.name_rules: dict[bytes, tuple[int, ...]] = {}
+        # Span name -> rule indexes, in C: walks on any thread read it without the GIL (`_resolve` fills it).
+        self.names = module.Names(NAME_CACHE_MAX)
         # Per receiver thread: the request `walk` read ahead, and the walk (used by one `consume`).
         self._ahead = threading.local()
 
@@ -140,15 +141,14 @@ class NativeIntake:
         return ({"name": SRC_NAME, "kind": SRC_KIND}.get(spec.key, SRC_STATUS), 0)
 
     def _resolve(self, raw_name: bytes) -> tuple[int, ...] | None:
-        """Rule indexes for a span name (called by the scanner once per new name)."""
+        """Rule indexes for a span name (called by the scanner for a name `names` does not hold; it remembers
+        the answer, up to NAME_CACHE_MAX names)."""
         try:
             name = raw_name.decode()
         except UnicodeDecodeError:
             return None  # not valid OTLP: the Python path reports it
         rules = ((self.red_index,) if self.red_index >= 0 else ()) + tuple(
             self.sink_base + i for i, s in enumerate(self.sinks) if s.rule.matches(name))
-        if len(self.name_rules) < NAME_CACHE_MAX:
-            self.name_rules[raw_name] = rules
         return rules
 
     def walk(self, raw: bytes) -> None:
@@ -156,7 +156,7 @@ class NativeIntake:
         lock: the walk runs without the GIL and touches nothing `consume` changes (the span-name cache it may add
         to only grows, under the GIL). A walk that raises is dropped: `consume` walks again and reports it."""
         try:
-            walked = self.module.walk(raw, self.attr_keys, self.res_keys, self.specs, self.name_rules, self._resolve)
+            walked = self.module.walk(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve)
         except Exception:  # noqa: BLE001 - consume repeats the walk under the lock and raises there
             walked = None
         self._ahead.walked = (raw, walked)
@@ -169,7 +169,7 @@ class NativeIntake:
         if ahead is not None:
             self._ahead.walked = None
             ahead = ahead[1] if ahead[0] is raw else None
-        scanned = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.name_rules, self._resolve,
+        scanned = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve,
                                    targets, ahead)
         if scanned is None:
             return False

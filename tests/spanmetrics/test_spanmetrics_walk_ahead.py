@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from receiver_threads import run_as_receivers
 from spanmetrics_helpers import build
@@ -80,7 +81,7 @@ def test_a_walk_is_used_once_and_only_with_its_own_bytes_keys_and_rules(extra_ru
     native = stage.deriver.native
     module = native.module
     raw = requests(n=1)[0]
-    args = (native.attr_keys, native.res_keys, native.specs, native.name_rules, native._resolve)
+    args = (native.attr_keys, native.res_keys, native.specs, native.names, native._resolve)
 
     def scan(data: bytes, walked: Any = None) -> Any:
         targets = tuple(r.target(native.reservoir) for r in native.rules)
@@ -90,10 +91,58 @@ def test_a_walk_is_used_once_and_only_with_its_own_bytes_keys_and_rules(extra_ru
     walked = module.walk(raw, *args)
     assert scan(raw, walked)[0] == reference[0]
     assert scan(raw, walked)[0] == reference[0]  # used up: walked again, same spans
-    other = module.walk(raw, native.attr_keys, native.res_keys, tuple(list(native.specs)), native.name_rules,
+    other = module.walk(raw, native.attr_keys, native.res_keys, tuple(list(native.specs)), native.names,
                         native._resolve)
     assert scan(raw, other)[0] == reference[0]  # equal rules in another object: not trusted, walked again
     copy = bytes(bytearray(raw))
     assert scan(copy, module.walk(raw, *args))[0] == reference[0]  # equal bytes, another object
     assert module.walk(b"\x0a\x02\x12", *args) is not None  # not readable: the scan then says None
     assert scan(b"\x0a\x02\x12", module.walk(b"\x0a\x02\x12", *args)) is None
+
+
+@needs_native
+def test_span_names_are_resolved_once_across_calls_and_threads(extra_rules: Path) -> None:
+    """A name's rules are kept in C (`Names`) across walks, so a request of known names needs the GIL for none
+    of them; resolve is asked once per name, whatever thread walks."""
+    stage, _ = make_stage(True, extra_rules, [0.0])
+    native = stage.deriver.native
+    asked: list[bytes] = []
+    resolve = native._resolve
+
+    def counting(name: bytes) -> Any:
+        asked.append(name)
+        return resolve(name)
+
+    native._resolve = counting
+    work = requests(n=8)
+    run_as_receivers(stage, work, lambda i, out: None, threads=4)
+    distinct = set(asked)
+    assert distinct and native.names.count() == len(distinct)
+    assert len(asked) <= len(distinct) * 4  # at most one ask per name and thread that met it first at once
+    asked.clear()
+    for raw in work:
+        stage.prepare_trace_bytes(raw)
+        with stage.lock:
+            stage.on_trace_bytes(raw)
+    assert asked == []
+
+
+@needs_native
+def test_names_are_bounded_and_tied_to_their_rules(extra_rules: Path) -> None:
+    stage, _ = make_stage(True, extra_rules, [0.0])
+    native = stage.deriver.native
+    module = native.module
+    raw = requests(n=1)[0]
+    targets = tuple(r.target(native.reservoir) for r in native.rules)
+    reference = module.scan(raw, native.attr_keys, native.res_keys, native.specs, native.names, native._resolve,
+                            targets)
+    one = module.Names(1)  # one name kept; the others are resolved on every call, with the same result
+    for _ in range(2):
+        got = module.scan(raw, native.attr_keys, native.res_keys, native.specs, one, native._resolve, targets)
+        assert got[0] == reference[0] and one.count() == 1
+    # names resolved for these rules, given with fewer rules: refused, never read out of range
+    assert max(max(native._resolve(n.encode()) or (0,)) for n in ("reco.generate", "scoring")) >= 1
+    with pytest.raises(ValueError, match="out of range"):
+        module.walk(raw, native.attr_keys, native.res_keys, native.specs[:1], native.names, native._resolve)
+    with pytest.raises(ValueError):
+        module.Names(0)
