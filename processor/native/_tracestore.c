@@ -349,13 +349,26 @@ static void free_pending(entry_t *e) {
     e->pending = NULL;
 }
 
-static void free_chunks(Store *s, chunk_t *c, PyObject *released) {
+/* Group ids whose last chunk went (finish reports them to Python); collected without the GIL. */
+typedef struct {
+    int32_t *ids;
+    size_t n, cap;
+} gid_list;
+
+static void free_chunks(Store *s, chunk_t *c, gid_list *released) {
     while (c) {
         chunk_t *n = c->next;
-        if (ref_gid(s, c->gid, -1) == 0 && released) {
-            PyObject *g = PyLong_FromLong(c->gid);
-            if (!g || PyList_Append(released, g) < 0) PyErr_Clear();
-            Py_XDECREF(g);
+        /* a buffered chunk's gid was counted in refs at intake: in range, no error to raise (no GIL here) */
+        if (--s->refs[c->gid] == 0 && released) {
+            if (released->n == released->cap) {
+                size_t cap = released->cap ? released->cap * 2 : 64;
+                int32_t *ids = PyMem_RawRealloc(released->ids, cap * sizeof(int32_t));
+                if (ids) {
+                    released->ids = ids;
+                    released->cap = cap;
+                }
+            }
+            if (released->n < released->cap) released->ids[released->n++] = c->gid;
         }
         PyMem_RawFree(c->data);
         PyMem_RawFree(c);
@@ -378,7 +391,7 @@ static void unlink_entry(Store *s, entry_t *e) {
     s->nspans -= e->nspans;
 }
 
-static void destroy_entry(Store *s, entry_t *e, PyObject *released) {
+static void destroy_entry(Store *s, entry_t *e, gid_list *released) {
     free_chunks(s, e->chunks, released);
     free_chunks(s, e->logs, released);
     PyMem_RawFree(e);
@@ -1354,17 +1367,32 @@ static PyObject *Store_finish(Store *s, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one int32 code per batch entry");
         return NULL;
     }
-    PyObject *released = PyList_New(0);
-    if (!released) { PyBuffer_Release(&codes); return NULL; }
     const int32_t *code = codes.buf;
+    gid_list gone = {0};
+    /* Without the GIL: recording and freeing a batch touches thousands of entries not read for decision_wait
+     * (cache misses), and needs no Python object. Every other call on the store is made under the tail-sampling
+     * stage's lock, which the caller holds; only parse runs beside it, and parse reads none of this (the trace
+     * table, the decision cache, the group counts). Taking the GIL back while holding that lock costs a wait,
+     * but once per batch, not per request. */
+    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < s->nbatch; i++) {
         entry_t *e = s->batch[i];
         if (code[i] >= 0) cache_put(s, e->tid, code[i]);
         unlink_entry(s, e);
-        destroy_entry(s, e, released);
+        destroy_entry(s, e, &gone);
     }
+    Py_END_ALLOW_THREADS
     s->nbatch = 0;
     PyBuffer_Release(&codes);
+    /* a gid that could not be listed (out of memory) stays with Python's group table: a leak of one entry, as
+     * before, never a wrong release */
+    PyObject *released = PyList_New((Py_ssize_t)gone.n);
+    for (size_t i = 0; released && i < gone.n; i++) {
+        PyObject *g = PyLong_FromLong(gone.ids[i]);
+        if (!g) Py_CLEAR(released);
+        else PyList_SET_ITEM(released, (Py_ssize_t)i, g);
+    }
+    PyMem_RawFree(gone.ids);
     return released;
 }
 
