@@ -12,7 +12,7 @@ that raises changed nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +43,14 @@ class Batch:
     held: Any
     ids: Callable[[], list[bytes]]  # the rows' trace ids (built only when someone listens)
     released: list[int] = field(default_factory=list)
+    # (row, trace id) of the rows whose trace id is in the given collection; None: found through `ids`
+    find: Callable[[Collection[bytes]], list[tuple[int, bytes]]] | None = None
+
+    def rows_of(self, wanted: Collection[bytes]) -> list[tuple[int, bytes]]:
+        """(row, trace id) of the rows whose trace id is in `wanted`, in row order."""
+        if self.find is not None:
+            return self.find(wanted)
+        return [(row, tid) for row, tid in enumerate(self.ids()) if tid in wanted]
 
 
 class TraceStore(Protocol):

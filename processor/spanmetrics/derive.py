@@ -8,7 +8,6 @@ apply to a span name are compiled once per distinct name into a `Plan` (attribut
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 import numpy as np
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -20,7 +19,7 @@ from processor.spanmetrics.exemplars import Candidate, ExemplarReservoir
 from processor.spanmetrics.native import NativeIntake
 from processor.spanmetrics.plan import PlanFn, RuleSink, any_text, compile_plan, kind_name, status_name
 from processor.spanmetrics.rules import RuleSet
-from processor.stages.base import TracesRequest
+from processor.stages.base import DecisionBatch, TracesRequest
 
 _native = load_native("spanscan")
 
@@ -156,9 +155,8 @@ class Deriver:
             with self.lock:
                 self.reservoir.decide(trace_id, kept, policy)
 
-    def decide_batch(self, trace_ids: Sequence[bytes], kept: Sequence[bool], policies: Sequence[str]) -> None:
-        """DecisionBus batch listener: only the few traces with waiting exemplar candidates cost more than a
-        set lookup."""
+    def decide_batch(self, decided: DecisionBatch) -> None:
+        """DecisionBus batch listener: asks the batch only about the traces with waiting exemplar candidates."""
         reservoir = self.reservoir
         if reservoir is None:
             return
@@ -166,9 +164,8 @@ class Deriver:
             pending = reservoir.pending
             if not pending:
                 return
-            for trace_id, keep, policy in zip(trace_ids, kept, policies, strict=True):
-                if trace_id in pending:
-                    reservoir.decide(trace_id, keep, policy)
+            for trace_id, keep, policy in decided.among(pending):
+                reservoir.decide(trace_id, keep, policy)
 
     def expire(self) -> None:
         if self.reservoir is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -72,7 +73,31 @@ class Rejected(Exception):
 
 
 DecisionListener = Callable[[bytes, bool, str], None]
-BatchListener = Callable[[Sequence[bytes], Sequence[bool], Sequence[str]], None]
+
+
+class DecisionBatch(Protocol):
+    """A batch of decisions as (trace id, kept, deciding policy), read as a listener needs them: every one, or
+    only those of the traces it waits on (a batch holds thousands; building every row costs the GIL)."""
+
+    def every(self) -> Iterable[tuple[bytes, bool, str]]: ...
+
+    def among(self, trace_ids: Collection[bytes]) -> list[tuple[bytes, bool, str]]: ...
+
+
+class ListedDecisions:
+    """A `DecisionBatch` of decisions already listed."""
+
+    def __init__(self, rows: Sequence[tuple[bytes, bool, str]]) -> None:
+        self.rows = rows
+
+    def every(self) -> Iterable[tuple[bytes, bool, str]]:
+        return self.rows
+
+    def among(self, trace_ids: Collection[bytes]) -> list[tuple[bytes, bool, str]]:
+        return [row for row in self.rows if row[0] in trace_ids]
+
+
+BatchListener = Callable[[DecisionBatch], None]
 
 
 class DecisionBus:
@@ -92,19 +117,22 @@ class DecisionBus:
     def publish(self, trace_id: bytes, kept: bool, policy: str) -> None:
         for listener in self._listeners:
             listener(trace_id, kept, policy)
-        for batch_listener in self._batch_listeners:
-            batch_listener((trace_id,), (kept,), (policy,))
+        if self._batch_listeners:
+            batch = ListedDecisions(((trace_id, kept, policy),))
+            for batch_listener in self._batch_listeners:
+                batch_listener(batch)
 
     def has_listeners(self) -> bool:
         return bool(self._listeners or self._batch_listeners)
 
-    def publish_batch(self, trace_ids: Sequence[bytes], kept: Sequence[bool], policies: Sequence[str]) -> None:
-        """A batch of decisions (what `publish` does per decision; nothing is built when nobody listens)."""
-        for listener in self._listeners:
-            for args in zip(trace_ids, kept, policies, strict=True):
-                listener(*args)
+    def publish_batch(self, batch: DecisionBatch) -> None:
+        """A batch of decisions (what `publish` does per decision; a batch listener reads only what it needs)."""
+        if self._listeners:
+            for args in batch.every():
+                for listener in self._listeners:
+                    listener(*args)
         for batch_listener in self._batch_listeners:
-            batch_listener(trace_ids, kept, policies)
+            batch_listener(batch)
 
 
 @dataclass

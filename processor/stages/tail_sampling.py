@@ -25,6 +25,7 @@ import numpy as np
 
 from processor.config_node import ConfigError, Node
 from processor.sampling.buffer import Late
+from processor.sampling.decided import BatchDecisions
 from processor.sampling.emit import Outbox
 from processor.sampling.loglimit import UntracedLogLimits, read_limits
 from processor.sampling.metrics import SamplingMetrics
@@ -240,11 +241,10 @@ class TailSampling(Stage):
         decisions = self.store.slots.decisions
         self.metrics.batch_decided(slots, kept, decisions, batch.nlogs, batch.first, batch.reasons, batch.why, now)
         if self.bus.has_listeners() or self.wal.wants_decisions:
-            ids = batch.ids()
-            kept_list = kept.tolist()
-            names = [decisions[slot].policy for slot in slots.tolist()]
-            self.wal.decided(ids, kept_list, names)
-            self.bus.publish_batch(ids, kept_list, names)
+            decided = BatchDecisions(batch, slots, kept, decisions)
+            if self.wal.wants_decisions:
+                self.wal.decided(*decided.columns())
+            self.bus.publish_batch(decided)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         """Count and log an exception the stage survives (the caller leaves the store consistent)."""
