@@ -75,12 +75,16 @@ def test_threads_walking_ahead_while_others_apply_change_nothing() -> None:
     assert counts(stage) == counts(sequential) and counts(stage)
 
 
-@needs_native
-def test_a_walk_is_used_once_and_only_with_its_own_bytes_keys_and_rules(extra_rules: Path) -> None:
+def native_intake(extra_rules: Path) -> tuple[Any, Any, bytes]:
+    """A native stage's intake, its scanner module and one request."""
     stage, _ = make_stage(True, extra_rules, [0.0])
     native = stage.deriver.native
-    module = native.module
-    raw = requests(n=1)[0]
+    return native, native.module, requests(n=1)[0]
+
+
+@needs_native
+def test_a_walk_is_used_once_and_only_with_its_own_bytes_keys_and_rules(extra_rules: Path) -> None:
+    native, module, raw = native_intake(extra_rules)
     args = (native.attr_keys, native.res_keys, native.specs, native.names, native._resolve)
 
     def scan(data: bytes, walked: Any = None) -> Any:
@@ -129,10 +133,7 @@ def test_span_names_are_resolved_once_across_calls_and_threads(extra_rules: Path
 
 @needs_native
 def test_names_are_bounded_and_tied_to_their_rules(extra_rules: Path) -> None:
-    stage, _ = make_stage(True, extra_rules, [0.0])
-    native = stage.deriver.native
-    module = native.module
-    raw = requests(n=1)[0]
+    native, module, raw = native_intake(extra_rules)
     targets = tuple(r.target(native.reservoir) for r in native.rules)
     reference = module.scan(raw, native.attr_keys, native.res_keys, native.specs, native.names, native._resolve,
                             targets)
