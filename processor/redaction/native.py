@@ -13,13 +13,13 @@ the Redactor's counters, so the stage's self-metrics are unchanged.
 
 from __future__ import annotations
 
-import threading
 from types import ModuleType
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from processor import native
+from processor.native.readahead import MISSING, ReadAhead
 from processor.redaction.actions import generalise_ip
 from processor.redaction.detectors import KINDS
 from processor.redaction.redactor import DROP, Redactor
@@ -117,8 +117,7 @@ class NativeTraces:
             pseudonymiser.length if pseudonymiser is not None else 0,
             len(self.rule_names), memo_max or self.MEMO_MAX)
 
-        # Per receiver thread: the request `prepare` redacted ahead, and the scanner's answer (used once).
-        self._ahead = threading.local()
+        self._ahead = ReadAhead()  # the scanner's answer for a request `prepare` walked
 
     @classmethod
     def load(cls, redactor: Redactor) -> NativeTraces | None:
@@ -131,19 +130,15 @@ class NativeTraces:
         stage's lock, it waits for the scanner (one walk at a time) and for the GIL holding no Python lock, so
         other requests go through the stage meanwhile. A walk that raises is dropped: `redact` walks again and
         fails there as it would."""
-        try:
-            self._ahead.found = (raw, self.scanner.redact(raw))
-        except Exception:  # noqa: BLE001 - redact repeats the walk and raises in the stage's own handling
-            self._ahead.found = None
+        self._ahead.keep(raw, self.scanner.redact)
 
     def redact(self, raw: bytes) -> bytes | None:
         """The redacted request (`raw` itself when nothing changed), or None when the scanner met bytes it
         does not handle (the caller then takes the Python path, which counts the hits itself). The counters
         are the caller's to guard (the stage's lock)."""
-        ahead = getattr(self._ahead, "found", None)
-        if ahead is not None:
-            self._ahead.found = None
-        found = ahead[1] if ahead is not None and ahead[0] is raw else self.scanner.redact(raw)
+        found = self._ahead.take(raw)
+        if found is MISSING:
+            found = self.scanner.redact(raw)
         if found is None:
             return None
         out, spans_touched, rule_counts, detector_counts = found

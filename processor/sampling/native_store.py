@@ -12,7 +12,6 @@ fallback and the oracle (`tests/sampling/test_sampling_store.py` compares both).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 from processor.native import load as load_native
+from processor.native.readahead import MISSING, ReadAhead
 from processor.sampling.buffer import Group, Groups, Late, TraceEntry, any_value, read_spans
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.policies.base import Policy
@@ -234,8 +234,7 @@ class NativeStore:
         self.slots = DecisionSlots(policies)
         self.decider = BatchDecider(policies, layout, self.slots)
         self.cache = NativeCache(self)
-        # Per receiver thread: the request `prepare` read ahead, and what it read (used by one intake).
-        self._ahead = threading.local()
+        self._ahead = ReadAhead()  # what `prepare` parsed of a request (used by one intake)
 
     # -- what is buffered ------------------------------------------------------------------------------------
 
@@ -265,10 +264,7 @@ class NativeStore:
         """Intake's first pass (reading every span's facts) on this thread, ahead of `intake_spans` of the same
         bytes: called without the stage's lock, it runs without the GIL, so it overlaps other requests' work.
         A parse that raises is dropped: the intake parses again under the lock, and fails there as it would."""
-        try:
-            self._ahead.read = (raw, self.native.parse(raw))
-        except Exception:  # noqa: BLE001 - the intake repeats the parse and raises in the stage's own handling
-            self._ahead.read = None
+        self._ahead.keep(raw, self.native.parse)
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """Buffer a serialized request; the ids of traces that reached max_spans come back."""
@@ -303,12 +299,9 @@ class NativeStore:
             if code >> 1 >= known:
                 made.append(code >> 1)
             return code
-        ahead = getattr(self._ahead, "read", None)
-        if ahead is not None:
-            self._ahead.read = None
-            ahead = ahead[1] if ahead[0] is raw else None
+        parsed = self._ahead.take(raw)
         try:
-            done = self.native.intake(raw, now, intern, ahead)
+            done = self.native.intake(raw, now, intern, None if parsed is MISSING else parsed)
         except BaseException:
             self.groups_gone(made)  # a refused request changes nothing: not even the groups it named
             raise

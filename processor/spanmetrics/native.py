@@ -10,13 +10,13 @@ the first span of each (group, bucket), so no per-span Python object is ever mad
 
 from __future__ import annotations
 
-import threading
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from processor.native.readahead import MISSING, ReadAhead
 from processor.spanmetrics.aggregate import CounterAgg, Exemplar, HistogramAgg
 from processor.spanmetrics.exemplars import Candidate, ExemplarReservoir
 from processor.spanmetrics.plan import (
@@ -130,8 +130,7 @@ class NativeIntake:
         self.specs = tuple(r.spec for r in self.rules)
         # Span name -> rule indexes, in C: walks on any thread read it without the GIL (`_resolve` fills it).
         self.names = module.Names(NAME_CACHE_MAX)
-        # Per receiver thread: the request `walk` read ahead, and the walk (used by one `consume`).
-        self._ahead = threading.local()
+        self._ahead = ReadAhead()  # the scanner's walk of a request `walk` read (used by one `consume`)
 
     def _source(self, spec: LabelSpec) -> Source:
         if spec.source == "attribute":
@@ -154,23 +153,17 @@ class NativeIntake:
     def walk(self, raw: bytes) -> None:
         """The scanner's pass over `raw`, on this thread, ahead of its `consume`. Called without the stage's
         lock: the walk runs without the GIL and touches nothing `consume` changes (the span-name cache it may add
-        to only grows, under the GIL). A walk that raises is dropped: `consume` walks again and reports it."""
-        try:
-            walked = self.module.walk(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve)
-        except Exception:  # noqa: BLE001 - consume repeats the walk under the lock and raises there
-            walked = None
-        self._ahead.walked = (raw, walked)
+        to only grows). A walk that raises is dropped: `consume` walks again and reports it."""
+        self._ahead.keep(raw, lambda data: self.module.walk(data, self.attr_keys, self.res_keys, self.specs,
+                                                            self.names, self._resolve))
 
     def consume(self, raw: bytes) -> bool:
         """Adds one serialized request; False when the scanner gave up (the caller then takes the Python path).
         Groups whose key is cached are added by the scanner itself; here only new keys and exemplars."""
         targets = tuple(r.target(self.reservoir) for r in self.rules)
-        ahead = getattr(self._ahead, "walked", None)
-        if ahead is not None:
-            self._ahead.walked = None
-            ahead = ahead[1] if ahead[0] is raw else None
+        walked = self._ahead.take(raw)
         scanned = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve,
-                                   targets, ahead)
+                                   targets, None if walked is MISSING else walked)
         if scanned is None:
             return False
         spans_table, outs = scanned
