@@ -85,7 +85,7 @@ def test_a_walk_ahead_is_used_once_and_only_with_its_own_bytes() -> None:
 
 
 @needs_native
-def test_a_walk_that_fails_ahead_fails_again_in_the_stage() -> None:
+def test_bytes_the_walk_ahead_gives_up_on_are_refused_by_the_stage() -> None:
     stage, _ = stage_with(DEFAULT_RULES, None)
     stage.prepare_trace_bytes(b"\x0a\x03\x0a")  # truncated: the scanner gives up, the stage parses (and refuses)
     with pytest.raises(DecodeError):
