@@ -25,7 +25,7 @@ from bench.sampling_workload import all_spans, make_traces, to_requests
 from processor.commands.replay import read_capture
 from processor.config_node import Node
 from processor.sampling.policyfile import DEFAULT_POLICY_FILE
-from processor.stages.base import StageContext
+from processor.stages.base import StageContext, as_trace_bytes
 from processor.stages.tail_sampling import TailSampling, build
 
 
@@ -93,7 +93,7 @@ def run(traces: int, policies: Path, rate: float, per_request: int, runs: int,
             if clock.now >= next_flush:
                 emitted = stage.flush(clock.now)
                 for out in emitted.traces if emitted else []:
-                    out.SerializeToString()
+                    as_trace_bytes(out)  # what the exporter sends (the stage hands serialized requests)
                 next_flush = clock.now + (stage.flush_interval or 0.1)
         while first_seen:  # let the last traces reach root_grace / decision_wait, as a running hop would
             clock.now += stage.flush_interval or 0.1

@@ -24,7 +24,15 @@ from contextlib import contextmanager
 from prometheus_client import Counter
 
 from processor.config_node import ConfigError, Node
-from processor.stages.base import Emitted, Rejections, Stage, StageContext, TracesRequest
+from processor.stages.base import (
+    Emitted,
+    Rejections,
+    Stage,
+    StageContext,
+    TracesRequest,
+    as_trace_bytes,
+    as_trace_message,
+)
 
 # Stage kind -> "module:function"; the function is `build(node, ctx) -> Stage`.
 STAGE_KINDS: dict[str, str] = {
@@ -61,14 +69,6 @@ def build_stage(node: Node, ctx: StageContext) -> Stage:
 def reads_traces(stage: Stage) -> bool:
     """False for stages that leave traces alone: they are skipped (no conversion between bytes and messages)."""
     return stage.takes_trace_bytes or type(stage).on_traces is not Stage.on_traces or "on_traces" in vars(stage)
-
-
-def as_trace_bytes(request: TracesRequest | bytes) -> bytes:
-    return request if isinstance(request, bytes) else request.SerializeToString()
-
-
-def as_trace_message(request: TracesRequest | bytes) -> TracesRequest:
-    return TracesRequest.FromString(request) if isinstance(request, bytes) else request
 
 
 def _trace_stage(stage: Stage, traces: list[TracesRequest | bytes], spans: list[int | None],

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from processor import otlpjson
 from processor.assets import BUILTIN_PREFIX
 from processor.config_node import ConfigError, Node
-from processor.stages.base import StageContext
+from processor.stages.base import StageContext, as_trace_message
 from processor.stages.tail_sampling import build
 
 Request = ExportTraceServiceRequest | ExportLogsServiceRequest
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         for result in results:
             _tally(result, out)
     final = stage.shutdown()
-    for result in [*(final.traces if final else []), *(final.logs if final else [])]:
+    for result in [*(as_trace_message(t) for t in (final.traces if final else [])), *(final.logs if final else [])]:
         _tally(result, out)
     print_report(args.capture, args.policies, seen, out, decided)
     return 0

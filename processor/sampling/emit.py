@@ -102,11 +102,6 @@ class Outbox:
     def take_traces(self) -> list[ExportTraceServiceRequest]:
         return [ExportTraceServiceRequest.FromString(raw) for raw in self.take_trace_bytes()]
 
-    def take_counted_traces(self) -> tuple[list[ExportTraceServiceRequest], list[int]]:
-        """`take_traces` with each request's span count (`Emitted.trace_spans`: the exporter need not count)."""
-        raws, counts = self.take_counted_trace_bytes()
-        return [ExportTraceServiceRequest.FromString(raw) for raw in raws], counts
-
     def take_trace_bytes(self) -> list[bytes]:
         return self.take_counted_trace_bytes()[0]
 

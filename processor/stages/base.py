@@ -27,6 +27,16 @@ MetricsRequest = ExportMetricsServiceRequest
 LogsRequest = ExportLogsServiceRequest
 
 
+def as_trace_bytes(request: TracesRequest | bytes) -> bytes:
+    """A traces entry (`Emitted.traces`: a message or its serialized bytes) as bytes."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
+def as_trace_message(request: TracesRequest | bytes) -> TracesRequest:
+    """A traces entry as a message (parsed when it is bytes)."""
+    return TracesRequest.FromString(request) if isinstance(request, bytes) else request
+
+
 @dataclass
 class Emitted:
     """What a stage sends on outside of a request: timer flushes, shutdown flushes, derived metrics.

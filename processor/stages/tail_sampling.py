@@ -258,8 +258,8 @@ class TailSampling(Stage):
         self.wal.commit()
 
     def _take(self) -> Emitted | None:
-        traces, spans = self.out.take_counted_traces()
-        emitted = Emitted(traces=traces, logs=self.out.take_logs(), trace_spans=spans)
+        traces, spans = self.out.take_counted_trace_bytes()  # serialized: the exporter sends bytes as they are
+        emitted = Emitted(traces=list(traces), logs=self.out.take_logs(), trace_spans=spans)
         if self._replayed:
             self._replayed.extend(emitted)
             emitted, self._replayed = self._replayed, Emitted()

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from processor.config_node import Node
-from processor.stages.base import Emitted, StageContext
+from processor.stages.base import Emitted, StageContext, as_trace_message
 from processor.stages.tail_sampling import TailSampling, build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ class Harness:
 
     def _take(self, emitted: Emitted | None) -> None:
         if emitted:
-            self.traces.extend(emitted.traces)
+            self.traces.extend(as_trace_message(t) for t in emitted.traces)
             self.logs.extend(emitted.logs)
 
     def out_spans(self) -> list[Any]:
