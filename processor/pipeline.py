@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from prometheus_client import Counter
 
 from processor.config_node import ConfigError, Node
+from processor.native import load as load_native
 from processor.stages.base import (
     Emitted,
     Rejections,
@@ -33,6 +34,8 @@ from processor.stages.base import (
     as_trace_bytes,
     as_trace_message,
 )
+
+_nogil = load_native("nogil")  # run_jobs: stages' native walks in one GIL release (`Stage.prepare_job`)
 
 # Stage kind -> "module:function"; the function is `build(node, ctx) -> Stage`.
 STAGE_KINDS: dict[str, str] = {
@@ -167,6 +170,7 @@ class Pipeline:
         # Stages with work to do on a request before their lock is taken (`Stage.prepare_trace_bytes`).
         self._prepares = [s.takes_trace_bytes and type(s).prepare_trace_bytes is not Stage.prepare_trace_bytes
                           for s in stages]
+        self._job_runs = job_runs(stages) if _nogil is not None else [None] * len(stages)
         self._stage_seconds = Counter(
             "recohop_stage_seconds", "Time spent in each stage: its calls under its lock and its work ahead of the lock",
             ["stage"], registry=ctx.registry)
@@ -197,9 +201,13 @@ class Pipeline:
         for i in range(start, len(self.stages)):
             stage = self.stages[i]
             ahead = 0.0
-            if self._prepares[i] and len(traces) == 1 and isinstance(traces[0], bytes):
+            run = self._job_runs[i]
+            if (run or (run is None and self._prepares[i])) and len(traces) == 1 and isinstance(traces[0], bytes):
                 began = time.perf_counter()
-                stage.prepare_trace_bytes(traces[0])  # outside the lock: a walk without the GIL overlaps others
+                if run:  # this stage's and the next ones' walks, in one release of the GIL
+                    self._run_jobs(run, traces[0])
+                else:
+                    stage.prepare_trace_bytes(traces[0])  # outside the lock: a walk without the GIL overlaps others
                 ahead = time.perf_counter() - began
             with self._locks[i]:
                 began = time.perf_counter() - ahead
@@ -211,6 +219,22 @@ class Pipeline:
                     logs = [out for req in logs for out in stage.on_logs(req)]
                 self._stage_timers[i].inc(time.perf_counter() - began)
         return Emitted(traces, metrics, logs, spans)
+
+    def _run_jobs(self, run: tuple[int, ...], raw: bytes) -> None:
+        """The prepare work of stages `run` (`Stage.prepare_job`) as one `_nogil.run_jobs`. A job that fails or
+        does not run costs nothing but itself: its stage walks again under its lock, and reports errors there."""
+        jobs = []
+        try:
+            for j in run:
+                job = self.stages[j].prepare_job(raw)
+                if job is None:
+                    self.stages[j].prepare_trace_bytes(raw)
+                else:
+                    jobs.append(job)
+            if jobs:
+                _nogil.run_jobs(tuple(jobs))  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001, S110 - see the docstring
+            pass
 
     def flush_due(self, now: float | None = None) -> None:
         """Flush every stage whose interval has passed; results go through later stages to the sink."""
@@ -224,6 +248,7 @@ class Pipeline:
                 try:
                     with self._locks[i]:
                         began = time.perf_counter()
+                        c0 = time.thread_time()
                         try:
                             out = stage.flush(now)
                         finally:
@@ -262,6 +287,25 @@ class Pipeline:
 
         self._timer = threading.Thread(target=run, name="recohop-flush", daemon=True)
         self._timer.start()
+
+
+def job_runs(stages: list[Stage]) -> list[tuple[int, ...] | None]:
+    """Per stage: the indexes of the stages whose `prepare_job`s run together before its lock (it and the next
+    stages with jobs, as long as the ones before them hand on the bytes they got: `mutates` False); () for a
+    stage prepared by such a run; None for a stage prepared alone (`prepare_trace_bytes`, if it has one)."""
+    has_job = [s.takes_trace_bytes and type(s).prepare_job is not Stage.prepare_job for s in stages]
+    runs: list[tuple[int, ...] | None] = [None] * len(stages)
+    i = 0
+    while i < len(stages):
+        end = i + 1
+        while has_job[i] and end < len(stages) and has_job[end] and not stages[end - 1].mutates:
+            end += 1
+        if end - i > 1:
+            runs[i] = tuple(range(i, end))
+            for j in range(i + 1, end):
+                runs[j] = ()
+        i = end
+    return runs
 
 
 def build_stages(stage_nodes: list[Node], ctx: StageContext) -> list[Stage]:

@@ -45,6 +45,7 @@
 
 #include "hash.h"
 #include "wire.h"
+#include "nogil_job.h"
 
 /* The key of every per-call table here (values, names, groups: hash.h), drawn at import. */
 static hash_key scan_key;
@@ -1041,8 +1042,8 @@ out:
 /* The walk (everything up to the targets): reads the request once, without the GIL. 1 walked, 0 Python error,
  * -1 bytes this scanner does not read. It touches nothing the targets hold, so it may run on any thread, before
  * the span-metrics stage's lock is taken (`walk`), and `scan` then only applies the groups. */
-static int walk_request(scanner *s, const Py_buffer *buf, PyObject *attr_obj, PyObject *res_obj, PyObject *rules_obj,
-                        Names *names, PyObject *resolve) {
+static int walk_setup(scanner *s, const Py_buffer *buf, PyObject *attr_obj, PyObject *res_obj, PyObject *rules_obj,
+                      Names *names, PyObject *resolve) {
     memset(s, 0, sizeof(*s));
     s->names_known = names;
     s->resolve = resolve;
@@ -1068,20 +1069,31 @@ static int walk_request(scanner *s, const Py_buffer *buf, PyObject *attr_obj, Py
     memset(s->rule_first, 0xFF, ((size_t)s->nrules + 1) * sizeof(int32_t));
     memset(s->rule_last, 0xFF, ((size_t)s->nrules + 1) * sizeof(int32_t));
     memset(s->table, 0xFF, s->table_cap * sizeof(int32_t));
+    return 1;
+}
 
+/* The walk proper, without the GIL (walk_ts set: a step that needs Python takes it back). */
+static int walk_spans(scanner *s, const Py_buffer *buf) {
     wire_cur c = wire_span(buf->buf, (size_t)buf->len);
     wire_field f;
     int r = 1;
     int status = 1;
-    walk_ts = PyEval_SaveThread();
     while (status == 1 && (r = wire_next(&c, &f)) == 1) {
         if (f.number != 1) continue;
         if (f.wtype != 2) { status = -1; break; }
         status = scan_resource_spans(s, f.data, f.len);
     }
+    if (status == 1 && r < 0) status = -1;
+    return status;
+}
+
+static int walk_request(scanner *s, const Py_buffer *buf, PyObject *attr_obj, PyObject *res_obj, PyObject *rules_obj,
+                        Names *names, PyObject *resolve) {
+    if (!walk_setup(s, buf, attr_obj, res_obj, rules_obj, names, resolve)) return 0;
+    walk_ts = PyEval_SaveThread();
+    int status = walk_spans(s, buf);
     PyEval_RestoreThread(walk_ts);
     walk_ts = NULL;
-    if (status == 1 && r < 0) status = -1;
     return status;
 }
 
@@ -1092,8 +1104,11 @@ typedef struct {
     Py_buffer buf;
     int has_buf;
     PyObject *attr_obj, *res_obj, *rules_obj; /* what the walk read (scan checks it is given the same objects) */
-    int status;                                /* walk_request's 1 or -1; 2 once a scan took it */
+    PyObject *names_obj, *resolve_obj;         /* held while a job waits to run (the scanner borrows them) */
+    int status;                                /* WALKED/NOT_READ, or not usable: TAKEN, PENDING, FAILED */
 } Walked;
+
+enum { WALKED = 1, NOT_READ = -1, TAKEN = 2, PENDING = 3, FAILED = 4 };
 
 static void Walked_dealloc(Walked *w) {
     free_scanner(&w->s);
@@ -1101,8 +1116,26 @@ static void Walked_dealloc(Walked *w) {
     Py_XDECREF(w->attr_obj);
     Py_XDECREF(w->res_obj);
     Py_XDECREF(w->rules_obj);
+    Py_XDECREF(w->names_obj);
+    Py_XDECREF(w->resolve_obj);
     PyObject_Free(w);
 }
+
+/* What became of the walk: for tests and the fuzz target (pending, walked, not_read, failed, taken). */
+static PyObject *Walked_state(Walked *w, void *closure) {
+    switch (w->status) {
+    case PENDING: return PyUnicode_FromString("pending");
+    case WALKED: return PyUnicode_FromString("walked");
+    case NOT_READ: return PyUnicode_FromString("not_read");
+    case FAILED: return PyUnicode_FromString("failed");
+    default: return PyUnicode_FromString("taken");
+    }
+}
+
+static PyGetSetDef Walked_getset[] = {
+    {"state", (getter)Walked_state, NULL, "pending, walked, not_read, failed or taken (by a scan)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
 
 static PyTypeObject WalkedType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1111,14 +1144,14 @@ static PyTypeObject WalkedType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)Walked_dealloc,
     .tp_doc = "A traces request walked ahead by walk(), for one scan() of the same bytes.",
+    .tp_getset = Walked_getset,
 };
 
-/* walk(buf, attr_keys, res_keys, rules, names, resolve) -> Walked: scan's pass over the bytes, ahead. */
-static PyObject *walk(PyObject *self, PyObject *args) {
-    PyObject *raw, *attr_obj, *res_obj, *rules_obj, *resolve;
-    Names *names;
+/* A Walked holding the bytes and the scanner's inputs, not walked yet (status TAKEN until set up). */
+static Walked *new_walked(PyObject *args, Names **names, PyObject **resolve) {
+    PyObject *raw, *attr_obj, *res_obj, *rules_obj;
     if (!PyArg_ParseTuple(args, "O!OOOO!O", &PyBytes_Type, &raw, &attr_obj, &res_obj, &rules_obj, &NamesType,
-                          &names, &resolve))
+                          names, resolve))
         return NULL;
     Walked *w = PyObject_New(Walked, &WalkedType);
     if (!w) return NULL;
@@ -1127,14 +1160,56 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     w->attr_obj = Py_NewRef(attr_obj);
     w->res_obj = Py_NewRef(res_obj);
     w->rules_obj = Py_NewRef(rules_obj);
-    w->status = 2;
+    w->names_obj = w->resolve_obj = NULL;
+    w->status = TAKEN;
     if (PyObject_GetBuffer(raw, &w->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(w); return NULL; }
     w->has_buf = 1;
-    int status = walk_request(&w->s, &w->buf, attr_obj, res_obj, rules_obj, names, resolve);
+    return w;
+}
+
+/* walk(buf, attr_keys, res_keys, rules, names, resolve) -> Walked: scan's pass over the bytes, ahead. */
+static PyObject *walk(PyObject *self, PyObject *args) {
+    Names *names;
+    PyObject *resolve;
+    Walked *w = new_walked(args, &names, &resolve);
+    if (!w) return NULL;
+    int status = walk_request(&w->s, &w->buf, w->attr_obj, w->res_obj, w->rules_obj, names, resolve);
     if (status == 0) { Py_DECREF(w); return NULL; }
     w->status = status;
     return (PyObject *)w;
 }
+
+/* walk_job(same arguments as walk) -> Walked: set up here, walked by `_nogil.run_jobs` together with other
+ * modules' jobs in one GIL release. A job that was not run, or failed, is not used by scan (it walks again). */
+static PyObject *walk_job(PyObject *self, PyObject *args) {
+    Names *names;
+    PyObject *resolve;
+    Walked *w = new_walked(args, &names, &resolve);
+    if (!w) return NULL;
+    if (!walk_setup(&w->s, &w->buf, w->attr_obj, w->res_obj, w->rules_obj, names, resolve)) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    w->names_obj = Py_NewRef((PyObject *)names);
+    w->resolve_obj = Py_NewRef(resolve);
+    w->status = PENDING;
+    return (PyObject *)w;
+}
+
+static int walked_run(PyObject *job, PyThreadState **ts) {
+    Walked *w = (Walked *)job;
+    if (w->status != PENDING) return -1;
+    walk_ts = *ts;
+    int status = walk_spans(&w->s, &w->buf);
+    *ts = walk_ts;
+    walk_ts = NULL;
+    w->status = status == 0 ? FAILED : status;
+    return status;
+}
+
+static void walked_after(PyObject *job) {}
+
+static const nogil_job walked_job = {walked_run, walked_after};
 
 static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
@@ -1147,12 +1222,12 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     PyObject *result = NULL, *outs = NULL;
     int status; /* 1 ok, 0 Python error, -1 give up */
     Walked *w = (Walked *)ahead;
-    if (Py_IS_TYPE(ahead, &WalkedType) && w->status != 2 && w->has_buf && w->buf.buf == buf.buf &&
+    if (Py_IS_TYPE(ahead, &WalkedType) && (w->status == WALKED || w->status == NOT_READ) && w->has_buf && w->buf.buf == buf.buf &&
         w->buf.len == buf.len && w->attr_obj == attr_obj && w->res_obj == res_obj && w->rules_obj == rules_obj) {
         s = w->s; /* taken over: the walked object keeps the bytes alive, its scanner is emptied */
         memset(&w->s, 0, sizeof(w->s));
         status = w->status;
-        w->status = 2;
+        w->status = TAKEN;
     } else {
         status = walk_request(&s, &buf, attr_obj, res_obj, rules_obj, names, resolve);
     }
@@ -1181,13 +1256,16 @@ out:
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "Group a traces request's spans per derivation rule by their label sources."},
     {"walk", walk, METH_VARARGS, "scan's pass over a request, ahead and without the GIL (pass the result to scan)."},
+    {"walk_job", walk_job, METH_VARARGS, "walk, set up to run later in _nogil.run_jobs (pass the result to scan)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__spanscan(void) {
-    if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0 || PyType_Ready(&NamesType) < 0) return NULL;
+    if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0 || PyType_Ready(&NamesType) < 0 ||
+        !nogil_job_register(&WalkedType, &walked_job))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0) {

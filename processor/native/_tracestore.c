@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "nogil_job.h"
 #include "otlp.h"
 
 typedef struct chunk {
@@ -749,13 +750,17 @@ typedef struct {
     Store *store;
     Py_buffer buf;
     int has_buf;
-    int status; /* parse_request's answer: 1 read, 0 not read by this store */
+    int status; /* parse_request's answer: 1 read, 0 not read by this store; below 0 not usable (PARSE_*) */
+    int counted; /* counted in the store's `parsing` (a job from parse_job, until run_jobs is done with it) */
     span_t *spans;
     scope_ref *scopes;
     Py_ssize_t nspans, nscopes;
 } Parsed;
 
+enum { PARSE_USED = -1, PARSE_PENDING = -2, PARSE_FAILED = -3 };
+
 static void Parsed_dealloc(Parsed *p) {
+    if (p->counted) p->store->parsing--;
     PyMem_RawFree(p->spans);
     PyMem_RawFree(p->scopes);
     if (p->has_buf) PyBuffer_Release(&p->buf);
@@ -763,18 +768,34 @@ static void Parsed_dealloc(Parsed *p) {
     PyObject_Free(p);
 }
 
+/* What became of the parse: for tests and the fuzz target (pending, parsed, not_read, failed, used). */
+static PyObject *Parsed_state(Parsed *p, void *closure) {
+    switch (p->status) {
+    case PARSE_PENDING: return PyUnicode_FromString("pending");
+    case PARSE_FAILED: return PyUnicode_FromString("failed");
+    case PARSE_USED: return PyUnicode_FromString("used");
+    case 0: return PyUnicode_FromString("not_read");
+    default: return PyUnicode_FromString("parsed");
+    }
+}
+
+static PyGetSetDef Parsed_getset[] = {
+    {"state", (getter)Parsed_state, NULL, "pending, parsed, not_read, failed or used (by an intake)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject ParsedType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "processor.native._tracestore.Parsed",
     .tp_basicsize = sizeof(Parsed),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_dealloc = (destructor)Parsed_dealloc,
+    .tp_getset = Parsed_getset,
     .tp_doc = "One request's spans as Store.parse read them (for one Store.intake of the same bytes).",
 };
 
-/* parse(raw) -> Parsed: intake's first pass, without the GIL. Reads no state intake changes, so it may run on any
- * thread at any time (also during another call on this store). */
-static PyObject *Store_parse(Store *s, PyObject *raw) {
+/* A Parsed holding the bytes, not parsed yet. */
+static Parsed *new_parsed(Store *s, PyObject *raw) {
     if (!s->table) {
         PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
         return NULL;
@@ -787,14 +808,53 @@ static PyObject *Store_parse(Store *s, PyObject *raw) {
     if (!p) return NULL;
     p->store = NULL;
     p->has_buf = 0;
+    p->counted = 0;
     p->spans = NULL;
     p->scopes = NULL;
     p->nspans = p->nscopes = 0;
-    p->status = 0;
+    p->status = PARSE_PENDING;
     if (PyObject_GetBuffer(raw, &p->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(p); return NULL; }
     p->has_buf = 1;
     Py_INCREF(s);
     p->store = s;
+    return p;
+}
+
+/* parse_job(raw) -> Parsed: `parse`, run later by `_nogil.run_jobs` together with other modules' jobs in one GIL
+ * release. Counted in `parsing` from here until the batch is done (the classifier must not change meanwhile);
+ * a job that was not run, or failed, is not used by intake (it parses again). */
+static PyObject *Store_parse_job(Store *s, PyObject *raw) {
+    Parsed *p = new_parsed(s, raw);
+    if (!p) return NULL;
+    p->counted = 1;
+    s->parsing++;
+    return (PyObject *)p;
+}
+
+static int parsed_run(PyObject *job, PyThreadState **ts) {
+    Parsed *p = (Parsed *)job;
+    if (p->status != PARSE_PENDING) return -1;
+    int status = parse_request(p->store, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes,
+                               &p->nscopes, 1);
+    p->status = status < 0 ? PARSE_FAILED : status;
+    return status < 0 ? -1 : 1;
+}
+
+static void parsed_after(PyObject *job) {
+    Parsed *p = (Parsed *)job;
+    if (p->counted) {
+        p->counted = 0;
+        p->store->parsing--;
+    }
+}
+
+static const nogil_job parsed_job = {parsed_run, parsed_after};
+
+/* parse(raw) -> Parsed: intake's first pass, without the GIL. Reads no state intake changes, so it may run on any
+ * thread at any time (also during another call on this store). */
+static PyObject *Store_parse(Store *s, PyObject *raw) {
+    Parsed *p = new_parsed(s, raw);
+    if (!p) return NULL;
     int status;
     s->parsing++;
     Py_BEGIN_ALLOW_THREADS
@@ -1500,6 +1560,7 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
 static PyMethodDef Store_methods[] = {
     {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
     {"parse", (PyCFunction)Store_parse, METH_O, "Intake's first pass on a request, ahead and without the GIL."},
+    {"parse_job", (PyCFunction)Store_parse_job, METH_O, "parse, to run later in _nogil.run_jobs (pass it to intake)."},
     {"set_classifier", (PyCFunction)Store_set_classifier, METH_VARARGS,
      "classify(key index, KeyValue bytes) -> class bits, asked for attributes of read-all keys (None: off)."},
     {"add_log", (PyCFunction)Store_add_log, METH_VARARGS, "Buffer one log record with its trace."},
@@ -1541,7 +1602,8 @@ static PyTypeObject StoreType = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tracestore", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__tracestore(void) {
-    if (PyType_Ready(&StoreType) < 0 || PyType_Ready(&ParsedType) < 0) return NULL;
+    if (PyType_Ready(&StoreType) < 0 || PyType_Ready(&ParsedType) < 0 || !nogil_job_register(&ParsedType, &parsed_job))
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&StoreType);

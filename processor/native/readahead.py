@@ -25,6 +25,10 @@ class ReadAhead:
         except Exception:  # noqa: BLE001 - the stage walks again under its lock and raises there
             self._local.item = None
 
+    def hold(self, raw: bytes, job: Any) -> None:
+        """A job (`_nogil.run_jobs`) for this thread's next `take`: the stage's call checks that it has run."""
+        self._local.item = (raw, job)
+
     def take(self, raw: bytes) -> Any:
         """What `keep` found for this very object on this thread, once; MISSING otherwise."""
         item = getattr(self._local, "item", None)

@@ -266,6 +266,13 @@ class NativeStore:
         A parse that raises is dropped: the intake parses again under the lock, and fails there as it would."""
         self._ahead.keep(raw, self.native.parse)
 
+    def prepare_job(self, raw: bytes) -> object:
+        """`prepare` as a job for `_nogil.run_jobs`, held for `intake_spans` of these bytes (a job that did not
+        run is not used: the intake parses)."""
+        job = self.native.parse_job(raw)
+        self._ahead.hold(raw, job)
+        return job
+
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """Buffer a serialized request; the ids of traces that reached max_spans come back."""
         full = self.add_span_bytes(raw, now, late)

@@ -56,6 +56,9 @@ class ReferenceStore:
     def prepare(self, raw: bytes) -> None:
         """Nothing ahead: this store reads a request in one pass, under the stage's lock."""
 
+    def prepare_job(self, raw: bytes) -> None:
+        return None
+
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[TraceEntry]:
         roots: list[TraceEntry] = []
         full: list[TraceEntry] = []

@@ -76,6 +76,9 @@ class TraceStore(Protocol):
         """Optional work on a request ahead of its `intake_spans`, on the receiver thread without the stage's lock
         (concurrently with other calls): nothing that reads or changes what intake changes."""
 
+    def prepare_job(self, raw: bytes) -> object | None:
+        """`prepare` as a native job held for `intake_spans` of these bytes (`Stage.prepare_job`), or None."""
+
     def intake_spans(self, raw: bytes, now: float, late: Late) -> Any:
         """Buffer a serialized traces request; late spans of decided traces go to `late`. Returns what
         `select_full` takes (falsy: no trace reached max_spans_per_trace)."""

@@ -65,6 +65,10 @@ class Deriver:
         if self.native is not None:
             self.native.walk(raw)
 
+    def walk_job(self, raw: bytes) -> object | None:
+        """`walk_bytes` as a native job (None when the native intake is not built)."""
+        return self.native.walk_job(raw) if self.native is not None else None
+
     def consume_bytes(self, raw: bytes) -> bool:
         """Adds a serialized request through the native intake; False when it is not built or did not
         understand the bytes (then call `consume` with the parsed request: it gives the same result).

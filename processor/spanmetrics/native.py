@@ -157,6 +157,13 @@ class NativeIntake:
         self._ahead.keep(raw, lambda data: self.module.walk(data, self.attr_keys, self.res_keys, self.specs,
                                                             self.names, self._resolve))
 
+    def walk_job(self, raw: bytes) -> object:
+        """`walk` as a job for `_nogil.run_jobs`, held for `consume` of these bytes (a job that did not run is
+        not used: `consume` walks)."""
+        job = self.module.walk_job(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve)
+        self._ahead.hold(raw, job)
+        return job
+
     def consume(self, raw: bytes) -> bool:
         """Adds one serialized request; False when the scanner gave up (the caller then takes the Python path).
         Groups whose key is cached are added by the scanner itself; here only new keys and exemplars."""

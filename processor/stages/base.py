@@ -236,6 +236,13 @@ class Stage:
         requests inside the stage; the stage's `on_trace_bytes` of these bytes may then reuse it. Called on
         several receiver threads at once."""
 
+    def prepare_job(self, raw: bytes) -> object | None:
+        """Optional, like `prepare_trace_bytes`: the same work as a native job (`processor/native/nogil_job.h`),
+        set up and held for the stage's `on_trace_bytes` of these bytes but not run. The pipeline runs the jobs of
+        consecutive stages that see the same bytes in one release of the GIL, then calls the stages. None: no
+        job (the pipeline then calls `prepare_trace_bytes`)."""
+        return None
+
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [request]
 

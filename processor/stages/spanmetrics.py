@@ -110,6 +110,9 @@ class SpanMetricsStage(Stage):
         """The scanner's walk, ahead of the stage's lock (`Stage.prepare_trace_bytes`)."""
         self.deriver.walk_bytes(raw)
 
+    def prepare_job(self, raw: bytes) -> object | None:
+        return self.deriver.walk_job(raw)
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         if not self.deriver.consume_bytes(raw):
             self.deriver.consume(TracesRequest.FromString(raw))

@@ -104,6 +104,9 @@ class TailSampling(Stage):
         """The store's first intake pass, ahead of the stage's lock (`Stage.prepare_trace_bytes`)."""
         self.store.prepare(raw)
 
+    def prepare_job(self, raw: bytes) -> object | None:
+        return self.store.prepare_job(raw)
+
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         """The hot path: serialized request in (buffered per trace by the store), the serialized spans of
         late-arriving kept traces out."""

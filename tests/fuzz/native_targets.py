@@ -220,8 +220,10 @@ class SpanMetricsPair:
             self.fresh()
         self.fed += 1
         self.clock[0] += 1.0
-        if self.fed % 2:  # as the pipeline calls it: walked ahead, applied under the lock
+        if self.fed % 3 == 1:  # as the pipeline calls it: walked ahead, applied under the lock
             self.native.prepare_trace_bytes(raw)
+        elif self.fed % 3 == 2:  # walked as a job of a `_nogil.run_jobs` batch (`Pipeline._run_jobs`)
+            run_jobs(self.native.prepare_job(raw))
         assert self.native.on_trace_bytes(raw) == [raw]
         self.python.on_traces(known(Request.FromString(raw)))
         self.native.flush(self.clock[0])
@@ -288,6 +290,8 @@ def check_spanscan(data: bytes) -> None:
         try:
             if opt & 0x80:
                 native.walk(body)  # the walk ahead, which the consume then takes over
+            elif opt & 0x40:
+                run_jobs(native.walk_job(body))
             native.consume(body)
         except DecodeError:
             pass  # a group key the scanner framed from such bytes: upb refuses it too
@@ -350,7 +354,11 @@ class SamplingPair:
 
     @staticmethod
     def send(h: Any, raw: bytes) -> None:
-        h.stage.prepare_trace_bytes(raw)  # as the pipeline does: the native store reads it ahead, without the GIL
+        # as the pipeline does: the native store reads it ahead, without the GIL (alone, or as a job of a batch)
+        if len(raw) % 2:
+            h.stage.prepare_trace_bytes(raw)
+        else:
+            run_jobs(h.stage.prepare_job(raw))
         h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
         h.advance(0.7, step=0.35)
 
@@ -407,7 +415,10 @@ class SamplingPair:
 
         store = self.garbage.stage.store
         try:
-            store.prepare(body)  # the first pass ahead (without the GIL), then the intake that uses it
+            if len(body) % 2:  # the first pass ahead (without the GIL), then the intake that uses it
+                store.prepare(body)
+            else:
+                run_jobs(store.prepare_job(body))
             store.add_span_bytes(body, 0.0, Late())
         except DecodeError:
             if parse(body) is not None:
@@ -418,6 +429,19 @@ class SamplingPair:
 
 
 _sampling: list[SamplingPair] = []
+
+
+def run_jobs(*jobs: Any) -> None:
+    """Jobs run as `Pipeline._run_jobs` runs them (a job that raises is walked again by its stage)."""
+    from processor.native import load
+
+    nogil = load("nogil")
+    ready = tuple(job for job in jobs if job is not None)
+    if nogil is not None and ready:
+        try:
+            nogil.run_jobs(ready)
+        except Exception:  # noqa: BLE001, S110 - as the pipeline: the stage walks again and raises there
+            pass
 
 
 def check_tracestore(data: bytes) -> None:
