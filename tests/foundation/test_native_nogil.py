@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 from prometheus_client import CollectorRegistry
 
 from bench.workload import generate
@@ -29,20 +30,12 @@ def requests(n: int = 16, spans: int = 300) -> list[bytes]:
     return generate(requests=n, spans_per_request=spans, seed=11, special_rate=0.2, click_rate=0.2).requests
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Run:
     """Span metrics then tail sampling in a pipeline, as the hop builds them (exemplars off: which span becomes
     one depends on arrival order, and the threaded test compares against one thread)."""
 
     def __init__(self, jobs: bool) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         ctx = StageContext(registry=CollectorRegistry(), clock=self.clock)
         self.decisions: list[tuple[bytes, bool, str]] = []
         ctx.decisions.subscribe(lambda tid, kept, policy: self.decisions.append((tid, kept, policy)))
@@ -62,7 +55,7 @@ class Run:
         self._sink(out)
 
     def finish(self) -> None:
-        self.clock.now += 60.0
+        self.clock.advance(60.0)
         self.pipeline.flush_due()
         self.pipeline.shutdown()
 
@@ -92,7 +85,7 @@ def test_the_pipeline_runs_both_walks_as_one_job_run_and_changes_nothing(monkeyp
         run = runs[jobs] = Run(jobs)
         for raw in work:
             run.send(raw)
-            run.clock.now += 0.5
+            run.clock.advance(0.5)
             run.pipeline.flush_due()
         run.finish()
     assert runs[True].pipeline._job_runs == [(0, 1), ()]
