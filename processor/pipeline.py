@@ -248,7 +248,6 @@ class Pipeline:
                 try:
                     with self._locks[i]:
                         began = time.perf_counter()
-                        c0 = time.thread_time()
                         try:
                             out = stage.flush(now)
                         finally:
