@@ -3,7 +3,8 @@
 Why one helper: three stages walk a request before they take their lock (redaction, span metrics, the trace
 store), each on the receiver thread that then calls the stage with the same bytes. The rules are the same for
 all: per thread, for that very bytes object only (identity, not equality), used once, and a walk that raised
-is forgotten so the stage walks again under its lock and fails in its own handling."""
+is forgotten so the stage walks again under its lock and fails in its own handling. A native job (`hold`,
+`Stage.prepare_job`) is held the same way before it runs; the stage's call checks that it ran."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class ReadAhead:
         self._local.item = (raw, job)
 
     def take(self, raw: bytes) -> Any:
-        """What `keep` found for this very object on this thread, once; MISSING otherwise."""
+        """What `keep` found (or the job `hold` held) for this very object on this thread, once; MISSING
+        otherwise."""
         item = getattr(self._local, "item", None)
         if item is None:
             return MISSING
