@@ -198,6 +198,8 @@ class Pipeline:
     def _through(self, start: int, batch: Emitted) -> Emitted:
         traces, metrics, logs = batch.traces, batch.metrics, batch.logs
         spans = batch.span_counts()
+        jobs: dict[int, object] = {}  # the jobs of the current run, by stage, for the bytes `jobs_for`
+        jobs_for: bytes | None = None
         for i in range(start, len(self.stages)):
             stage = self.stages[i]
             ahead = 0.0
@@ -205,10 +207,18 @@ class Pipeline:
             if (run or (run is None and self._prepares[i])) and len(traces) == 1 and isinstance(traces[0], bytes):
                 began = time.perf_counter()
                 if run:  # this stage's and the next ones' walks, in one release of the GIL
-                    self._run_jobs(run, traces[0])
+                    jobs, jobs_for = self._run_jobs(run, traces[0]), traces[0]
                 else:
                     stage.prepare_trace_bytes(traces[0])  # outside the lock: a walk without the GIL overlaps others
                 ahead = time.perf_counter() - began
+            job = jobs.get(i)
+            if job is not None and not metrics and not logs and len(traces) == 1 and traces[0] is jobs_for:
+                began = time.perf_counter() - ahead
+                done = stage.job_done(jobs_for, job)
+                if done is not None:  # the job did this stage's work: its lock is not taken
+                    self._stage_timers[i].inc(time.perf_counter() - began)
+                    traces, spans = list(done), [None] * len(done)
+                    continue
             with self._locks[i]:
                 began = time.perf_counter() - ahead
                 if traces and reads_traces(stage):
@@ -220,21 +230,24 @@ class Pipeline:
                 self._stage_timers[i].inc(time.perf_counter() - began)
         return Emitted(traces, metrics, logs, spans)
 
-    def _run_jobs(self, run: tuple[int, ...], raw: bytes) -> None:
-        """The prepare work of stages `run` (`Stage.prepare_job`) as one `_nogil.run_jobs`. A job that fails or
-        does not run costs nothing but itself: its stage walks again under its lock, and reports errors there."""
-        jobs = []
+    def _run_jobs(self, run: tuple[int, ...], raw: bytes) -> dict[int, object]:
+        """The prepare work of stages `run` (`Stage.prepare_job`) as one `_nogil.run_jobs`; the jobs by stage, for
+        `Stage.job_done`. A job that fails or does not run costs nothing but itself: its stage walks again under
+        its lock, and reports errors there (then no job is handed to `job_done`: each stage finds its own job
+        under its lock, as a stage prepared alone does)."""
+        jobs: dict[int, object] = {}
         try:
             for j in run:
                 job = self.stages[j].prepare_job(raw)
                 if job is None:
                     self.stages[j].prepare_trace_bytes(raw)
                 else:
-                    jobs.append(job)
+                    jobs[j] = job
             if jobs:
-                _nogil.run_jobs(tuple(jobs))  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001, S110 - see the docstring
-            pass
+                _nogil.run_jobs(tuple(jobs.values()))  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - see the docstring
+            return {}
+        return jobs
 
     def flush_due(self, now: float | None = None) -> None:
         """Flush every stage whose interval has passed; results go through later stages to the sink."""

@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 
 #include "nogil_job.h"
 #include "otlp.h"
@@ -49,6 +50,12 @@ typedef struct entry {
     uint32_t mark;                /* the scope pass that last listed this entry (see end_scope_pass) */
     int64_t durs[];
 } entry_t;
+
+/* One ScopeSpans of a request: its ResourceSpans and ScopeSpans messages. */
+typedef struct {
+    const uint8_t *res, *scope;
+    size_t res_len, scope_len;
+} scope_ref;
 
 /* The packed record handed to numpy (natural alignment; see processor/sampling/native_store.py RECORD). */
 typedef struct {
@@ -120,6 +127,16 @@ typedef struct {
     uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
     int busy;                /* inside intake: any other call is refused (callers hold the stage's lock) */
     int parsing;             /* `parse` calls running without the GIL (changed with the GIL held) */
+    /* Every call that reads or changes the buffered traces holds `mu`: Python's calls (made under the stage's
+     * lock) and the merges that parse jobs make without the GIL and without that lock (see merge_ahead). It is
+     * never held while waiting for the GIL by a thread that has no Python work to finish under it. */
+    pthread_mutex_t mu;
+    pthread_t mu_owner;      /* the thread holding `mu` (0: none); read with __atomic, see store_lock */
+    /* The groups a job may merge into without asking Python: framed (resource, scope) headers -> intern code,
+     * for the groups that hold buffered chunks (refs > 0). An entry goes when its group's last chunk goes. */
+    struct gkey **gmap;
+    size_t gmap_cap, gmap_n;
+    struct gkey **gkey_of;   /* per gid (nrefs long): its gmap entry or NULL */
 } Store;
 
 /* Bounds on the work one lookup may do: a hash chain of the trace table longer than CHAIN_MAX, or a decision-cache
@@ -306,10 +323,91 @@ static int ref_gid(Store *s, int32_t gid, int delta) {
         if (!refs) { PyErr_NoMemory(); return -1; }
         memset(refs + s->nrefs, 0, (n - s->nrefs) * sizeof(int32_t));
         s->refs = refs;
+        struct gkey **of = PyMem_RawRealloc(s->gkey_of, n * sizeof(struct gkey *));
+        if (!of) { PyErr_NoMemory(); return -1; } /* refs grew alone: the next call grows both */
+        memset(of + s->nrefs, 0, (n - s->nrefs) * sizeof(struct gkey *));
+        s->gkey_of = of;
         s->nrefs = n;
     }
     s->refs[gid] += delta;
     return s->refs[gid];
+}
+
+/* -- groups a job may merge into (gmap) ---------------------------------------------------------------------- */
+
+typedef struct gkey {
+    struct gkey *next;
+    uint64_t hash;
+    int32_t code;      /* what intern answered: gid * 2 + has-resource-attributes */
+    size_t len;
+    uint8_t data[];    /* framed resource header, then framed scope header (see header_key) */
+} gkey_t;
+
+/* The gmap key of one ScopeSpans: a 4-byte length of the framed resource header, then both framed headers (what
+ * Python's group table is keyed by). NULL when malformed or memory is short. */
+static uint8_t *header_key(const scope_ref *sc, size_t *len) {
+    Py_ssize_t rl = framed_header_into(sc->res, sc->res_len, NULL);
+    Py_ssize_t sl = framed_header_into(sc->scope, sc->scope_len, NULL);
+    if (rl < 0 || sl < 0 || rl > (Py_ssize_t)UINT32_MAX) return NULL;
+    uint8_t *k = PyMem_RawMalloc(4 + (size_t)rl + (size_t)sl + 1);
+    if (!k) return NULL;
+    uint32_t r32 = (uint32_t)rl;
+    memcpy(k, &r32, 4);
+    framed_header_into(sc->res, sc->res_len, k + 4);
+    framed_header_into(sc->scope, sc->scope_len, k + 4 + rl);
+    *len = 4 + (size_t)rl + (size_t)sl;
+    return k;
+}
+
+static int32_t gmap_find(Store *s, const uint8_t *key, size_t len, uint64_t h) {
+    if (!s->gmap_cap) return -1;
+    for (gkey_t *g = s->gmap[h & (s->gmap_cap - 1)]; g; g = g->next)
+        if (g->hash == h && g->len == len && memcmp(g->data, key, len) == 0) return g->code;
+    return -1;
+}
+
+/* Remembers a group that holds chunks (a no-op when it is known, or when memory is short: the map only saves
+ * trips to Python). */
+static void gmap_add(Store *s, int32_t code, const uint8_t *key, size_t len, uint64_t h) {
+    int32_t gid = code >> 1;
+    if (gid < 0 || (size_t)gid >= s->nrefs || !s->gkey_of || s->gkey_of[gid] || s->refs[gid] <= 0) return;
+    if (gmap_find(s, key, len, h) >= 0) return;
+    if (s->gmap_n + 1 > s->gmap_cap) {
+        size_t cap = s->gmap_cap ? s->gmap_cap * 2 : 64;
+        gkey_t **t = PyMem_RawCalloc(cap, sizeof(gkey_t *));
+        if (!t) return;
+        for (size_t i = 0; i < s->gmap_cap; i++)
+            for (gkey_t *g = s->gmap[i], *n; g; g = n) {
+                n = g->next;
+                g->next = t[g->hash & (cap - 1)];
+                t[g->hash & (cap - 1)] = g;
+            }
+        PyMem_RawFree(s->gmap);
+        s->gmap = t;
+        s->gmap_cap = cap;
+    }
+    gkey_t *g = PyMem_RawMalloc(sizeof(gkey_t) + len);
+    if (!g) return;
+    g->hash = h;
+    g->code = code;
+    g->len = len;
+    memcpy(g->data, key, len);
+    g->next = s->gmap[h & (s->gmap_cap - 1)];
+    s->gmap[h & (s->gmap_cap - 1)] = g;
+    s->gmap_n++;
+    s->gkey_of[gid] = g;
+}
+
+/* A group's last chunk went: a job may no longer merge into it (Python drops it once told). */
+static void gmap_forget(Store *s, int32_t gid) {
+    gkey_t *g = s->gkey_of && (size_t)gid < s->nrefs ? s->gkey_of[gid] : NULL;
+    if (!g) return;
+    gkey_t **p = &s->gmap[g->hash & (s->gmap_cap - 1)];
+    while (*p != g) p = &(*p)->next;
+    *p = g->next;
+    s->gkey_of[gid] = NULL;
+    s->gmap_n--;
+    PyMem_RawFree(g);
 }
 
 /* Grows a chunk's capacity to at least need bytes (its contents unchanged); 0 when memory is short. */
@@ -360,7 +458,8 @@ static void free_chunks(Store *s, chunk_t *c, gid_list *released) {
     while (c) {
         chunk_t *n = c->next;
         /* a buffered chunk's gid was counted in refs at intake: in range, no error to raise (no GIL here) */
-        if (--s->refs[c->gid] == 0 && released) {
+        if (--s->refs[c->gid] == 0) gmap_forget(s, c->gid);
+        if (s->refs[c->gid] == 0 && released) {
             if (released->n == released->cap) {
                 size_t cap = released->cap ? released->cap * 2 : 64;
                 int32_t *ids = PyMem_RawRealloc(released->ids, cap * sizeof(int32_t));
@@ -534,10 +633,6 @@ static int read_span(Store *s, span_t *sp, int nogil) {
     return 1;
 }
 
-typedef struct {
-    const uint8_t *res, *scope;
-    size_t res_len, scope_len;
-} scope_ref;
 
 /* Pass 1 of intake: every ScopeSpans (its resource and scope) and every span's facts, into growing arrays.
  * 1: read, 0: bytes this store does not read, -1: out of memory. Reads only what `Store.__init__` set (and the
@@ -630,6 +725,13 @@ static void Store_dealloc(Store *s) {
     PyMem_RawFree(s->table);
     PyMem_RawFree(s->young.slots);
     PyMem_RawFree(s->old.slots);
+    for (size_t i = 0; i < s->gmap_cap; i++)
+        for (gkey_t *g = s->gmap[i], *n; g; g = n) {
+            n = g->next;
+            PyMem_RawFree(g);
+        }
+    PyMem_RawFree(s->gmap);
+    PyMem_RawFree(s->gkey_of);
     PyMem_RawFree(s->refs);
     PyMem_RawFree(s->batch);
     PyMem_RawFree(s->names);
@@ -644,7 +746,19 @@ static void Store_dealloc(Store *s) {
     Py_XDECREF(s->classifier);
     PyMem_RawFree(s->classes_memo);
     if (s->memo_lock) PyThread_free_lock(s->memo_lock);
+    pthread_mutex_destroy(&s->mu);
     Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *Store_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Store *s = (Store *)PyType_GenericNew(type, args, kw);
+    if (s && pthread_mutex_init(&s->mu, NULL) != 0) {
+        s->table = NULL;
+        Py_DECREF(s);
+        PyErr_SetString(PyExc_RuntimeError, "Store: no mutex");
+        return NULL;
+    }
+    return (PyObject *)s;
 }
 
 static int Store_init(Store *s, PyObject *args, PyObject *kw) {
@@ -740,213 +854,125 @@ static PyObject *late_item(int32_t gid, const uint8_t *data, size_t len, int roo
                          (int)code);
 }
 
-/* -- Parsed: pass 1 of an intake, done ahead ------------------------------------------------------------- */
+/* Takes `mu` on a thread that holds the GIL: without giving the GIL away when it is free, else waiting for it
+ * without the GIL (a job may hold it while it merges). */
+static void store_lock(Store *s) {
+    if (pthread_mutex_trylock(&s->mu) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&s->mu);
+        Py_END_ALLOW_THREADS
+    }
+    __atomic_store_n(&s->mu_owner, pthread_self(), __ATOMIC_RELAXED);
+}
 
-/* What `Store.parse` read of one request: the spans' facts, pointing into the request's bytes (held here). The
- * pipeline calls `parse` before it takes the stage's lock, without the GIL, so the walk overlaps other requests'
- * work; `intake` then only merges. Used once: intake takes the arrays. */
+/* `mu` on a thread without the GIL (a job). */
+static void store_lock_nogil(Store *s) {
+    pthread_mutex_lock(&s->mu);
+    __atomic_store_n(&s->mu_owner, pthread_self(), __ATOMIC_RELAXED);
+}
+
+static void store_unlock(Store *s) {
+    __atomic_store_n(&s->mu_owner, (pthread_t)0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Whether this thread holds `mu`: a job freed while a method holds it (its last reference dropped under `mu`,
+ * e.g. by the garbage collector) must not wait for it. The owner field is never this thread's id unless this
+ * thread holds `mu` (it is cleared before every unlock). */
+static int store_locked_here(Store *s) {
+    return pthread_equal(__atomic_load_n(&s->mu_owner, __ATOMIC_RELAXED), pthread_self());
+}
+
+/* -- merge: intake's passes 2 and 3, without Python --------------------------------------------------------- */
+
+/* A span of a trace decided before (its decision's code: the low bit says kept). */
 typedef struct {
-    PyObject_HEAD
-    Store *store;
-    Py_buffer buf;
-    int has_buf;
-    int status; /* parse_request's answer: 1 read, 0 not read by this store; below 0 not usable (PARSE_*) */
-    int counted; /* counted in the store's `parsing` (a job from parse_job, until run_jobs is done with it) */
-    span_t *spans;
-    scope_ref *scopes;
-    Py_ssize_t nspans, nscopes;
-} Parsed;
+    int32_t gid, code;
+    const uint8_t *data;
+    size_t len;
+    uint8_t root;
+} late_t;
 
-enum { PARSE_USED = -1, PARSE_PENDING = -2, PARSE_FAILED = -3 };
+/* What a merge found for Python to act on. */
+typedef struct {
+    uint8_t *full;            /* ids (16 bytes each) of traces that reached max_spans, in listing order */
+    size_t nfull, full_cap;
+    late_t *late;
+    size_t nlate, late_cap;
+    int32_t *unused;          /* groups the request named that hold no chunk now (Python forgets them) */
+    size_t nunused, unused_cap;
+    Py_ssize_t dropped, invalid, added;
+} merge_out;
 
-static void Parsed_dealloc(Parsed *p) {
-    if (p->counted) p->store->parsing--;
-    PyMem_RawFree(p->spans);
-    PyMem_RawFree(p->scopes);
-    if (p->has_buf) PyBuffer_Release(&p->buf);
-    Py_XDECREF(p->store);
-    PyObject_Free(p);
+/* Room for one more item in a growing array; 0 when memory is short. */
+static int room_for_one(void **items, size_t *cap, size_t n, size_t size) {
+    if (n < *cap) return 1;
+    size_t c = *cap ? *cap * 2 : 16;
+    void *grown = PyMem_RawRealloc(*items, c * size);
+    if (!grown) return 0;
+    *items = grown;
+    *cap = c;
+    return 1;
 }
 
-/* What became of the parse: for tests and the fuzz target (pending, parsed, not_read, failed, used). */
-static PyObject *Parsed_state(Parsed *p, void *closure) {
-    switch (p->status) {
-    case PARSE_PENDING: return PyUnicode_FromString("pending");
-    case PARSE_FAILED: return PyUnicode_FromString("failed");
-    case PARSE_USED: return PyUnicode_FromString("used");
-    case 0: return PyUnicode_FromString("not_read");
-    default: return PyUnicode_FromString("parsed");
+static int out_unused(merge_out *o, int32_t gid) {
+    if (!room_for_one((void **)&o->unused, &o->unused_cap, o->nunused, sizeof(int32_t))) return 0;
+    o->unused[o->nunused++] = gid;
+    return 1;
+}
+
+static void merge_out_free(merge_out *o) {
+    PyMem_RawFree(o->full);
+    PyMem_RawFree(o->late);
+    PyMem_RawFree(o->unused);
+    memset(o, 0, sizeof(*o));
+}
+
+/* intake's answer: (full_ids, late, late_dropped, invalid, unused_gids, added). */
+static PyObject *merge_result(const merge_out *o) {
+    PyObject *full = PyList_New((Py_ssize_t)o->nfull), *late = PyList_New((Py_ssize_t)o->nlate);
+    PyObject *unused = PyList_New((Py_ssize_t)o->nunused);
+    if (!full || !late || !unused) goto fail;
+    for (size_t i = 0; i < o->nfull; i++) {
+        PyObject *t = PyBytes_FromStringAndSize((const char *)o->full + 16 * i, 16);
+        if (!t) goto fail;
+        PyList_SET_ITEM(full, (Py_ssize_t)i, t);
     }
-}
-
-static PyGetSetDef Parsed_getset[] = {
-    {"state", (getter)Parsed_state, NULL, "pending, parsed, not_read, failed or used (by an intake)", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyTypeObject ParsedType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "processor.native._tracestore.Parsed",
-    .tp_basicsize = sizeof(Parsed),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_dealloc = (destructor)Parsed_dealloc,
-    .tp_getset = Parsed_getset,
-    .tp_doc = "One request's spans as Store.parse read them (for one Store.intake of the same bytes).",
-};
-
-/* A Parsed holding the bytes, not parsed yet. */
-static Parsed *new_parsed(Store *s, PyObject *raw) {
-    if (!s->table) {
-        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
-        return NULL;
+    for (size_t i = 0; i < o->nlate; i++) {
+        const late_t *l = &o->late[i];
+        PyObject *item = late_item(l->gid, l->data, l->len, l->root, l->code);
+        if (!item) goto fail;
+        PyList_SET_ITEM(late, (Py_ssize_t)i, item);
     }
-    if (!PyBytes_CheckExact(raw)) {
-        PyErr_SetString(PyExc_TypeError, "parse: bytes");
-        return NULL;
+    for (size_t i = 0; i < o->nunused; i++) {
+        PyObject *g = PyLong_FromLong(o->unused[i]);
+        if (!g) goto fail;
+        PyList_SET_ITEM(unused, (Py_ssize_t)i, g);
     }
-    Parsed *p = PyObject_New(Parsed, &ParsedType);
-    if (!p) return NULL;
-    p->store = NULL;
-    p->has_buf = 0;
-    p->counted = 0;
-    p->spans = NULL;
-    p->scopes = NULL;
-    p->nspans = p->nscopes = 0;
-    p->status = PARSE_PENDING;
-    if (PyObject_GetBuffer(raw, &p->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(p); return NULL; }
-    p->has_buf = 1;
-    Py_INCREF(s);
-    p->store = s;
-    return p;
+    return Py_BuildValue("(NNnnNn)", full, late, o->dropped, o->invalid, unused, o->added);
+fail:
+    Py_XDECREF(full);
+    Py_XDECREF(late);
+    Py_XDECREF(unused);
+    return NULL;
 }
 
-/* parse_job(raw) -> Parsed: `parse`, run later by `_nogil.run_jobs` together with other modules' jobs in one GIL
- * release. Counted in `parsing` from here until the batch is done (the classifier must not change meanwhile);
- * a job that was not run, or failed, is not used by intake (it parses again). */
-static PyObject *Store_parse_job(Store *s, PyObject *raw) {
-    Parsed *p = new_parsed(s, raw);
-    if (!p) return NULL;
-    p->counted = 1;
-    s->parsing++;
-    return (PyObject *)p;
-}
-
-static int parsed_run(PyObject *job, PyThreadState **ts) {
-    Parsed *p = (Parsed *)job;
-    if (p->status != PARSE_PENDING) return -1;
-    int status = parse_request(p->store, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes,
-                               &p->nscopes, 1);
-    p->status = status < 0 ? PARSE_FAILED : status;
-    return status < 0 ? -1 : 1;
-}
-
-static void parsed_after(PyObject *job) {
-    Parsed *p = (Parsed *)job;
-    if (p->counted) {
-        p->counted = 0;
-        p->store->parsing--;
-    }
-}
-
-static const nogil_job parsed_job = {parsed_run, parsed_after};
-
-/* parse(raw) -> Parsed: intake's first pass, without the GIL. Reads no state intake changes, so it may run on any
- * thread at any time (also during another call on this store). */
-static PyObject *Store_parse(Store *s, PyObject *raw) {
-    Parsed *p = new_parsed(s, raw);
-    if (!p) return NULL;
-    int status;
-    s->parsing++;
-    Py_BEGIN_ALLOW_THREADS
-    status = parse_request(s, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes, &p->nscopes, 1);
-    Py_END_ALLOW_THREADS
-    s->parsing--;
-    if (status < 0) { Py_DECREF(p); return PyErr_NoMemory(); }
-    p->status = status;
-    return (PyObject *)p;
-}
-
-/* intake(raw, now, intern[, parsed]) -> (full_ids, late, late_dropped, invalid, unused_gids, added) or None.
- * intern(resource_field, scope_field) -> gid * 2 + has_resource_attrs, called once per ScopeSpans. `parsed`: what
- * `parse` read of these very bytes (used when it is this store's and holds the same buffer; else ignored). */
-static PyObject *Store_intake(Store *s, PyObject *args) {
-    READY(s);
-    Py_buffer buf;
-    double now;
-    PyObject *intern, *ahead = Py_None;
-    if (!PyArg_ParseTuple(args, "y*dO|O", &buf, &now, &intern, &ahead)) return NULL;
-    span_t *spans = NULL;
-    scope_ref *scopes = NULL;
-    int32_t *gids = NULL;
+/* Passes 2 and 3 of an intake: the parsed spans into their traces, with `gids` (intern codes, one per scope;
+ * every gid < nrefs). Called with `mu` held; calls no Python, so a job runs it without the GIL.
+ * 1 merged; 0 memory is short, or (`spare_batch`) a span belongs to a trace of the open batch, which is being
+ * decided: the store is as it was (`out` may hold a part: the caller frees it). */
+static int merge_spans(Store *s, const span_t *spans, Py_ssize_t nspans, Py_ssize_t nscopes, const int32_t *gids,
+                       double now, merge_out *out, int spare_batch) {
     entry_t **order = NULL, **targets = NULL, **fresh = NULL, **fresh_tab = NULL;
     chunk_t **span_chunk = NULL, **touched = NULL;
     uint8_t *scope_used = NULL;
     size_t fresh_cap = 16;
-    PyObject *result = NULL, *full = NULL, *late = NULL, *unused = NULL;
-    Py_ssize_t nspans = 0, nscopes = 0, invalid = 0, dropped = 0, added = 0;
     Py_ssize_t nfresh = 0, ntouched = 0;
-    int malformed = 0;
-
-    /* pass 1: validate the whole request and read every span's facts (no state changes): done ahead by `parse`
-     * (without the GIL, before the stage's lock), else here with the GIL. Not here without it: under the stage's
-     * lock, taking the GIL back under load cost more than the parallel parse gave (2340899; BENCHMARKS.md,
-     * "Trace store intake off the GIL"). */
-    s->busy = 1;
-    int parsed;
-    Parsed *p = (Parsed *)ahead;
-    if (Py_IS_TYPE(ahead, &ParsedType) && p->store == s && p->status >= 0 && p->buf.buf == buf.buf &&
-        p->buf.len == buf.len) {
-        parsed = p->status;
-        spans = p->spans;
-        scopes = p->scopes;
-        nspans = p->nspans;
-        nscopes = p->nscopes;
-        p->spans = NULL;
-        p->scopes = NULL;
-        p->nspans = p->nscopes = 0;
-        p->status = -1; /* used */
-    } else {
-        parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes, 0);
-    }
-    if (parsed < 0) { PyErr_NoMemory(); goto out; }
-    if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
-
-
-    /* group ids: headers interned by Python once per scope (validated here, before any state changes) */
-    gids = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(nscopes + 1));
-    if (!gids) { PyErr_NoMemory(); goto out; }
-    PyObject **headers = PyMem_RawCalloc((size_t)nscopes * 2 + 1, sizeof(PyObject *));
-    if (!headers) { PyErr_NoMemory(); goto out; }
-    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
-        headers[2 * i] = framed_header(scopes[i].res, scopes[i].res_len);
-        headers[2 * i + 1] = framed_header(scopes[i].scope, scopes[i].scope_len);
-        if (!headers[2 * i] || !headers[2 * i + 1]) malformed = -1;
-        else if (headers[2 * i] == Py_None || headers[2 * i + 1] == Py_None) malformed = 1;
-    }
-    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
-        PyObject *g = PyObject_CallFunctionObjArgs(intern, headers[2 * i], headers[2 * i + 1], NULL);
-        long long v = g ? PyLong_AsLongLong(g) : -1;
-        Py_XDECREF(g);
-        if (v == -1 && PyErr_Occurred()) {
-            malformed = -1;
-        } else if (v < 0 || v > MAX_GID_CODE) { /* checked, never narrowed: a gid indexes the refs array */
-            PyErr_SetString(PyExc_ValueError, "intern must return a gid * 2 + flag in [0, 2**31)");
-            malformed = -1;
-        } else {
-            gids[i] = (int32_t)v;
-        }
-    }
-    for (Py_ssize_t i = 0; i < nscopes * 2; i++) Py_XDECREF(headers[i]);
-    PyMem_RawFree(headers);
-    if (malformed < 0) goto out;
-    if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
-    for (Py_ssize_t i = 0; i < nscopes; i++)
-        if (ref_gid(s, gids[i] >> 1, 0) < 0) goto out;
+    int ok = 0;
 
     /* pass 2: resolve every span's trace and reserve all memory the request needs; nothing visible changes
      * here (new entries are not linked yet, new chunks wait on their entry's `pending` list, existing chunks
      * only grow their capacity), so a failure undoes the scratch fields and returns with the store as it was */
-    if (!(full = PyList_New(0)) || !(late = PyList_New(0)) || !(unused = PyList_New(0))) goto out;
     targets = PyMem_RawCalloc((size_t)nspans + 1, sizeof(entry_t *));
     span_chunk = PyMem_RawCalloc((size_t)nspans + 1, sizeof(chunk_t *));
     touched = PyMem_RawMalloc(sizeof(chunk_t *) * (size_t)(nspans + 1));
@@ -955,38 +981,35 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     scope_used = PyMem_RawCalloc((size_t)nscopes + 1, 1);
     while (fresh_cap < (size_t)nspans * 2 + 2) fresh_cap <<= 1;
     fresh_tab = PyMem_RawCalloc(fresh_cap, sizeof(entry_t *));
-    if (!targets || !span_chunk || !touched || !fresh || !order || !scope_used || !fresh_tab) {
-        PyErr_NoMemory();
-        goto undo;
-    }
+    if (!targets || !span_chunk || !touched || !fresh || !order || !scope_used || !fresh_tab) goto undo;
     {
         entry_t *last = NULL;
         size_t norder = 0;
         int32_t cur_scope = -1;
         for (Py_ssize_t i = 0; i <= nspans; i++) {
-            span_t *sp = i < nspans ? &spans[i] : NULL;
+            const span_t *sp = i < nspans ? &spans[i] : NULL;
             if (!sp || sp->scope != cur_scope) {
                 /* traces that reach max_spans in this scope pass, in first-appearance order */
                 for (size_t k = 0; k < norder; k++) {
                     entry_t *e = order[k];
                     if (!e->full_pending) continue;
                     e->full_pending = 0;
-                    PyObject *t = PyBytes_FromStringAndSize((const char *)e->tid, 16);
-                    if (!t || PyList_Append(full, t) < 0) { Py_XDECREF(t); goto undo; }
-                    Py_DECREF(t);
+                    if (!room_for_one((void **)&out->full, &out->full_cap, out->nfull, 16)) goto undo;
+                    memcpy(out->full + 16 * out->nfull++, e->tid, 16);
                 }
                 norder = 0;
                 if (!sp) break;
                 cur_scope = sp->scope;
                 s->serial++;
             }
-            if (!sp->valid) { invalid++; continue; }
+            if (!sp->valid) { out->invalid++; continue; }
             int32_t gid = gids[sp->scope] >> 1;
             entry_t *e;
             if (last && memcmp(last->tid, sp->tid, 16) == 0) {
                 e = last;
             } else {
                 e = find_entry(s, sp->tid);
+                if (e && e->selected && spare_batch) goto undo;
                 if (!e) {
                     size_t mask = fresh_cap - 1, b = (size_t)tid_hash(&s->hkey, sp->tid) & mask;
                     while (fresh_tab[b] && memcmp(fresh_tab[b]->tid, sp->tid, 16) != 0) b = (b + 1) & mask;
@@ -995,16 +1018,16 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
                         int32_t code = cache_get(s, sp->tid);
                         if (code >= 0) {
                             if (code & 1) {
-                                PyObject *item = late_item(gid, sp->data, sp->len, sp->root, code);
-                                if (!item || PyList_Append(late, item) < 0) { Py_XDECREF(item); goto undo; }
-                                Py_DECREF(item);
+                                if (!room_for_one((void **)&out->late, &out->late_cap, out->nlate, sizeof(late_t)))
+                                    goto undo;
+                                out->late[out->nlate++] = (late_t){gid, code, sp->data, sp->len, sp->root};
                             } else {
-                                dropped++;
+                                out->dropped++;
                             }
                             last = NULL;
                             continue;
                         }
-                        if (!(e = alloc_entry(s, sp->tid, now))) { PyErr_NoMemory(); goto undo; }
+                        if (!(e = alloc_entry(s, sp->tid, now))) goto undo;
                         fresh_tab[b] = e;
                         fresh[nfresh++] = e;
                     }
@@ -1021,29 +1044,26 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
                 chunk_t *tail = NULL;
                 for (ch = e->pending; ch && ch->gid != gid; ch = ch->next) tail = ch;
                 if (!ch) {
-                    if (!(ch = PyMem_RawCalloc(1, sizeof(chunk_t)))) { PyErr_NoMemory(); goto undo; }
+                    if (!(ch = PyMem_RawCalloc(1, sizeof(chunk_t)))) goto undo;
                     ch->gid = gid;
                     if (tail) tail->next = ch; else e->pending = ch;
                 }
             }
             if (!ch->reserve) touched[ntouched++] = ch;
             uint64_t grow = ch->reserve + 1 + wire_varint_size(sp->len) + sp->len;
-            if ((uint64_t)ch->len + grow > UINT32_MAX) { PyErr_NoMemory(); goto undo; }
+            if ((uint64_t)ch->len + grow > UINT32_MAX) goto undo;
             ch->reserve = grow;
             targets[i] = e;
             span_chunk[i] = ch;
             scope_used[sp->scope] = 1;
-            added++;
+            out->added++;
             if (e->nspans + ++e->adding == s->max_spans) e->full_pending = 1;
         }
     }
     for (Py_ssize_t k = 0; k < ntouched; k++)
-        if (!chunk_reserve(touched[k], (size_t)touched[k]->len + (size_t)touched[k]->reserve)) {
-            PyErr_NoMemory();
-            goto undo;
-        }
+        if (!chunk_reserve(touched[k], (size_t)touched[k]->len + (size_t)touched[k]->reserve)) goto undo;
     while (s->count + (size_t)nfresh > s->tcap)
-        if (!grow_table(s)) { PyErr_NoMemory(); goto undo; }
+        if (!grow_table(s)) goto undo;
     /* groups this request leaves without any buffered chunk (reported once; refs marks restored in `undo`) */
     for (Py_ssize_t i = 0; i < nscopes; i++)
         if (scope_used[i] && s->refs[gids[i] >> 1] == 0) s->refs[gids[i] >> 1] = -2;
@@ -1051,17 +1071,12 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         int32_t gid = gids[i] >> 1;
         if (s->refs[gid] != 0) continue;
         s->refs[gid] = -1;
-        PyObject *g = PyLong_FromLong(gid);
-        if (!g || PyList_Append(unused, g) < 0) { Py_XDECREF(g); goto undo; }
-        Py_DECREF(g);
+        if (!out_unused(out, gid)) goto undo;
     }
     for (Py_ssize_t i = 0; i < nscopes; i++)
         if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
-    result = Py_BuildValue("(OOnnOn)", full, late, dropped, invalid, unused, added);
-    if (!result) goto undo;
 
-    /* pass 3: commit (cannot fail: every allocation was made above). It keeps the GIL: it is short (copies and
-     * merges), and taking the GIL back costs up to a switch interval under load while the stage's lock is held. */
+    /* pass 3: commit (cannot fail: every allocation was made above) */
     for (Py_ssize_t k = 0; k < nfresh; k++) link_entry(s, fresh[k]);
     for (Py_ssize_t i = 0; i < nspans; i++) {
         entry_t *e = targets[i];
@@ -1076,7 +1091,7 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         size_t norder = 0;
         int32_t cur_scope = -1;
         for (Py_ssize_t i = 0; i < nspans; i++) {
-            span_t *sp = &spans[i];
+            const span_t *sp = &spans[i];
             entry_t *e = targets[i];
             if (sp->scope != cur_scope) {
                 end_scope_pass(s, order, &norder, now);
@@ -1118,10 +1133,10 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         end_scope_pass(s, order, &norder, now);
     }
     for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
+    ok = 1;
     goto out;
 
 undo: /* the store as it was: scratch fields cleared, pending chunks and unlinked entries freed */
-    Py_CLEAR(result);
     for (Py_ssize_t k = 0; k < ntouched; k++) touched[k]->reserve = 0;
     for (Py_ssize_t i = 0; targets && i < nspans; i++) {
         entry_t *e = targets[i];
@@ -1138,13 +1153,6 @@ undo: /* the store as it was: scratch fields cleared, pending chunks and unlinke
         for (Py_ssize_t i = 0; i < nscopes; i++)
             if (s->refs[gids[i] >> 1] < 0) s->refs[gids[i] >> 1] = 0;
 out:
-    s->busy = 0;
-    Py_XDECREF(full);
-    Py_XDECREF(late);
-    Py_XDECREF(unused);
-    PyMem_RawFree(spans);
-    PyMem_RawFree(scopes);
-    PyMem_RawFree(gids);
     PyMem_RawFree(order);
     PyMem_RawFree(targets);
     PyMem_RawFree(span_chunk);
@@ -1152,6 +1160,393 @@ out:
     PyMem_RawFree(fresh);
     PyMem_RawFree(fresh_tab);
     PyMem_RawFree(scope_used);
+    return ok;
+}
+
+/* Each scope's group from the gmap (no Python): 1 all known, 0 not (the request goes to intake). `mu` held. */
+static int known_gids(Store *s, const scope_ref *scopes, Py_ssize_t nscopes, int32_t *gids) {
+    for (Py_ssize_t i = 0; i < nscopes; i++) {
+        size_t len;
+        uint8_t *key = header_key(&scopes[i], &len);
+        if (!key) return 0;
+        int32_t code = gmap_find(s, key, len, siphash13(&s->memo_key, key, len));
+        PyMem_RawFree(key);
+        if (code < 0) return 0;
+        gids[i] = code;
+    }
+    return 1;
+}
+
+/* -- Parsed: pass 1 of an intake, done ahead (and the merge too, when a job may) ---------------------------- */
+
+/* What `Store.parse` read of one request: the spans' facts, pointing into the request's bytes (held here). The
+ * pipeline calls `parse` before it takes the stage's lock, without the GIL, so the walk overlaps other requests'
+ * work; `intake` then only merges. Used once: intake takes the arrays.
+ * A job made with `now` (parse_job) also merges, still without the GIL, when every group it names is in the
+ * gmap and none of its spans belongs to a trace of the open batch (whose traces are being decided under the
+ * stage's lock while merges go on): the request is then buffered, and `complete_plain` or intake hands Python
+ * what intake would have answered. Its groups stay pinned (refs + 1 each) until then, so none of them goes
+ * before Python has read the answer. */
+typedef struct {
+    PyObject_HEAD
+    Store *store;
+    Py_buffer buf;
+    int has_buf;
+    int status; /* parse_request's answer: 1 read, 0 not read by this store; below 0 not usable (PARSE_*) */
+    int counted; /* counted in the store's `parsing` (a job from parse_job, until run_jobs is done with it) */
+    span_t *spans;
+    scope_ref *scopes;
+    Py_ssize_t nspans, nscopes;
+    int merge;         /* this job may merge (parse_job was given `now`) */
+    double now;
+    merge_out out;     /* PARSE_MERGED: what the merge found */
+    int32_t *pins;     /* PARSE_MERGED: the intern codes of the pinned groups (one per scope) */
+    Py_ssize_t npins;
+    Py_ssize_t max_traces;  /* the budgets a plain answer must leave the buffer within (see merge_ahead) */
+    long long max_bytes;
+    Py_ssize_t traces_after;  /* PARSE_BUFFERED: the buffer after the merge (traces, bytes) */
+    long long bytes_after;
+} Parsed;
+
+enum { PARSE_USED = -1, PARSE_PENDING = -2, PARSE_FAILED = -3, PARSE_MERGED = -4, PARSE_BUFFERED = -5 };
+
+/* Drops a merged job's pins (`mu` held); a group left without chunks goes to out.unused (Python forgets it). */
+static int unpin(Parsed *p) {
+    Store *s = p->store;
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < p->npins; i++) {
+        int32_t gid = p->pins[i] >> 1;
+        if (--s->refs[gid] == 0) {
+            gmap_forget(s, gid);
+            ok &= out_unused(&p->out, gid);
+        }
+    }
+    PyMem_RawFree(p->pins);
+    p->pins = NULL;
+    p->npins = 0;
+    return ok;
+}
+
+static void Parsed_dealloc(Parsed *p) {
+    if (p->counted) p->store->parsing--;
+    if (p->status == PARSE_MERGED) { /* never completed: its groups are unpinned (Python keeps any left empty) */
+        Store *s = p->store;
+        int here = store_locked_here(s);
+        if (!here) store_lock(s);
+        unpin(p);
+        if (!here) store_unlock(s);
+    }
+    merge_out_free(&p->out);
+    PyMem_RawFree(p->spans);
+    PyMem_RawFree(p->scopes);
+    if (p->has_buf) PyBuffer_Release(&p->buf);
+    Py_XDECREF(p->store);
+    PyObject_Free(p);
+}
+
+/* What became of the parse: for tests and the fuzz target (pending, parsed, not_read, failed, merged, used). */
+static PyObject *Parsed_state(Parsed *p, void *closure) {
+    switch (p->status) {
+    case PARSE_PENDING: return PyUnicode_FromString("pending");
+    case PARSE_FAILED: return PyUnicode_FromString("failed");
+    case PARSE_USED: return PyUnicode_FromString("used");
+    case PARSE_MERGED: return PyUnicode_FromString("merged");
+    case PARSE_BUFFERED: return PyUnicode_FromString("buffered");
+    case 0: return PyUnicode_FromString("not_read");
+    default: return PyUnicode_FromString("parsed");
+    }
+}
+
+static PyGetSetDef Parsed_getset[] = {
+    {"state", (getter)Parsed_state, NULL, "pending, parsed, not_read, failed, merged, buffered or used", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ParsedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._tracestore.Parsed",
+    .tp_basicsize = sizeof(Parsed),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Parsed_dealloc,
+    .tp_getset = Parsed_getset,
+    .tp_doc = "One request's spans as Store.parse read them (for one Store.intake of the same bytes).",
+};
+
+/* A Parsed holding the bytes, not parsed yet. */
+static Parsed *new_parsed(Store *s, PyObject *raw) {
+    if (!s->table) {
+        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(raw)) {
+        PyErr_SetString(PyExc_TypeError, "parse: bytes");
+        return NULL;
+    }
+    Parsed *p = PyObject_New(Parsed, &ParsedType);
+    if (!p) return NULL;
+    p->store = NULL;
+    p->has_buf = 0;
+    p->counted = 0;
+    p->spans = NULL;
+    p->scopes = NULL;
+    p->nspans = p->nscopes = 0;
+    p->status = PARSE_PENDING;
+    p->merge = 0;
+    p->now = 0.0;
+    memset(&p->out, 0, sizeof(p->out));
+    p->pins = NULL;
+    p->npins = 0;
+    p->max_traces = -1;
+    p->max_bytes = -1;
+    p->traces_after = 0;
+    p->bytes_after = 0;
+    if (PyObject_GetBuffer(raw, &p->buf, PyBUF_SIMPLE) < 0) { Py_DECREF(p); return NULL; }
+    p->has_buf = 1;
+    Py_INCREF(s);
+    p->store = s;
+    return p;
+}
+
+/* parse_job(raw[, now[, max_traces, max_bytes]]) -> Parsed: `parse`, run later by `_nogil.run_jobs` together
+ * with other modules' jobs in one GIL release; with `now` it also merges when it can (see Parsed), and with the
+ * budgets too it completes a plain answer itself (see merge_ahead). Counted in `parsing` from here until the
+ * batch is done (the classifier must not change meanwhile); a job that was not run, or failed, is not used by
+ * intake (it parses again). */
+static PyObject *Store_parse_job(Store *s, PyObject *args) {
+    PyObject *raw, *now = Py_None;
+    Py_ssize_t max_traces = -1;
+    long long max_bytes = -1;
+    if (!PyArg_ParseTuple(args, "O|OnL", &raw, &now, &max_traces, &max_bytes)) return NULL;
+    double at = 0.0;
+    if (now != Py_None && (at = PyFloat_AsDouble(now)) == -1.0 && PyErr_Occurred()) return NULL;
+    Parsed *p = new_parsed(s, raw);
+    if (!p) return NULL;
+    p->merge = now != Py_None;
+    p->now = at;
+    p->max_traces = max_traces;
+    p->max_bytes = max_bytes;
+    p->counted = 1;
+    s->parsing++;
+    return (PyObject *)p;
+}
+
+/* Whether a merged job's answer asks nothing of Python but counting: no trace reached max_spans, no late span
+ * to send, no invalid span, and no group it names is left without chunks once its pins go. `mu` held. */
+static int merged_plain(Parsed *p) {
+    Store *s = p->store;
+    if (p->out.nfull || p->out.nlate || p->out.invalid || p->out.nunused) return 0;
+    int plain = 1;
+    for (Py_ssize_t i = 0; i < p->npins; i++) plain &= --s->refs[p->pins[i] >> 1] > 0;
+    for (Py_ssize_t i = 0; i < p->npins; i++) s->refs[p->pins[i] >> 1]++;
+    return plain;
+}
+
+/* The merge of a parsed job, without the GIL (see Parsed); the job stays a plain parse when it cannot. A job
+ * given budgets whose answer is plain (merged_plain) and leaves the buffer within them is completed here, in the
+ * same hold of `mu`: its pins go at once and Python only reads the counts (`complete_plain`, no `mu`). */
+static void merge_ahead(Parsed *p) {
+    Store *s = p->store;
+    int32_t *gids = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(p->nscopes + 1));
+    if (!gids) return;
+    store_lock_nogil(s);
+    if (!s->busy && known_gids(s, p->scopes, p->nscopes, gids)) {
+        if (merge_spans(s, p->spans, p->nspans, p->nscopes, gids, p->now, &p->out, 1)) {
+            for (Py_ssize_t i = 0; i < p->nscopes; i++) s->refs[gids[i] >> 1]++;
+            p->pins = gids;
+            p->npins = p->nscopes;
+            gids = NULL;
+            p->status = PARSE_MERGED;
+            if (p->max_traces >= 0 && merged_plain(p) && (Py_ssize_t)s->count <= p->max_traces &&
+                s->nbytes <= p->max_bytes) {
+                unpin(p); /* leaves no group without chunks (merged_plain): out.unused stays empty */
+                p->traces_after = (Py_ssize_t)s->count;
+                p->bytes_after = (long long)s->nbytes;
+                p->status = PARSE_BUFFERED;
+            }
+        } else {
+            merge_out_free(&p->out);
+        }
+    }
+    store_unlock(s);
+    PyMem_RawFree(gids);
+    if (p->status == PARSE_MERGED || p->status == PARSE_BUFFERED) {
+        PyMem_RawFree(p->spans);
+        PyMem_RawFree(p->scopes);
+        p->spans = NULL;
+        p->scopes = NULL;
+    }
+}
+
+static int parsed_run(PyObject *job, PyThreadState **ts) {
+    Parsed *p = (Parsed *)job;
+    if (p->status != PARSE_PENDING) return -1;
+    int status = parse_request(p->store, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes,
+                               &p->nscopes, 1);
+    p->status = status < 0 ? PARSE_FAILED : status;
+    if (status == 1 && p->merge) merge_ahead(p);
+    return status < 0 ? -1 : 1;
+}
+
+static void parsed_after(PyObject *job) {
+    Parsed *p = (Parsed *)job;
+    if (p->counted) {
+        p->counted = 0;
+        p->store->parsing--;
+    }
+}
+
+static const nogil_job parsed_job = {parsed_run, parsed_after};
+
+/* parse(raw) -> Parsed: intake's first pass, without the GIL. Reads no state intake changes, so it may run on any
+ * thread at any time (also during another call on this store). */
+static PyObject *Store_parse(Store *s, PyObject *raw) {
+    Parsed *p = new_parsed(s, raw);
+    if (!p) return NULL;
+    int status;
+    s->parsing++;
+    Py_BEGIN_ALLOW_THREADS
+    status = parse_request(s, p->buf.buf, (size_t)p->buf.len, &p->spans, &p->nspans, &p->scopes, &p->nscopes, 1);
+    Py_END_ALLOW_THREADS
+    s->parsing--;
+    if (status < 0) { Py_DECREF(p); return PyErr_NoMemory(); }
+    p->status = status;
+    return (PyObject *)p;
+}
+
+/* A merged job's answer (intake's), its pins dropped. */
+static PyObject *complete_merged(Store *s, Parsed *p) {
+    store_lock(s);
+    int ok = unpin(p);
+    store_unlock(s);
+    p->status = PARSE_USED;
+    PyObject *result = ok ? merge_result(&p->out) : PyErr_NoMemory();
+    merge_out_free(&p->out);
+    return result;
+}
+
+/* complete_plain(job) -> (late spans dropped, traces, bytes buffered after its merge) for a job that buffered its
+ * request with a plain answer (see merge_ahead); None for any other (its request, or the answer its job holds,
+ * goes to intake). Takes no lock: the job already let go of everything. */
+static PyObject *Store_complete_plain(Store *s, PyObject *job) {
+    Parsed *p = (Parsed *)job;
+    if (!Py_IS_TYPE(job, &ParsedType) || p->store != s || p->status != PARSE_BUFFERED) Py_RETURN_NONE;
+    p->status = PARSE_USED;
+    return Py_BuildValue("(nnL)", p->out.dropped, p->traces_after, p->bytes_after);
+}
+
+/* intake(raw, now, intern[, parsed]) -> (full_ids, late, late_dropped, invalid, unused_gids, added) or None.
+ * intern(resource_field, scope_field) -> gid * 2 + has_resource_attrs, called once per ScopeSpans. `parsed`: what
+ * `parse` read of these very bytes (used when it is this store's and holds the same buffer; else ignored); a job
+ * that merged these bytes already is only completed. */
+static PyObject *Store_intake(Store *s, PyObject *args) {
+    if (!s->table) {
+        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
+        return NULL;
+    }
+    Py_buffer buf;
+    double now;
+    PyObject *intern, *ahead = Py_None;
+    if (!PyArg_ParseTuple(args, "y*dO|O", &buf, &now, &intern, &ahead)) return NULL;
+    span_t *spans = NULL;
+    scope_ref *scopes = NULL;
+    int32_t *gids = NULL;
+    merge_out out;
+    memset(&out, 0, sizeof(out));
+    PyObject *result = NULL;
+    Py_ssize_t nspans = 0, nscopes = 0;
+    int malformed = 0;
+
+    Parsed *p = (Parsed *)ahead;
+    int mine = Py_IS_TYPE(ahead, &ParsedType) && p->store == s && p->buf.buf == buf.buf && p->buf.len == buf.len;
+    if (mine && p->status == PARSE_MERGED) {
+        PyBuffer_Release(&buf);
+        return complete_merged(s, p);
+    }
+    if (mine && p->status == PARSE_BUFFERED) { /* complete_plain was not asked: the same answer, as intake's */
+        PyBuffer_Release(&buf);
+        p->status = PARSE_USED;
+        return merge_result(&p->out);
+    }
+    /* pass 1: validate the whole request and read every span's facts (no state changes): done ahead by `parse`
+     * (without the GIL, before the stage's lock), else here with the GIL (it reads nothing `mu` guards). */
+    int parsed;
+    if (mine && p->status >= 0) {
+        parsed = p->status;
+        spans = p->spans;
+        scopes = p->scopes;
+        nspans = p->nspans;
+        nscopes = p->nscopes;
+        p->spans = NULL;
+        p->scopes = NULL;
+        p->nspans = p->nscopes = 0;
+        p->status = PARSE_USED;
+    } else {
+        parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes, 0);
+    }
+    if (parsed < 0) { PyErr_NoMemory(); goto out; }
+    if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+
+    /* group ids: headers interned by Python once per scope (validated here, before any state changes) */
+    gids = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(nscopes + 1));
+    if (!gids) { PyErr_NoMemory(); goto out; }
+    PyObject **headers = PyMem_RawCalloc((size_t)nscopes * 2 + 1, sizeof(PyObject *));
+    if (!headers) { PyErr_NoMemory(); goto out; }
+    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
+        headers[2 * i] = framed_header(scopes[i].res, scopes[i].res_len);
+        headers[2 * i + 1] = framed_header(scopes[i].scope, scopes[i].scope_len);
+        if (!headers[2 * i] || !headers[2 * i + 1]) malformed = -1;
+        else if (headers[2 * i] == Py_None || headers[2 * i + 1] == Py_None) malformed = 1;
+    }
+    for (Py_ssize_t i = 0; i < nscopes && !malformed; i++) {
+        PyObject *g = PyObject_CallFunctionObjArgs(intern, headers[2 * i], headers[2 * i + 1], NULL);
+        long long v = g ? PyLong_AsLongLong(g) : -1;
+        Py_XDECREF(g);
+        if (v == -1 && PyErr_Occurred()) {
+            malformed = -1;
+        } else if (v < 0 || v > MAX_GID_CODE) { /* checked, never narrowed: a gid indexes the refs array */
+            PyErr_SetString(PyExc_ValueError, "intern must return a gid * 2 + flag in [0, 2**31)");
+            malformed = -1;
+        } else {
+            gids[i] = (int32_t)v;
+        }
+    }
+    for (Py_ssize_t i = 0; i < nscopes * 2; i++) Py_XDECREF(headers[i]);
+    PyMem_RawFree(headers);
+    if (malformed < 0) goto out;
+    if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
+
+    store_lock(s);
+    if (s->busy) {
+        store_unlock(s);
+        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)");
+        goto out;
+    }
+    int merged = 1;
+    for (Py_ssize_t i = 0; i < nscopes && merged; i++)
+        if (ref_gid(s, gids[i] >> 1, 0) < 0) merged = -1;
+    if (merged == 1) {
+        s->busy = 1;
+        merged = merge_spans(s, spans, nspans, nscopes, gids, now, &out, 0);
+        /* groups that hold chunks now: later jobs may merge into them without asking Python */
+        for (Py_ssize_t i = 0; merged == 1 && i < nscopes; i++) {
+            int32_t gid = gids[i] >> 1;
+            if (s->gkey_of[gid] || s->refs[gid] <= 0) continue;
+            size_t len;
+            uint8_t *key = header_key(&scopes[i], &len);
+            if (key) gmap_add(s, gids[i], key, len, siphash13(&s->memo_key, key, len));
+            PyMem_RawFree(key);
+        }
+        s->busy = 0;
+    }
+    store_unlock(s);
+    if (merged == 0) PyErr_NoMemory();
+    if (merged == 1) result = merge_result(&out);
+
+out:
+    merge_out_free(&out);
+    PyMem_RawFree(spans);
+    PyMem_RawFree(scopes);
+    PyMem_RawFree(gids);
     PyBuffer_Release(&buf);
     return result;
 }
@@ -1557,30 +1952,61 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The Python-facing methods that read or change the buffered traces, each under `mu` (see Store). */
+#define UNDER_MU(name)                                                          \
+    static PyObject *name##_mu(Store *s, PyObject *arg) {                       \
+        store_lock(s);                                                          \
+        PyObject *result = name(s, arg);                                        \
+        store_unlock(s);                                                        \
+        return result;                                                          \
+    }
+UNDER_MU(Store_set_classifier)
+UNDER_MU(Store_add_log)
+UNDER_MU(Store_mark_resource)
+UNDER_MU(Store_cache_put)
+UNDER_MU(Store_cache_get)
+UNDER_MU(Store_select_due)
+UNDER_MU(Store_select_relieve)
+UNDER_MU(Store_select_ids)
+UNDER_MU(Store_select_all)
+UNDER_MU(Store_batch_chunks)
+UNDER_MU(Store_finish)
+UNDER_MU(Store_abort)
+UNDER_MU(Store_batch_size)
+UNDER_MU(Store_snapshot)
+UNDER_MU(Store_ids)
+UNDER_MU(Store_refcount)
+UNDER_MU(Store_stats)
+UNDER_MU(Store_hash_stats)
+UNDER_MU(Store_bucket)
+
 static PyMethodDef Store_methods[] = {
     {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
     {"parse", (PyCFunction)Store_parse, METH_O, "Intake's first pass on a request, ahead and without the GIL."},
-    {"parse_job", (PyCFunction)Store_parse_job, METH_O, "parse, to run later in _nogil.run_jobs (pass it to intake)."},
-    {"set_classifier", (PyCFunction)Store_set_classifier, METH_VARARGS,
+    {"parse_job", (PyCFunction)Store_parse_job, METH_VARARGS,
+     "parse (and with `now` the merge), to run later in _nogil.run_jobs (pass it to complete or intake)."},
+    {"complete_plain", (PyCFunction)Store_complete_plain, METH_O,
+     "(dropped, traces, bytes) for a job that buffered its request with a plain answer, else None."},
+    {"set_classifier", (PyCFunction)Store_set_classifier_mu, METH_VARARGS,
      "classify(key index, KeyValue bytes) -> class bits, asked for attributes of read-all keys (None: off)."},
-    {"add_log", (PyCFunction)Store_add_log, METH_VARARGS, "Buffer one log record with its trace."},
-    {"mark_resource", (PyCFunction)Store_mark_resource, METH_VARARGS, "Flag a trace as having resource attrs."},
-    {"cache_put", (PyCFunction)Store_cache_put, METH_VARARGS, "Record a decision code."},
-    {"cache_get", (PyCFunction)Store_cache_get, METH_VARARGS, "A cached decision code or -1."},
-    {"select_due", (PyCFunction)Store_select_due, METH_VARARGS, "Batch the traces whose time has come."},
-    {"select_relieve", (PyCFunction)Store_select_relieve, METH_VARARGS, "Batch traces to decide early."},
-    {"select_ids", (PyCFunction)Store_select_ids, METH_VARARGS, "Batch the listed traces."},
-    {"select_all", (PyCFunction)Store_select_all, METH_NOARGS, "Batch every buffered trace."},
-    {"batch_chunks", (PyCFunction)Store_batch_chunks, METH_VARARGS, "The bytes of one batched trace."},
-    {"finish", (PyCFunction)Store_finish, METH_VARARGS, "Cache the batch's decisions and free it."},
-    {"abort", (PyCFunction)Store_abort, METH_NOARGS, "End the open batch undecided (its traces stay)."},
-    {"batch_size", (PyCFunction)Store_batch_size, METH_NOARGS, "Traces in the open batch (0: none)."},
-    {"snapshot", (PyCFunction)Store_snapshot, METH_NOARGS, "Every buffered chunk (write-ahead log)."},
-    {"ids", (PyCFunction)Store_ids, METH_NOARGS, "Buffered trace ids, first-seen order."},
-    {"refcount", (PyCFunction)Store_refcount, METH_VARARGS, "Buffered chunks of a group."},
-    {"stats", (PyCFunction)Store_stats, METH_NOARGS, "(traces, bytes, spans) buffered."},
-    {"hash_stats", (PyCFunction)Store_hash_stats, METH_NOARGS, "(re-keyings, longest hash chain now)."},
-    {"bucket", (PyCFunction)Store_bucket, METH_VARARGS, "The trace table bucket of a trace id (for tests)."},
+    {"add_log", (PyCFunction)Store_add_log_mu, METH_VARARGS, "Buffer one log record with its trace."},
+    {"mark_resource", (PyCFunction)Store_mark_resource_mu, METH_VARARGS, "Flag a trace as having resource attrs."},
+    {"cache_put", (PyCFunction)Store_cache_put_mu, METH_VARARGS, "Record a decision code."},
+    {"cache_get", (PyCFunction)Store_cache_get_mu, METH_VARARGS, "A cached decision code or -1."},
+    {"select_due", (PyCFunction)Store_select_due_mu, METH_VARARGS, "Batch the traces whose time has come."},
+    {"select_relieve", (PyCFunction)Store_select_relieve_mu, METH_VARARGS, "Batch traces to decide early."},
+    {"select_ids", (PyCFunction)Store_select_ids_mu, METH_VARARGS, "Batch the listed traces."},
+    {"select_all", (PyCFunction)Store_select_all_mu, METH_NOARGS, "Batch every buffered trace."},
+    {"batch_chunks", (PyCFunction)Store_batch_chunks_mu, METH_VARARGS, "The bytes of one batched trace."},
+    {"finish", (PyCFunction)Store_finish_mu, METH_VARARGS, "Cache the batch's decisions and free it."},
+    {"abort", (PyCFunction)Store_abort_mu, METH_NOARGS, "End the open batch undecided (its traces stay)."},
+    {"batch_size", (PyCFunction)Store_batch_size_mu, METH_NOARGS, "Traces in the open batch (0: none)."},
+    {"snapshot", (PyCFunction)Store_snapshot_mu, METH_NOARGS, "Every buffered chunk (write-ahead log)."},
+    {"ids", (PyCFunction)Store_ids_mu, METH_NOARGS, "Buffered trace ids, first-seen order."},
+    {"refcount", (PyCFunction)Store_refcount_mu, METH_VARARGS, "Buffered chunks of a group."},
+    {"stats", (PyCFunction)Store_stats_mu, METH_NOARGS, "(traces, bytes, spans) buffered."},
+    {"hash_stats", (PyCFunction)Store_hash_stats_mu, METH_NOARGS, "(re-keyings, longest hash chain now)."},
+    {"bucket", (PyCFunction)Store_bucket_mu, METH_VARARGS, "The trace table bucket of a trace id (for tests)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1589,7 +2015,7 @@ static PyTypeObject StoreType = {
     .tp_name = "processor.native._tracestore.Store",
     .tp_basicsize = sizeof(Store),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = Store_new,
     .tp_init = (initproc)Store_init,
     .tp_dealloc = (destructor)Store_dealloc,
     .tp_traverse = (traverseproc)Store_traverse,

@@ -14,27 +14,33 @@ static inline uint64_t tid_hash(const hash_key *k, const uint8_t *tid) {
     return siphash13(k, tid, 16);
 }
 
-/* Fields 1 and 3 (resource/scope and schema_url) of a ResourceSpans/ScopeSpans, re-framed, as one bytes object;
- * None when malformed, NULL on a Python error. */
-static PyObject *framed_header(const uint8_t *p, size_t len) {
+/* Fields 1 and 3 (resource/scope and schema_url) of a ResourceSpans/ScopeSpans, re-framed, written to `out`
+ * (when not NULL); returns their size, or -1 when malformed. */
+static Py_ssize_t framed_header_into(const uint8_t *p, size_t len, uint8_t *out) {
     wire_cur c = wire_span(p, len);
     wire_field f;
     int r;
     size_t total = 0;
     while ((r = wire_next(&c, &f)) == 1)
-        if ((f.number == 1 || f.number == 3) && f.wtype == 2) total += 1 + wire_varint_size(f.len) + f.len;
-    if (r < 0) Py_RETURN_NONE;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!out) return NULL;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
-    c = wire_span(p, len);
-    while (wire_next(&c, &f) == 1)
         if ((f.number == 1 || f.number == 3) && f.wtype == 2) {
-            *o++ = (uint8_t)((f.number << 3) | 2);
-            o += wire_put_varint(o, f.len);
-            memcpy(o, f.data, f.len);
-            o += f.len;
+            if (out) {
+                uint8_t *o = out + total;
+                *o++ = (uint8_t)((f.number << 3) | 2);
+                o += wire_put_varint(o, f.len);
+                memcpy(o, f.data, f.len);
+            }
+            total += 1 + wire_varint_size(f.len) + f.len;
         }
+    return r < 0 ? -1 : (Py_ssize_t)total;
+}
+
+/* framed_header_into as one bytes object; None when malformed, NULL on a Python error. */
+static PyObject *framed_header(const uint8_t *p, size_t len) {
+    Py_ssize_t total = framed_header_into(p, len, NULL);
+    if (total < 0) Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (!out) return NULL;
+    framed_header_into(p, len, (uint8_t *)PyBytes_AS_STRING(out));
     return out;
 }
 

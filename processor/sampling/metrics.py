@@ -128,5 +128,9 @@ class SamplingMetrics:
         for reason, count in self.early.items():
             self.decided_early.labels(reason).inc(count)
         self.early.clear()
+        self.buffer_size(traces, nbytes)
+
+    def buffer_size(self, traces: int, nbytes: int) -> None:
+        """The buffer gauges alone (safe without the stage's lock: the tallies are not touched)."""
         self.buffer_traces.set(traces)
         self.buffer_bytes.set(nbytes)

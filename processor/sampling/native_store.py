@@ -266,12 +266,23 @@ class NativeStore:
         A parse that raises is dropped: the intake parses again under the lock, and fails there as it would."""
         self._ahead.keep(raw, self.native.parse)
 
-    def prepare_job(self, raw: bytes) -> object:
+    def prepare_job(self, raw: bytes, now: float | None = None) -> object:
         """`prepare` as a job for `_nogil.run_jobs`, held for `intake_spans` of these bytes (a job that did not
-        run is not used: the intake parses)."""
-        job = self.native.parse_job(raw)
+        run is not used: the intake parses). With `now` the job also merges the request into the store, without
+        the GIL and without the stage's lock, when every group it names holds chunks and none of its traces is being
+        decided (`_tracestore` Parsed); intake then only reads its answer."""
+        trigger = self.trigger
+        job = self.native.parse_job(raw) if now is None else self.native.parse_job(
+            raw, now, trigger.max_traces, trigger.max_bytes)
         self._ahead.hold(raw, job)
         return job
+
+    def merged_plainly(self, raw: bytes, job: object) -> tuple[int, int, int] | None:
+        done = self.native.complete_plain(job)  # the job checked the budgets when it merged
+        if done is None:
+            return None
+        self._ahead.take(raw)  # answered: intake must not see this job
+        return done
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[bytes]:
         """Buffer a serialized request; the ids of traces that reached max_spans come back."""

@@ -56,7 +56,10 @@ class ReferenceStore:
     def prepare(self, raw: bytes) -> None:
         """Nothing ahead: this store reads a request in one pass, under the stage's lock."""
 
-    def prepare_job(self, raw: bytes) -> None:
+    def prepare_job(self, raw: bytes, now: float | None = None) -> None:
+        return None
+
+    def merged_plainly(self, raw: bytes, job: object) -> None:
         return None
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> list[TraceEntry]:

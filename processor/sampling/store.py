@@ -76,8 +76,15 @@ class TraceStore(Protocol):
         """Optional work on a request ahead of its `intake_spans`, on the receiver thread without the stage's lock
         (concurrently with other calls): nothing that reads or changes what intake changes."""
 
-    def prepare_job(self, raw: bytes) -> object | None:
-        """`prepare` as a native job held for `intake_spans` of these bytes (`Stage.prepare_job`), or None."""
+    def prepare_job(self, raw: bytes, now: float | None = None) -> object | None:
+        """`prepare` as a native job held for `intake_spans` of these bytes (`Stage.prepare_job`), or None. With
+        `now` the job may also buffer the request (see `merged_plainly`)."""
+
+    def merged_plainly(self, raw: bytes, job: object) -> tuple[int, int, int] | None:
+        """After `job` ran: when it buffered `raw` and nothing is left to do under the stage's lock (no trace full,
+        no late span to send, no invalid span, no group to forget, the buffer within its budgets), (late spans of
+        dropped traces, traces buffered, bytes buffered), and `intake_spans` is not to be called for `raw`; else
+        None (call it as usual)."""
 
     def intake_spans(self, raw: bytes, now: float, late: Late) -> Any:
         """Buffer a serialized traces request; late spans of decided traces go to `late`. Returns what

@@ -243,6 +243,13 @@ class Stage:
         job (the pipeline then calls `prepare_trace_bytes`)."""
         return None
 
+    def job_done(self, raw: bytes, job: object) -> list[bytes] | None:
+        """Optional, with `prepare_job`: called by the pipeline once the job has run, with the very bytes the
+        stage's `on_trace_bytes` would get, before it takes the stage's lock. Return the stage's output when the
+        job did all of the stage's work on this request (the lock is then not taken, nor `on_trace_bytes`
+        called); None to go on as usual. Called on several receiver threads at once."""
+        return None
+
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
         return [request]
 

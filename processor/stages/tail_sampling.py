@@ -105,7 +105,22 @@ class TailSampling(Stage):
         self.store.prepare(raw)
 
     def prepare_job(self, raw: bytes) -> object | None:
-        return self.store.prepare_job(raw)
+        """The store's parse as a job; it buffers the request too (see `job_done`), except with a write-ahead log,
+        whose order must be the order requests are buffered in (both under the stage's lock)."""
+        return self.store.prepare_job(raw, None if self.wal.wants_decisions else self.clock())
+
+    def job_done(self, raw: bytes, job: object) -> list[bytes] | None:
+        """Most requests are done once their job ran: it buffered them, and nothing they brought (a full trace,
+        late spans of a kept trace, a group to forget, a buffer over budget) needs the stage's lock. The flush,
+        which holds that lock while it decides, then does not hold them up."""
+        done = self.store.merged_plainly(raw, job)
+        if done is None:
+            return None
+        dropped, traces, nbytes = done
+        if dropped:
+            self.metrics.late_drop.inc(dropped)
+        self.metrics.buffer_size(traces, nbytes)
+        return []
 
     def on_trace_bytes(self, raw: bytes) -> list[bytes]:
         """The hot path: serialized request in (buffered per trace by the store), the serialized spans of

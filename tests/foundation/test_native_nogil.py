@@ -13,7 +13,7 @@ import pytest
 from fake_clock import FakeClock
 from prometheus_client import CollectorRegistry
 
-from bench.workload import generate
+from bench.workload import TraceIdRewriter, generate
 from processor import pipeline as pipeline_module
 from processor.config_node import Node
 from processor.native import load
@@ -224,3 +224,38 @@ def test_job_runs_group_stages_that_see_the_same_bytes() -> None:
     # the first mutates: the second gets other bytes, so it starts a run; the fourth has no job
     assert job_runs(stages) == [None, (1, 2), (), None, None]
     assert job_runs([Walks(mutates=False), Walks(mutates=True), Walks(mutates=False)]) == [(0, 1), (), None]
+
+
+@needs_native
+def test_a_request_its_job_buffered_plainly_passes_the_tail_stage_while_a_flush_holds_its_lock() -> None:
+    [first] = requests(n=1)
+    replay = TraceIdRewriter(first)
+    second, third = replay.replay(1), replay.replay(2)  # the same groups, new traces
+    run = Run(jobs=True)
+    run.send(first)  # new groups: the tail stage's intake asks Python for them, under its lock
+    tail_lock = run.pipeline._locks[1]
+    done = threading.Event()
+    failures: list[BaseException] = []
+
+    def receiver() -> None:
+        try:
+            run.send(second)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failures.append(exc)
+        done.set()
+
+    with tail_lock:  # as a flush deciding a batch holds it
+        before = run.tail.store.stats()[2]
+        thread = threading.Thread(target=receiver)
+        thread.start()
+        assert done.wait(timeout=30.0), "the request waited for the tail stage's lock"
+        assert run.tail.store.stats()[2] > before  # buffered, by its job
+    thread.join()
+    assert not failures
+    run.send(third)
+    run.finish()
+    plain = Run(jobs=False)
+    for raw in (first, second, third):
+        plain.send(raw)
+    plain.finish()
+    assert run.decisions == plain.decisions and run.sent == plain.sent

@@ -355,11 +355,17 @@ class SamplingPair:
     @staticmethod
     def send(h: Any, raw: bytes) -> None:
         # as the pipeline does: the native store reads it ahead, without the GIL (alone, or as a job of a batch)
+        # (the job may buffer the request itself: then `job_done` answers, or intake reads the job's answer)
+        done = None
         if len(raw) % 2:
             h.stage.prepare_trace_bytes(raw)
         else:
-            run_jobs(h.stage.prepare_job(raw))
-        h.traces.extend(Request.FromString(r) for r in h.stage.on_trace_bytes(raw))
+            job = h.stage.prepare_job(raw)
+            run_jobs(job)
+            done = h.stage.job_done(raw, job) if job is not None else None
+        if done is None:
+            done = h.stage.on_trace_bytes(raw)
+        h.traces.extend(Request.FromString(r) for r in done)
         h.advance(0.7, step=0.35)
 
     def feed(self, raw: bytes) -> None:
@@ -417,8 +423,8 @@ class SamplingPair:
         try:
             if len(body) % 2:  # the first pass ahead (without the GIL), then the intake that uses it
                 store.prepare(body)
-            else:
-                run_jobs(store.prepare_job(body))
+            else:  # a job that may buffer the request itself (intake then reads its answer)
+                run_jobs(store.prepare_job(body, 0.0))
             store.add_span_bytes(body, 0.0, Late())
         except DecodeError:
             if parse(body) is not None:
