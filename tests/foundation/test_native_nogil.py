@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fake_clock import FakeClock
 from prometheus_client import CollectorRegistry
+from receiver_threads import on_threads
 
 from bench.workload import TraceIdRewriter, generate
 from processor import pipeline as pipeline_module
@@ -106,26 +107,7 @@ def test_four_receiver_threads_with_job_runs_decide_and_count_what_one_thread_do
     sequential.finish()
 
     threaded = Run(jobs=True)
-    todo = list(reversed(work))
-    failures: list[BaseException] = []
-
-    def receiver() -> None:
-        try:
-            while todo:
-                try:
-                    raw = todo.pop()
-                except IndexError:
-                    return
-                threaded.send(raw)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            failures.append(exc)
-
-    workers = [threading.Thread(target=receiver) for _ in range(4)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
-    assert not failures
+    on_threads(work, threaded.send)
     threaded.finish()
     assert sorted(threaded.decisions) == sorted(sequential.decisions)
     assert threaded.counts() == sequential.counts()

@@ -7,11 +7,11 @@ must be what it does when intake buffers every request, whatever the threads and
 from __future__ import annotations
 
 import gc
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from receiver_threads import on_threads
 from sampling_helpers import Harness
 from test_sampling_store import ALL_KINDS, harness, needs_store, policy_file
 from test_sampling_store_ahead import ORDER_FREE_KINDS, sent, workload
@@ -84,38 +84,23 @@ def test_threads_merging_in_their_jobs_while_the_stage_flushes_change_nothing(
 
     h = harness(True, policies, monkeypatch)
     stage = h.stage
-    todo = list(reversed(requests))
-    failures: list[BaseException] = []
     merged = [0]
 
-    def receiver() -> None:
-        try:
-            while True:
-                try:
-                    raw = todo.pop()
-                except IndexError:
-                    return
-                job = stage.prepare_job(raw)
-                NOGIL.run_jobs((job,))  # type: ignore[union-attr]
-                merged[0] += job.state in ("merged", "buffered")
-                out = stage.job_done(raw, job)
-                if out is None:
-                    with stage.lock:
-                        out = stage.on_trace_bytes(raw)
-                h.traces.extend(out)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            failures.append(exc)
+    def receive(raw: bytes) -> None:
+        job = stage.prepare_job(raw)
+        NOGIL.run_jobs((job,))  # type: ignore[union-attr]
+        merged[0] += job.state in ("merged", "buffered")
+        out = stage.job_done(raw, job)
+        if out is None:
+            with stage.lock:
+                out = stage.on_trace_bytes(raw)
+        h.traces.extend(out)
 
-    workers = [threading.Thread(target=receiver) for _ in range(4)]
-    for t in workers:
-        t.start()
-    while any(t.is_alive() for t in workers):
-        with stage.lock:  # the flush timer's calls meanwhile (the clock stands: nothing is due)
+    def timer() -> None:  # the flush timer's calls meanwhile (the clock stands: nothing is due)
+        with stage.lock:
             assert not stage.flush(h.clock.now)
-        workers[0].join(timeout=0.001)
-    for t in workers:
-        t.join()
-    assert not failures
+
+    on_threads(requests, receive, meanwhile=timer)
     assert merged[0] > len(requests) // 2
     h.advance(15.0)
     h.shutdown()
