@@ -66,12 +66,12 @@ def main() -> None:
         send(measured)
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
-        return
-    began = time.process_time()
-    send(measured)
-    spent = time.process_time() - began
-    print(f"{len(measured)} requests of ~{sum(map(len, measured)) // max(1, len(measured)):,} bytes: "
-          f"{spent / len(measured) * 1e3:.3f} ms CPU per request")
+    else:
+        began = time.process_time()
+        send(measured)
+        spent = time.process_time() - began
+        print(f"{len(measured)} requests of ~{sum(map(len, measured)) // max(1, len(measured)):,} bytes: "
+              f"{spent / len(measured) * 1e3:.3f} ms CPU per request")
     pipeline.shutdown()
 
 

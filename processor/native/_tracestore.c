@@ -125,8 +125,7 @@ typedef struct {
     uint32_t serial; /* one per scope pass of an intake */
     hash_key hkey;   /* the trace table's and the decision cache's key (hash.h), random per store */
     uint64_t rekeys; /* times a chain or probe grew past its bound and the tables were re-keyed */
-    int busy;                /* inside intake: any other call is refused (callers hold the stage's lock) */
-    int parsing;             /* `parse` calls running without the GIL (changed with the GIL held) */
+    int parsing;             /* parses that may call the classifier (changed with the GIL held) */
     /* Every call that reads or changes the buffered traces holds `mu`: Python's calls (made under the stage's
      * lock) and the merges that parse jobs make without the GIL and without that lock (see merge_ahead). It is
      * never held while waiting for the GIL by a thread that has no Python work to finish under it. */
@@ -343,19 +342,20 @@ typedef struct gkey {
     uint8_t data[];    /* framed resource header, then framed scope header (see header_key) */
 } gkey_t;
 
-/* The gmap key of one ScopeSpans: a 4-byte length of the framed resource header, then both framed headers (what
- * Python's group table is keyed by). NULL when malformed or memory is short. */
-static uint8_t *header_key(const scope_ref *sc, size_t *len) {
+/* The gmap key of one ScopeSpans and its hash: a 4-byte length of the framed resource header, then both framed
+ * headers (what Python's group table is keyed by). NULL when malformed or memory is short. */
+static uint8_t *header_key(const Store *s, const scope_ref *sc, size_t *len, uint64_t *hash) {
     Py_ssize_t rl = framed_header_into(sc->res, sc->res_len, NULL);
     Py_ssize_t sl = framed_header_into(sc->scope, sc->scope_len, NULL);
     if (rl < 0 || sl < 0 || rl > (Py_ssize_t)UINT32_MAX) return NULL;
-    uint8_t *k = PyMem_RawMalloc(4 + (size_t)rl + (size_t)sl + 1);
+    uint8_t *k = PyMem_RawMalloc(4 + (size_t)rl + (size_t)sl);
     if (!k) return NULL;
     uint32_t r32 = (uint32_t)rl;
     memcpy(k, &r32, 4);
     framed_header_into(sc->res, sc->res_len, k + 4);
     framed_header_into(sc->scope, sc->scope_len, k + 4 + rl);
     *len = 4 + (size_t)rl + (size_t)sl;
+    *hash = siphash13(&s->memo_key, k, *len); /* the memo's key, which is never re-keyed */
     return k;
 }
 
@@ -459,7 +459,7 @@ static void free_chunks(Store *s, chunk_t *c, gid_list *released) {
         chunk_t *n = c->next;
         /* a buffered chunk's gid was counted in refs at intake: in range, no error to raise (no GIL here) */
         if (--s->refs[c->gid] == 0) gmap_forget(s, c->gid);
-        if (s->refs[c->gid] == 0 && released) {
+        if (s->refs[c->gid] == 0 && released) { /* Python forgets it too, once told */
             if (released->n == released->cap) {
                 size_t cap = released->cap ? released->cap * 2 : 64;
                 int32_t *ids = PyMem_RawRealloc(released->ids, cap * sizeof(int32_t));
@@ -843,10 +843,6 @@ static int Store_init(Store *s, PyObject *args, PyObject *kw) {
     if (!(s)->table) {                                                              \
         PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");       \
         return NULL;                                                                \
-    }                                                                               \
-    if ((s)->busy) {                                                                \
-        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)"); \
-        return NULL;                                                                \
     }
 
 static PyObject *late_item(int32_t gid, const uint8_t *data, size_t len, int root, int32_t code) {
@@ -1167,9 +1163,10 @@ out:
 static int known_gids(Store *s, const scope_ref *scopes, Py_ssize_t nscopes, int32_t *gids) {
     for (Py_ssize_t i = 0; i < nscopes; i++) {
         size_t len;
-        uint8_t *key = header_key(&scopes[i], &len);
+        uint64_t h;
+        uint8_t *key = header_key(s, &scopes[i], &len, &h);
         if (!key) return 0;
-        int32_t code = gmap_find(s, key, len, siphash13(&s->memo_key, key, len));
+        int32_t code = gmap_find(s, key, len, h);
         PyMem_RawFree(key);
         if (code < 0) return 0;
         gids[i] = code;
@@ -1349,7 +1346,7 @@ static void merge_ahead(Parsed *p) {
     int32_t *gids = PyMem_RawMalloc(sizeof(int32_t) * (size_t)(p->nscopes + 1));
     if (!gids) return;
     store_lock_nogil(s);
-    if (!s->busy && known_gids(s, p->scopes, p->nscopes, gids)) {
+    if (known_gids(s, p->scopes, p->nscopes, gids)) {
         if (merge_spans(s, p->spans, p->nspans, p->nscopes, gids, p->now, &p->out, 1)) {
             for (Py_ssize_t i = 0; i < p->nscopes; i++) s->refs[gids[i] >> 1]++;
             p->pins = gids;
@@ -1439,10 +1436,7 @@ static PyObject *Store_complete_plain(Store *s, PyObject *job) {
  * `parse` read of these very bytes (used when it is this store's and holds the same buffer; else ignored); a job
  * that merged these bytes already is only completed. */
 static PyObject *Store_intake(Store *s, PyObject *args) {
-    if (!s->table) {
-        PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
-        return NULL;
-    }
+    READY(s);
     Py_buffer buf;
     double now;
     PyObject *intern, *ahead = Py_None;
@@ -1481,7 +1475,9 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
         p->nspans = p->nscopes = 0;
         p->status = PARSE_USED;
     } else {
+        s->parsing++; /* its classifier calls may let other threads run: the classifier must stay */
         parsed = parse_request(s, buf.buf, (size_t)buf.len, &spans, &nspans, &scopes, &nscopes, 0);
+        s->parsing--;
     }
     if (parsed < 0) { PyErr_NoMemory(); goto out; }
     if (!parsed) { Py_INCREF(Py_None); result = Py_None; goto out; }
@@ -1516,27 +1512,21 @@ static PyObject *Store_intake(Store *s, PyObject *args) {
     if (malformed) { Py_INCREF(Py_None); result = Py_None; goto out; }
 
     store_lock(s);
-    if (s->busy) {
-        store_unlock(s);
-        PyErr_SetString(PyExc_RuntimeError, "Store is inside intake (one caller at a time)");
-        goto out;
-    }
     int merged = 1;
     for (Py_ssize_t i = 0; i < nscopes && merged; i++)
         if (ref_gid(s, gids[i] >> 1, 0) < 0) merged = -1;
     if (merged == 1) {
-        s->busy = 1;
         merged = merge_spans(s, spans, nspans, nscopes, gids, now, &out, 0);
         /* groups that hold chunks now: later jobs may merge into them without asking Python */
         for (Py_ssize_t i = 0; merged == 1 && i < nscopes; i++) {
             int32_t gid = gids[i] >> 1;
             if (s->gkey_of[gid] || s->refs[gid] <= 0) continue;
             size_t len;
-            uint8_t *key = header_key(&scopes[i], &len);
-            if (key) gmap_add(s, gids[i], key, len, siphash13(&s->memo_key, key, len));
+            uint64_t h;
+            uint8_t *key = header_key(s, &scopes[i], &len, &h);
+            if (key) gmap_add(s, gids[i], key, len, h);
             PyMem_RawFree(key);
         }
-        s->busy = 0;
     }
     store_unlock(s);
     if (merged == 0) PyErr_NoMemory();
@@ -1932,7 +1922,7 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
         PyErr_SetString(PyExc_RuntimeError, "Store.__init__ was not called");
         return NULL;
     }
-    if (s->busy || s->parsing) { /* a parse without the GIL reads the classifier and its memo */
+    if (s->parsing) { /* a parse (or a job waiting to parse) reads the classifier and its memo */
         PyErr_SetString(PyExc_RuntimeError, "Store is inside intake or parse (one caller at a time)");
         return NULL;
     }
@@ -1952,7 +1942,8 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The Python-facing methods that read or change the buffered traces, each under `mu` (see Store). */
+/* The Python-facing methods that read or change the buffered traces, each under `mu` (see Store). Not
+ * set_classifier: no merge reads the classifier, and parses are counted in `parsing`. */
 #define UNDER_MU(name)                                                          \
     static PyObject *name##_mu(Store *s, PyObject *arg) {                       \
         store_lock(s);                                                          \
@@ -1960,7 +1951,6 @@ static PyObject *Store_set_classifier(Store *s, PyObject *args) {
         store_unlock(s);                                                        \
         return result;                                                          \
     }
-UNDER_MU(Store_set_classifier)
 UNDER_MU(Store_add_log)
 UNDER_MU(Store_mark_resource)
 UNDER_MU(Store_cache_put)
@@ -1984,10 +1974,10 @@ static PyMethodDef Store_methods[] = {
     {"intake", (PyCFunction)Store_intake, METH_VARARGS, "Buffer a serialized ExportTraceServiceRequest."},
     {"parse", (PyCFunction)Store_parse, METH_O, "Intake's first pass on a request, ahead and without the GIL."},
     {"parse_job", (PyCFunction)Store_parse_job, METH_VARARGS,
-     "parse (and with `now` the merge), to run later in _nogil.run_jobs (pass it to complete or intake)."},
+     "parse (and with `now` the merge), to run later in _nogil.run_jobs (then complete_plain or intake)."},
     {"complete_plain", (PyCFunction)Store_complete_plain, METH_O,
      "(dropped, traces, bytes) for a job that buffered its request with a plain answer, else None."},
-    {"set_classifier", (PyCFunction)Store_set_classifier_mu, METH_VARARGS,
+    {"set_classifier", (PyCFunction)Store_set_classifier, METH_VARARGS,
      "classify(key index, KeyValue bytes) -> class bits, asked for attributes of read-all keys (None: off)."},
     {"add_log", (PyCFunction)Store_add_log_mu, METH_VARARGS, "Buffer one log record with its trace."},
     {"mark_resource", (PyCFunction)Store_mark_resource_mu, METH_VARARGS, "Flag a trace as having resource attrs."},
