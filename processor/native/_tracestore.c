@@ -1802,6 +1802,191 @@ static PyObject *Store_batch_chunks(Store *s, PyObject *args) {
     return Py_BuildValue("(NNN)", chunk_list(e->chunks), chunk_list(e->logs), root);
 }
 
+/* Per-group totals of an emission: gid -> index (open addressing), then each group's length, output bytes and
+ * write position, in first-seen order. */
+typedef struct {
+    int32_t *keys, *index;
+    size_t cap, n;
+    int32_t *gids;
+    size_t *lens, *at;
+    PyObject **out;
+} group_sums;
+
+static int sums_init(group_sums *g, size_t most) {
+    memset(g, 0, sizeof(*g));
+    g->cap = 16;
+    while (g->cap < 2 * most + 1) g->cap *= 2;
+    g->keys = PyMem_RawMalloc(g->cap * sizeof(int32_t));
+    g->index = PyMem_RawMalloc(g->cap * sizeof(int32_t));
+    g->gids = PyMem_RawMalloc((most + 1) * sizeof(int32_t));
+    g->lens = PyMem_RawCalloc(most + 1, sizeof(size_t));
+    g->at = PyMem_RawCalloc(most + 1, sizeof(size_t));
+    g->out = PyMem_RawCalloc(most + 1, sizeof(PyObject *));
+    if (!g->keys || !g->index || !g->gids || !g->lens || !g->at || !g->out) return 0;
+    for (size_t i = 0; i < g->cap; i++) g->keys[i] = -1;
+    return 1;
+}
+
+static void sums_free(group_sums *g) {
+    for (size_t i = 0; g->out && i < g->n; i++) Py_XDECREF(g->out[i]);
+    PyMem_RawFree(g->keys);
+    PyMem_RawFree(g->index);
+    PyMem_RawFree(g->gids);
+    PyMem_RawFree(g->lens);
+    PyMem_RawFree(g->at);
+    PyMem_RawFree(g->out);
+}
+
+/* The index of a group (added at the end when new; `most` at init bounds how many are added). */
+static size_t sums_slot(group_sums *g, int32_t gid) {
+    size_t h = ((uint32_t)gid * 2654435761u) & (g->cap - 1);
+    while (g->keys[h] != gid) {
+        if (g->keys[h] < 0) {
+            g->keys[h] = gid;
+            g->index[h] = (int32_t)g->n;
+            g->gids[g->n++] = gid;
+            break;
+        }
+        h = (h + 1) & (g->cap - 1);
+    }
+    return (size_t)g->index[h];
+}
+
+/* The groups' output bytes, allocated at their summed lengths. */
+static int sums_alloc(group_sums *g) {
+    for (size_t i = 0; i < g->n; i++)
+        if (!(g->out[i] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)g->lens[i]))) return 0;
+    return 1;
+}
+
+static void sums_put(group_sums *g, int32_t gid, const uint8_t *p, size_t len) {
+    size_t i = sums_slot(g, gid);
+    memcpy(PyBytes_AS_STRING(g->out[i]) + g->at[i], p, len);
+    g->at[i] += len;
+}
+
+/* [(gid, bytes)] in first-seen order. */
+static PyObject *sums_list(group_sums *g) {
+    PyObject *out = PyList_New((Py_ssize_t)g->n);
+    for (size_t i = 0; out && i < g->n; i++) {
+        PyObject *item = Py_BuildValue("(iO)", (int)g->gids[i], g->out[i]);
+        if (!item) Py_CLEAR(out);
+        else PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+    return out;
+}
+
+/* Where the root's chunk frames it (tag 0x12, its length as a varint, the span): the prefix length, or 0 when
+ * the chunk does not hold it there (the row then takes the Python path, which reports what it finds). */
+static size_t root_prefix(const chunk_t *c, const entry_t *e) {
+    size_t prefix = 1 + wire_varint_size(e->root_len);
+    if ((size_t)e->root_at + prefix + e->root_len > c->len || c->data[e->root_at] != 0x12) return 0;
+    wire_cur cur = wire_span(c->data + e->root_at + 1, prefix - 1);
+    uint64_t n;
+    if (!wire_varint(&cur, &n) || n != e->root_len || cur.p != cur.end) return 0;
+    return prefix;
+}
+
+static const chunk_t *root_chunk(const entry_t *e) {
+    for (const chunk_t *c = e->chunks; c; c = c->next)
+        if (c->gid == e->root_gid) return c;
+    return NULL;
+}
+
+/* emit_kept(rows: bytes of int32 batch rows, codes: bytes of int32 per row, marks: tuple of bytes | None by
+ * code) -> (spans [(gid, bytes)], logs [(gid, bytes)], rest: bytes of int32 rows)
+ *
+ * Kept traces whose only change is the deciding policy's `sampling.policy` attribute on the root (`marks[code]`,
+ * a serialized Span field): their chunks concatenated per group in row order, each root with the mark appended
+ * (appending a field to a serialized message merges it), and their log chunks likewise. What the Python path
+ * must do (no mark for the code: a probability threshold goes into every span; no root) is left in `rest`. */
+static PyObject *Store_emit_kept(Store *s, PyObject *args) {
+    READY(s);
+    Py_buffer rows_buf, codes_buf;
+    PyObject *marks;
+    if (!PyArg_ParseTuple(args, "y*y*O!", &rows_buf, &codes_buf, &PyTuple_Type, &marks)) return NULL;
+    PyObject *result = NULL, *rest = NULL;
+    group_sums spans, logs;
+    memset(&spans, 0, sizeof(spans));
+    memset(&logs, 0, sizeof(logs));
+    size_t n = (size_t)rows_buf.len / sizeof(int32_t), nrest = 0, nchunks = 0, nlog_chunks = 0;
+    const int32_t *rows = rows_buf.buf, *codes = codes_buf.buf;
+    const uint8_t **mark_of = NULL;
+    size_t *mark_len = NULL;
+    if (rows_buf.len % (Py_ssize_t)sizeof(int32_t) || codes_buf.len != rows_buf.len) {
+        PyErr_SetString(PyExc_ValueError, "rows and codes: int32, one code per row");
+        goto out;
+    }
+    if (!(rest = PyBytes_FromStringAndSize(NULL, rows_buf.len)) ||
+        !(mark_of = PyMem_RawCalloc(n + 1, sizeof(*mark_of))) || !(mark_len = PyMem_RawCalloc(n + 1, sizeof(size_t)))) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    int32_t *rest_rows = (int32_t *)PyBytes_AS_STRING(rest);
+    for (size_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || rows[i] >= s->nbatch) { PyErr_SetString(PyExc_IndexError, "batch row"); goto out; }
+        if (codes[i] < 0 || codes[i] >= PyTuple_GET_SIZE(marks)) {
+            PyErr_SetString(PyExc_IndexError, "decision code without a mark entry");
+            goto out;
+        }
+        PyObject *mark = PyTuple_GET_ITEM(marks, codes[i]);
+        const entry_t *e = s->batch[rows[i]];
+        const chunk_t *root = e->root_gid >= 0 ? root_chunk(e) : NULL;
+        if (mark == Py_None || !root || !root_prefix(root, e)) { rest_rows[nrest++] = rows[i]; continue; }
+        if (!PyBytes_Check(mark)) { PyErr_SetString(PyExc_TypeError, "marks: bytes or None"); goto out; }
+        mark_of[i] = (const uint8_t *)PyBytes_AS_STRING(mark);
+        mark_len[i] = (size_t)PyBytes_GET_SIZE(mark);
+        for (const chunk_t *c = e->chunks; c; c = c->next) nchunks++;
+        for (const chunk_t *c = e->logs; c; c = c->next) nlog_chunks++;
+    }
+    if (!sums_init(&spans, nchunks) || !sums_init(&logs, nlog_chunks)) { PyErr_NoMemory(); goto out; }
+    for (size_t i = 0; i < n; i++) {
+        if (!mark_of[i]) continue;
+        const entry_t *e = s->batch[rows[i]];
+        const chunk_t *root = root_chunk(e);
+        for (const chunk_t *c = e->chunks; c; c = c->next) {
+            size_t len = c->len;
+            if (c == root)
+                len += wire_varint_size(e->root_len + mark_len[i]) - wire_varint_size(e->root_len) + mark_len[i];
+            spans.lens[sums_slot(&spans, c->gid)] += len;
+        }
+        for (const chunk_t *c = e->logs; c; c = c->next) logs.lens[sums_slot(&logs, c->gid)] += c->len;
+    }
+    if (!sums_alloc(&spans) || !sums_alloc(&logs)) goto out;
+    for (size_t i = 0; i < n; i++) {
+        if (!mark_of[i]) continue;
+        const entry_t *e = s->batch[rows[i]];
+        const chunk_t *root = root_chunk(e);
+        for (const chunk_t *c = e->chunks; c; c = c->next) {
+            if (c != root) { sums_put(&spans, c->gid, c->data, c->len); continue; }
+            size_t prefix = root_prefix(c, e), at = e->root_at, body = at + prefix, end = body + e->root_len;
+            uint8_t head[11];
+            head[0] = 0x12;
+            size_t head_len = 1 + wire_put_varint(head + 1, e->root_len + mark_len[i]);
+            sums_put(&spans, c->gid, c->data, at);
+            sums_put(&spans, c->gid, head, head_len);
+            sums_put(&spans, c->gid, c->data + body, e->root_len);
+            sums_put(&spans, c->gid, mark_of[i], mark_len[i]);
+            sums_put(&spans, c->gid, c->data + end, c->len - end);
+        }
+        for (const chunk_t *c = e->logs; c; c = c->next) sums_put(&logs, c->gid, c->data, c->len);
+    }
+    if (_PyBytes_Resize(&rest, (Py_ssize_t)(nrest * sizeof(int32_t))) < 0) goto out;
+    PyObject *span_list = sums_list(&spans), *log_list = span_list ? sums_list(&logs) : NULL;
+    if (span_list && log_list) result = PyTuple_Pack(3, span_list, log_list, rest);
+    Py_XDECREF(span_list);
+    Py_XDECREF(log_list);
+out:
+    sums_free(&spans);
+    sums_free(&logs);
+    PyMem_RawFree(mark_of);
+    PyMem_RawFree(mark_len);
+    Py_XDECREF(rest);
+    PyBuffer_Release(&rows_buf);
+    PyBuffer_Release(&codes_buf);
+    return result;
+}
+
 /* finish(codes: bytes of int32, one per batch entry) -> released gids: decisions cached, entries freed. */
 static PyObject *Store_finish(Store *s, PyObject *args) {
     READY(s);
@@ -1960,6 +2145,7 @@ UNDER_MU(Store_select_relieve)
 UNDER_MU(Store_select_ids)
 UNDER_MU(Store_select_all)
 UNDER_MU(Store_batch_chunks)
+UNDER_MU(Store_emit_kept)
 UNDER_MU(Store_finish)
 UNDER_MU(Store_abort)
 UNDER_MU(Store_batch_size)
@@ -1988,6 +2174,8 @@ static PyMethodDef Store_methods[] = {
     {"select_ids", (PyCFunction)Store_select_ids_mu, METH_VARARGS, "Batch the listed traces."},
     {"select_all", (PyCFunction)Store_select_all_mu, METH_NOARGS, "Batch every buffered trace."},
     {"batch_chunks", (PyCFunction)Store_batch_chunks_mu, METH_VARARGS, "The bytes of one batched trace."},
+    {"emit_kept", (PyCFunction)Store_emit_kept_mu, METH_VARARGS,
+     "Kept traces that only need their policy mark on the root, serialized per group (the rest: Python)."},
     {"finish", (PyCFunction)Store_finish_mu, METH_VARARGS, "Cache the batch's decisions and free it."},
     {"abort", (PyCFunction)Store_abort_mu, METH_NOARGS, "End the open batch undecided (its traces stay)."},
     {"batch_size", (PyCFunction)Store_batch_size_mu, METH_NOARGS, "Traces in the open batch (0: none)."},

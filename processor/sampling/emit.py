@@ -47,7 +47,7 @@ class Outbox:
             for gid, chunk in entry.chunks.items():
                 if gid == root_gid:
                     prefix = len(child_prefix(n))
-                    body = chunk[at + prefix:at + prefix + n] + self._mark(decision)
+                    body = chunk[at + prefix:at + prefix + n] + self.mark(decision)
                     chunk = chunk[:at] + child_prefix(len(body)) + body + chunk[at + prefix + n:]
                 self.spans.setdefault(groups[gid], []).append(chunk)
         else:
@@ -61,6 +61,16 @@ class Outbox:
             for gid, chunk in entry.log_chunks.items():
                 self.logs.setdefault(groups[gid], []).append(bytes(chunk))
             self.nlogs += entry.nlogs
+
+    def add_serialized(self, spans: list[tuple[int, bytes]], nspans: int, logs: list[tuple[int, bytes]],
+                       nlogs: int, groups: dict[int, Group]) -> None:
+        """Kept traces the store serialized itself (`TraceStore.emit_kept`): their chunks joined per group."""
+        for gid, data in spans:
+            self.spans.setdefault(groups[gid], []).append(data)
+        for gid, data in logs:
+            self.logs.setdefault(groups[gid], []).append(data)
+        self.nspans += nspans
+        self.nlogs += nlogs
 
     def checkpoint(self) -> tuple[dict[Group, int], dict[Group, int], int, int]:
         """What the outbox holds now, for `rollback`: a batch whose decisions are not recorded must not send
@@ -78,7 +88,7 @@ class Outbox:
                 else:
                     del held[group]
 
-    def _mark(self, decision: Decision) -> bytes:
+    def mark(self, decision: Decision) -> bytes:
         """The serialized `sampling.policy` attribute (Span field 9) for a deciding policy, cached."""
         marks = self._marks
         mark = marks.get(decision.policy)

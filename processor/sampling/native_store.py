@@ -22,6 +22,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from processor.native import load as load_native
 from processor.native.readahead import MISSING, ReadAhead
 from processor.sampling.buffer import Group, Groups, Late, TraceEntry, any_value, read_spans
+from processor.sampling.emit import Outbox
 from processor.sampling.policies.attribute import encoded_pair
 from processor.sampling.policies.base import Policy
 from processor.sampling.policies.batch import UNKNOWN_CLASS
@@ -396,6 +397,29 @@ class NativeStore:
         except Exception as exc:  # never wedge the buffer: keep the batch (as the per-trace path does)
             fault(step, exc)
             return np.full(batch.n, self.slots.on_error, dtype=np.int32)
+
+    def emit_kept(self, batch: Batch, rows: np.ndarray, slots: np.ndarray, out: Outbox) -> np.ndarray:
+        """Kept traces whose only change is the deciding policy's mark on the root are serialized by the store,
+        joined per group (`_tracestore.Store.emit_kept`), without a Python object per trace or chunk. Returns
+        the rest: traces kept by probability (a threshold in every span's tracestate) or without a root."""
+        if not len(rows):
+            return rows
+        decisions = self.slots.decisions
+        kept_slots = slots[rows].astype(np.int32)
+        marks: list[bytes | None] = [None] * len(decisions)
+        for slot in np.unique(kept_slots).tolist():
+            if decisions[slot].th is None:
+                marks[slot] = out.mark(decisions[slot])
+        spans, logs, rest = self.native.emit_kept(rows.astype(np.int32).tobytes(), kept_slots.tobytes(),
+                                                  tuple(marks))
+        left = np.frombuffer(rest, dtype=np.int32)
+        recs = batch.held[2]
+        done = np.ones(batch.n, dtype=bool)
+        done[left] = False
+        done_rows = rows[done[rows]]
+        out.add_serialized(spans, int(recs["nspans"][done_rows].sum()), logs, int(recs["nlogs"][done_rows].sum()),
+                           self.groups.by_id)
+        return left
 
     def kept_entry(self, batch: Batch, row: int) -> TraceEntry:
         """A kept trace's bytes as a `TraceEntry` for the Outbox."""

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from processor.sampling.buffer import Group, Late, TraceBuffer, TraceEntry
 from processor.sampling.cache import DecisionCache
+from processor.sampling.emit import Outbox
 from processor.sampling.policies.policyset import Decision, DecisionSlots, PolicySet
 from processor.sampling.store import Batch, Fault
 from processor.sampling.trigger import DUE, FULL, RELIEVE, SHUTDOWN, Readiness, Trigger, unique
@@ -112,6 +113,9 @@ class ReferenceStore:
                 decision = self.policies.on_error
             slots[row] = slot(decision)
         return slots
+
+    def emit_kept(self, batch: Batch, rows: np.ndarray, slots: np.ndarray, out: Outbox) -> np.ndarray:
+        return rows  # every kept trace goes through the Outbox's own path
 
     def kept_entry(self, batch: Batch, row: int) -> TraceEntry:
         return batch.held[row]

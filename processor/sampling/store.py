@@ -4,7 +4,7 @@ reference store (`reference_store.ReferenceStore`, pure Python), which is both t
 the differential tests.
 
 A decision round is: `select_*` a batch of traces (at most one batch is open), `decide` it with the policies,
-hand the kept traces' bytes (`kept_entry`) to the outbox, `finish` it with its decisions (the traces leave the
+hand the kept traces' bytes to the outbox (`emit_kept`, then `kept_entry` for the rows it leaves), `finish` it with its decisions (the traces leave the
 store, their decisions enter its decision cache), then `release` what the decided traces held; or `abort` it
 (a no-op once finished): its traces stay buffered for the next selection. Intake is transactional: a request
 that raises changed nothing.
@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from processor.sampling.buffer import Group, Groups, Late, TraceEntry
+from processor.sampling.emit import Outbox
 from processor.sampling.policies.policyset import Decision, DecisionSlots
 
 Fault = Callable[[str, BaseException], None]  # (step, exception): a fault the stage counts and survives
@@ -104,6 +105,10 @@ class TraceStore(Protocol):
 
     def decide(self, batch: Batch, now: float, fault: Fault) -> np.ndarray:
         """A decision slot per row (never raises: a failing trace, or batch, is decided `on_error`)."""
+
+    def emit_kept(self, batch: Batch, rows: np.ndarray, slots: np.ndarray, out: Outbox) -> np.ndarray:
+        """Hands the kept `rows` the store can serialize itself to `out`; returns the rows left for
+        `kept_entry` and `Outbox.add_trace`."""
 
     def kept_entry(self, batch: Batch, row: int) -> TraceEntry:
         """A kept row's bytes for the outbox."""

@@ -231,11 +231,11 @@ class TailSampling(Stage):
         kept = store.slots.kept(slots)
         decisions = store.slots.decisions
         mark = self.out.checkpoint()
-        try:  # send: only kept traces' bytes come back from the store
+        try:  # send: only kept traces' bytes come back from the store, most of them already serialized
             by_id = store.groups.by_id
             add_trace = self.out.add_trace
             kept_entry = store.kept_entry
-            for row in np.flatnonzero(kept).tolist():
+            for row in store.emit_kept(batch, np.flatnonzero(kept), slots, self.out).tolist():
                 add_trace(kept_entry(batch, row), decisions[slots[row]], by_id)
         except Exception as exc:
             self.out.rollback(mark)

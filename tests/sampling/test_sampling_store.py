@@ -107,20 +107,30 @@ def drive(h: Harness, steps: list[tuple[str, Any]]) -> list[Any]:
 
 
 def canonical(sent: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """What was sent, with spans sorted inside each (resource, scope): order within a scope carries no meaning,
-    and late spans of decided traces come in request order natively but trace by trace in the Python buffer."""
+    """What was sent, with the spans or log records sorted inside each (resource, scope), and the scopes and
+    resources of a request sorted too: order there carries no meaning. Late spans of decided traces come in
+    request order natively but trace by trace in the Python buffer, and the native store serializes most kept
+    traces itself, the rest (kept by probability, or rootless) after them."""
     out = []
     for kind, raw in sent:
-        if kind == "spans":
-            request = ExportTraceServiceRequest.FromString(raw)
-            for rs in request.resource_spans:
-                for ss in rs.scope_spans:
-                    ordered = sorted(ss.spans, key=lambda span: span.SerializeToString())
-                    del ss.spans[:]
-                    ss.spans.extend(ordered)
-            raw = request.SerializeToString()
-        out.append((kind, raw))
+        request = (ExportTraceServiceRequest if kind == "spans" else ExportLogsServiceRequest).FromString(raw)
+        resources = request.resource_spans if kind == "spans" else request.resource_logs
+        for resource in resources:
+            scopes = resource.scope_spans if kind == "spans" else resource.scope_logs
+            for scope in scopes:
+                children = scope.spans if kind == "spans" else scope.log_records
+                _sort(children)
+            _sort(scopes)
+        _sort(resources)
+        out.append((kind, request.SerializeToString()))
     return out
+
+
+def _sort(repeated: Any) -> None:
+    ordered = sorted(repeated, key=lambda m: m.SerializeToString())
+    copies = [type(m).FromString(m.SerializeToString()) for m in ordered]
+    del repeated[:]
+    repeated.extend(copies)
 
 
 def compare(steps: list[tuple[str, Any]], policies: Path, monkeypatch: pytest.MonkeyPatch,
