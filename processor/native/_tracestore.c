@@ -1859,10 +1859,16 @@ static int sums_alloc(group_sums *g) {
     return 1;
 }
 
-static void sums_put(group_sums *g, int32_t gid, const uint8_t *p, size_t len) {
+/* Room for len more bytes of a group's output (its length was summed first). */
+static uint8_t *sums_reserve(group_sums *g, int32_t gid, size_t len) {
     size_t i = sums_slot(g, gid);
-    memcpy(PyBytes_AS_STRING(g->out[i]) + g->at[i], p, len);
+    uint8_t *at = (uint8_t *)PyBytes_AS_STRING(g->out[i]) + g->at[i];
     g->at[i] += len;
+    return at;
+}
+
+static void sums_put(group_sums *g, int32_t gid, const uint8_t *p, size_t len) {
+    memcpy(sums_reserve(g, gid, len), p, len);
 }
 
 /* [(gid, bytes)] in first-seen order. */
@@ -1893,35 +1899,136 @@ static const chunk_t *root_chunk(const entry_t *e) {
     return NULL;
 }
 
-/* emit_kept(rows: bytes of int32 batch rows, codes: bytes of int32 per row, marks: tuple of bytes | None by
- * code) -> (spans [(gid, bytes)], logs [(gid, bytes)], rest: bytes of int32 rows)
+/* A span's trace_state (field 3) and parent_span_id (field 4) as protobuf reads them, the last occurrence
+ * winning: 1 when the span parses, with whether each is non-empty. */
+static int span_state_parent(const uint8_t *p, size_t len, int *state, int *parent) {
+    wire_cur c = wire_span(p, len);
+    wire_field f;
+    int r;
+    *state = *parent = 0;
+    while ((r = wire_next(&c, &f)) == 1) {
+        if (f.number == 3 && f.wtype == 2) *state = f.len > 0;
+        else if (f.number == 4 && f.wtype == 2) *parent = f.len > 0;
+    }
+    return r == 0;
+}
+
+/* What one kept trace adds to the output, and how. */
+typedef struct {
+    const uint8_t *mark, *state; /* serialized Span fields: the policy's attribute, `ot=th:` (NULL: none) */
+    size_t mark_len, state_len;
+} emit_how;
+
+/* A chunk of a trace kept by probability, each span with `state` appended as its trace_state (it had none), and
+ * `mark` too when the span has no parent (as Python marks them): the output length, written at out unless NULL;
+ * (size_t)-1 when a span already has a trace_state (Python then merges the thresholds) or does not parse. */
+static size_t rewrite_spans(const chunk_t *c, const emit_how *how, uint8_t *out) {
+    wire_cur cur = wire_span(c->data, c->len);
+    wire_field f;
+    size_t total = 0;
+    int r;
+    while ((r = wire_next(&cur, &f)) == 1) {
+        int has_state, has_parent;
+        if (f.number != 2 || f.wtype != 2 || !span_state_parent(f.data, f.len, &has_state, &has_parent) || has_state)
+            return (size_t)-1;
+        size_t n = f.len + how->state_len + (has_parent ? 0 : how->mark_len);
+        if (out) {
+            uint8_t *o = out + total;
+            *o++ = 0x12;
+            o += wire_put_varint(o, n);
+            memcpy(o, f.data, f.len);
+            memcpy(o + f.len, how->state, how->state_len);
+            if (!has_parent) memcpy(o + f.len + how->state_len, how->mark, how->mark_len);
+        }
+        total += 1 + wire_varint_size(n) + n;
+    }
+    return r == 0 ? total : (size_t)-1;
+}
+
+/* A chunk's output length: as it is, with the root's mark spliced in, or rewritten span by span. */
+static size_t emitted_len(const chunk_t *c, const chunk_t *root, const entry_t *e, const emit_how *how) {
+    if (how->state) return rewrite_spans(c, how, NULL);
+    if (c != root) return c->len;
+    return c->len + wire_varint_size(e->root_len + how->mark_len) - wire_varint_size(e->root_len) + how->mark_len;
+}
+
+/* Whether this code's way applies to the trace (else Python's): it has a root where its chunk frames it, and
+ * for a threshold, spans without a trace_state. */
+static int emits_natively(const entry_t *e, const emit_how *how) {
+    const chunk_t *root = e->root_gid >= 0 ? root_chunk(e) : NULL;
+    if (!root || !root_prefix(root, e)) return 0;
+    if (how->state)
+        for (const chunk_t *c = e->chunks; c; c = c->next)
+            if (rewrite_spans(c, how, NULL) == (size_t)-1) return 0;
+    return 1;
+}
+
+static void emit_chunk(group_sums *spans, const chunk_t *c, const chunk_t *root, const entry_t *e,
+                       const emit_how *how) {
+    if (how->state) {
+        size_t n = rewrite_spans(c, how, NULL);
+        rewrite_spans(c, how, sums_reserve(spans, c->gid, n));
+        return;
+    }
+    if (c != root) {
+        sums_put(spans, c->gid, c->data, c->len);
+        return;
+    }
+    size_t prefix = root_prefix(c, e), at = e->root_at, body = at + prefix, end = body + e->root_len;
+    uint8_t head[11];
+    head[0] = 0x12;
+    size_t head_len = 1 + wire_put_varint(head + 1, e->root_len + how->mark_len);
+    sums_put(spans, c->gid, c->data, at);
+    sums_put(spans, c->gid, head, head_len);
+    sums_put(spans, c->gid, c->data + body, e->root_len);
+    sums_put(spans, c->gid, how->mark, how->mark_len);
+    sums_put(spans, c->gid, c->data + end, c->len - end);
+}
+
+/* An item of a by-code tuple: bytes, or NULL for None; -1 on a wrong type. */
+static int bytes_or_none(PyObject *tuple, int32_t code, const uint8_t **p, size_t *len) {
+    PyObject *item = PyTuple_GET_ITEM(tuple, code);
+    *p = NULL;
+    *len = 0;
+    if (item == Py_None) return 0;
+    if (!PyBytes_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "marks and states: bytes or None");
+        return -1;
+    }
+    *p = (const uint8_t *)PyBytes_AS_STRING(item);
+    *len = (size_t)PyBytes_GET_SIZE(item);
+    return 0;
+}
+
+/* emit_kept(rows: bytes of int32 batch rows, codes: bytes of int32 per row, marks, states: tuples by code of
+ * bytes | None) -> (spans [(gid, bytes)], logs [(gid, bytes)], rest: bytes of int32 rows)
  *
- * Kept traces whose only change is the deciding policy's `sampling.policy` attribute on the root (`marks[code]`,
- * a serialized Span field): their chunks concatenated per group in row order, each root with the mark appended
- * (appending a field to a serialized message merges it), and their log chunks likewise. What the Python path
- * must do (no mark for the code: a probability threshold goes into every span; no root) is left in `rest`. */
+ * Kept traces serialized here, their chunks concatenated per group in row order: the root gets the deciding
+ * policy's `sampling.policy` attribute (`marks[code]`, a serialized Span field; appending a field to a
+ * serialized message merges it), and with `states[code]` (a trace_state `ot=th:...` for a trace kept by
+ * probability) every span gets that state and every span without a parent the mark, as `emit.Outbox.add_trace`
+ * does. Their log chunks likewise. What is left to Python (no mark for the code, no root, a span with a
+ * trace_state of its own) comes back in `rest`. */
 static PyObject *Store_emit_kept(Store *s, PyObject *args) {
     READY(s);
     Py_buffer rows_buf, codes_buf;
-    PyObject *marks;
-    if (!PyArg_ParseTuple(args, "y*y*O!", &rows_buf, &codes_buf, &PyTuple_Type, &marks)) return NULL;
+    PyObject *marks, *states;
+    if (!PyArg_ParseTuple(args, "y*y*O!O!", &rows_buf, &codes_buf, &PyTuple_Type, &marks, &PyTuple_Type, &states))
+        return NULL;
     PyObject *result = NULL, *rest = NULL;
     group_sums spans, logs;
     memset(&spans, 0, sizeof(spans));
     memset(&logs, 0, sizeof(logs));
     size_t n = (size_t)rows_buf.len / sizeof(int32_t), nrest = 0, nchunks = 0, nlog_chunks = 0;
     const int32_t *rows = rows_buf.buf, *codes = codes_buf.buf;
-    const uint8_t **mark_of = NULL;
-    size_t *mark_len = NULL;
-    if (rows_buf.len % (Py_ssize_t)sizeof(int32_t) || codes_buf.len != rows_buf.len) {
-        PyErr_SetString(PyExc_ValueError, "rows and codes: int32, one code per row");
+    emit_how *how = NULL;
+    if (rows_buf.len % (Py_ssize_t)sizeof(int32_t) || codes_buf.len != rows_buf.len ||
+        PyTuple_GET_SIZE(marks) != PyTuple_GET_SIZE(states)) {
+        PyErr_SetString(PyExc_ValueError, "rows and codes: int32, one code per row; marks and states: one per code");
         goto out;
     }
-    if (!(rest = PyBytes_FromStringAndSize(NULL, rows_buf.len)) ||
-        !(mark_of = PyMem_RawCalloc(n + 1, sizeof(*mark_of))) || !(mark_len = PyMem_RawCalloc(n + 1, sizeof(size_t)))) {
-        PyErr_NoMemory();
-        goto out;
-    }
+    if (!(rest = PyBytes_FromStringAndSize(NULL, rows_buf.len))) goto out;
+    if (!(how = PyMem_RawCalloc(n + 1, sizeof(*how)))) { PyErr_NoMemory(); goto out; }
     int32_t *rest_rows = (int32_t *)PyBytes_AS_STRING(rest);
     for (size_t i = 0; i < n; i++) {
         if (rows[i] < 0 || rows[i] >= s->nbatch) { PyErr_SetString(PyExc_IndexError, "batch row"); goto out; }
@@ -1929,46 +2036,33 @@ static PyObject *Store_emit_kept(Store *s, PyObject *args) {
             PyErr_SetString(PyExc_IndexError, "decision code without a mark entry");
             goto out;
         }
-        PyObject *mark = PyTuple_GET_ITEM(marks, codes[i]);
+        if (bytes_or_none(marks, codes[i], &how[i].mark, &how[i].mark_len) < 0 ||
+            bytes_or_none(states, codes[i], &how[i].state, &how[i].state_len) < 0)
+            goto out;
         const entry_t *e = s->batch[rows[i]];
-        const chunk_t *root = e->root_gid >= 0 ? root_chunk(e) : NULL;
-        if (mark == Py_None || !root || !root_prefix(root, e)) { rest_rows[nrest++] = rows[i]; continue; }
-        if (!PyBytes_Check(mark)) { PyErr_SetString(PyExc_TypeError, "marks: bytes or None"); goto out; }
-        mark_of[i] = (const uint8_t *)PyBytes_AS_STRING(mark);
-        mark_len[i] = (size_t)PyBytes_GET_SIZE(mark);
+        if (!how[i].mark || !emits_natively(e, &how[i])) {
+            how[i].mark = NULL;
+            rest_rows[nrest++] = rows[i];
+            continue;
+        }
         for (const chunk_t *c = e->chunks; c; c = c->next) nchunks++;
         for (const chunk_t *c = e->logs; c; c = c->next) nlog_chunks++;
     }
     if (!sums_init(&spans, nchunks) || !sums_init(&logs, nlog_chunks)) { PyErr_NoMemory(); goto out; }
     for (size_t i = 0; i < n; i++) {
-        if (!mark_of[i]) continue;
+        if (!how[i].mark) continue;
         const entry_t *e = s->batch[rows[i]];
         const chunk_t *root = root_chunk(e);
-        for (const chunk_t *c = e->chunks; c; c = c->next) {
-            size_t len = c->len;
-            if (c == root)
-                len += wire_varint_size(e->root_len + mark_len[i]) - wire_varint_size(e->root_len) + mark_len[i];
-            spans.lens[sums_slot(&spans, c->gid)] += len;
-        }
+        for (const chunk_t *c = e->chunks; c; c = c->next)
+            spans.lens[sums_slot(&spans, c->gid)] += emitted_len(c, root, e, &how[i]);
         for (const chunk_t *c = e->logs; c; c = c->next) logs.lens[sums_slot(&logs, c->gid)] += c->len;
     }
     if (!sums_alloc(&spans) || !sums_alloc(&logs)) goto out;
     for (size_t i = 0; i < n; i++) {
-        if (!mark_of[i]) continue;
+        if (!how[i].mark) continue;
         const entry_t *e = s->batch[rows[i]];
         const chunk_t *root = root_chunk(e);
-        for (const chunk_t *c = e->chunks; c; c = c->next) {
-            if (c != root) { sums_put(&spans, c->gid, c->data, c->len); continue; }
-            size_t prefix = root_prefix(c, e), at = e->root_at, body = at + prefix, end = body + e->root_len;
-            uint8_t head[11];
-            head[0] = 0x12;
-            size_t head_len = 1 + wire_put_varint(head + 1, e->root_len + mark_len[i]);
-            sums_put(&spans, c->gid, c->data, at);
-            sums_put(&spans, c->gid, head, head_len);
-            sums_put(&spans, c->gid, c->data + body, e->root_len);
-            sums_put(&spans, c->gid, mark_of[i], mark_len[i]);
-            sums_put(&spans, c->gid, c->data + end, c->len - end);
-        }
+        for (const chunk_t *c = e->chunks; c; c = c->next) emit_chunk(&spans, c, root, e, &how[i]);
         for (const chunk_t *c = e->logs; c; c = c->next) sums_put(&logs, c->gid, c->data, c->len);
     }
     if (_PyBytes_Resize(&rest, (Py_ssize_t)(nrest * sizeof(int32_t))) < 0) goto out;
@@ -1979,8 +2073,7 @@ static PyObject *Store_emit_kept(Store *s, PyObject *args) {
 out:
     sums_free(&spans);
     sums_free(&logs);
-    PyMem_RawFree(mark_of);
-    PyMem_RawFree(mark_len);
+    PyMem_RawFree(how);
     Py_XDECREF(rest);
     PyBuffer_Release(&rows_buf);
     PyBuffer_Release(&codes_buf);

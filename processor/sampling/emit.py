@@ -97,6 +97,13 @@ class Outbox:
             mark = marks[decision.policy] = field(9, kv.SerializeToString())
         return mark
 
+    def threshold_state(self, decision: Decision) -> bytes | None:
+        """The serialized trace_state (Span field 3) a span without one gets when its trace was kept by
+        probability (`with_threshold` of an empty state); None for other decisions."""
+        if decision.th is None:
+            return None
+        return field(3, with_threshold("", decision.th).encode())
+
     def add_late_span(self, group: Group, data: bytes, is_root: bool, decision: Decision) -> None:
         if decision.th is not None or is_root:
             span = Span.FromString(data)

@@ -399,19 +399,21 @@ class NativeStore:
             return np.full(batch.n, self.slots.on_error, dtype=np.int32)
 
     def emit_kept(self, batch: Batch, rows: np.ndarray, slots: np.ndarray, out: Outbox) -> np.ndarray:
-        """Kept traces whose only change is the deciding policy's mark on the root are serialized by the store,
-        joined per group (`_tracestore.Store.emit_kept`), without a Python object per trace or chunk. Returns
-        the rest: traces kept by probability (a threshold in every span's tracestate) or without a root."""
+        """Kept traces are serialized by the store, joined per group (`_tracestore.Store.emit_kept`: the root
+        gets its policy's mark; a trace kept by probability gets the threshold in every span's tracestate),
+        without a Python object per trace or chunk. Returns the rest: traces without a root, or with a span
+        that has a tracestate of its own (Python merges the thresholds)."""
         if not len(rows):
             return rows
         decisions = self.slots.decisions
         kept_slots = slots[rows].astype(np.int32)
         marks: list[bytes | None] = [None] * len(decisions)
+        states: list[bytes | None] = [None] * len(decisions)
         for slot in np.unique(kept_slots).tolist():
-            if decisions[slot].th is None:
-                marks[slot] = out.mark(decisions[slot])
+            marks[slot] = out.mark(decisions[slot])
+            states[slot] = out.threshold_state(decisions[slot])
         spans, logs, rest = self.native.emit_kept(rows.astype(np.int32).tobytes(), kept_slots.tobytes(),
-                                                  tuple(marks))
+                                                  tuple(marks), tuple(states))
         left = np.frombuffer(rest, dtype=np.int32)
         recs = batch.held[2]
         done = np.ones(batch.n, dtype=bool)
