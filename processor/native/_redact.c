@@ -1426,9 +1426,16 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     Py_ssize_t detector_hits[N_KINDS], spans_touched = 0;
     size_t n = (size_t)PyBytes_GET_SIZE(arg);
     const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(arg);
-    uint8_t *built = NULL; /* the output when something changed (PyMem_Raw): copied into bytes with the GIL */
+    uint8_t *built = NULL; /* the output when it outgrew `room` (PyMem_Raw): copied into bytes with the GIL */
     Py_ssize_t total = (Py_ssize_t)n;
-    int unordered = 0;
+    /* The output's bytes object, made before the walk with room to grow: the edits are applied into it without
+     * the GIL, and the GIL's part is a resize, not a copy of the whole request (plus its page faults). */
+    PyObject *room = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + n / 4 + 4096));
+    if (!room) {
+        PyMem_Free(rule_hits);
+        return NULL;
+    }
+    int unordered = 0, edited = 0;
     PyObject *result = NULL, *out = NULL, *rules = NULL, *dets = NULL;
     Py_INCREF(arg); /* the buffer must outlive the callbacks */
     sc->busy++;
@@ -1456,11 +1463,13 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
         memcpy(detector_hits, sc->detector_hits, sizeof detector_hits);
         spans_touched = sc->spans_touched;
         if (sc->n_edits) {
+            edited = 1;
             total = (Py_ssize_t)n + sc->delta;
-            built = PyMem_RawMalloc(total ? (size_t)total : 1);
-            if (!built)
+            uint8_t *into = total <= PyBytes_GET_SIZE(room) ? (uint8_t *)PyBytes_AS_STRING(room)
+                                                             : (built = PyMem_RawMalloc(total ? (size_t)total : 1));
+            if (!into)
                 r = no_memory(sc);
-            else if (!apply_edits(sc, buf, n, built))
+            else if (!apply_edits(sc, buf, n, into))
                 unordered = 1;
         }
     }
@@ -1485,7 +1494,14 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "redaction edits overlap");
         goto done;
     }
-    out = built ? PyBytes_FromStringAndSize((const char *)built, total) : Py_NewRef(arg);
+    if (built) {
+        out = PyBytes_FromStringAndSize((const char *)built, total);
+    } else if (edited) {
+        if (_PyBytes_Resize(&room, total) < 0) goto done; /* room is NULL now */
+        out = Py_NewRef(room);
+    } else {
+        out = Py_NewRef(arg);
+    }
     if (!out) goto done;
     rules = counts_tuple(rule_hits, n_rules);
     if (!rules) goto done;
@@ -1494,6 +1510,7 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     result = Py_BuildValue("(OnOO)", out, spans_touched, rules, dets);
 done:
     PyMem_RawFree(built);
+    Py_XDECREF(room);
     PyMem_Free(rule_hits);
     Py_XDECREF(out);
     Py_XDECREF(rules);

@@ -177,6 +177,8 @@ class NativeIntake:
         offers: list[tuple[HistogramAgg, np.ndarray, bytes, bytes]] = []
         offered = 0
         for rule, (slots_raw, misses, rows, sums, hist, cands, skipped) in zip(self.rules, outs, strict=True):
+            if not (misses or cands or skipped):
+                continue  # the scanner added every group (the usual case once the keys are known)
             slots = np.frombuffer(slots_raw, dtype=np.int64)
             if misses:
                 slots = slots.copy()
