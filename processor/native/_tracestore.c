@@ -5,8 +5,9 @@
  * request is taken in one call (spans appended to their trace's framed chunk per (resource, scope) group, the
  * facts policies read merged per trace), readiness (root_grace / decision_wait / budgets) is tracked in C,
  * and a batch of due traces is handed to Python as packed records (numpy views them) so policies evaluate as
- * array operations. Python then reads the chunks of kept traces only and `finish`es the batch: decisions go
- * into a bounded two-generation cache (late spans follow it here) and the entries are freed.
+ * array operations. The kept traces are serialized here per group (`emit_kept`; Python reads the chunks of
+ * the few it rewrites itself) and Python `finish`es the batch: decisions go into a bounded two-generation
+ * cache (late spans follow it here) and the entries are freed.
  *
  * Store(names, keys, max_spans, cache_size)
  *   names: tuple of bytes (span names whose max duration is tracked, one int64 column each, -1 = none seen)
