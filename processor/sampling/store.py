@@ -6,8 +6,8 @@ the differential tests.
 A decision round is: `select_*` a batch of traces (at most one batch is open), `decide` it with the policies,
 hand the kept traces' bytes to the outbox (`emit_kept`, then `kept_entry` for the rows it leaves), `finish` it
 with its decisions (the traces leave the store, their decisions enter its decision cache), then `release` what
-the decided traces held; or `abort` it (a no-op once finished): its traces stay buffered for the next selection. Intake is transactional: a request
-that raises changed nothing.
+the decided traces held; or `abort` it (a no-op once finished): its traces stay buffered for the next
+selection. Intake is transactional: a request that raises changed nothing.
 """
 
 from __future__ import annotations
