@@ -1958,6 +1958,9 @@ static size_t emitted_len(const chunk_t *c, const chunk_t *root, const entry_t *
 static int emits_natively(const entry_t *e, const emit_how *how) {
     const chunk_t *root = e->root_gid >= 0 ? root_chunk(e) : NULL;
     if (!root || !root_prefix(root, e)) return 0;
+    for (int kind = 0; kind < 2; kind++) /* group codes are >= 0 (group_sums keys -1 as empty) */
+        for (const chunk_t *c = kind ? e->logs : e->chunks; c; c = c->next)
+            if (c->gid < 0) return 0;
     if (how->state)
         for (const chunk_t *c = e->chunks; c; c = c->next)
             if (rewrite_spans(c, how, NULL) == (size_t)-1) return 0;
