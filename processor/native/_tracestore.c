@@ -1242,7 +1242,8 @@ static void Parsed_dealloc(Parsed *p) {
     PyObject_Free(p);
 }
 
-/* What became of the parse: for tests and the fuzz target (pending, parsed, not_read, failed, merged, used). */
+/* What became of the parse: for tests and the fuzz target (pending, parsed, not_read, failed, merged, buffered,
+ * used). */
 static PyObject *Parsed_state(Parsed *p, void *closure) {
     switch (p->status) {
     case PARSE_PENDING: return PyUnicode_FromString("pending");
@@ -1969,9 +1970,9 @@ static int emits_natively(const entry_t *e, const emit_how *how) {
 
 static void emit_chunk(group_sums *spans, const chunk_t *c, const chunk_t *root, const entry_t *e,
                        const emit_how *how) {
-    if (how->state) {
-        size_t n = rewrite_spans(c, how, NULL);
-        rewrite_spans(c, how, sums_reserve(spans, c->gid, n));
+    if (how->state) { /* written where the group's output stands, then its position moves past it */
+        size_t i = sums_slot(spans, c->gid);
+        spans->at[i] += rewrite_spans(c, how, (uint8_t *)PyBytes_AS_STRING(spans->out[i]) + spans->at[i]);
         return;
     }
     if (c != root) {

@@ -416,11 +416,9 @@ class NativeStore:
                                                   tuple(marks), tuple(states))
         left = np.frombuffer(rest, dtype=np.int32)
         recs = batch.held[2]
-        done = np.ones(batch.n, dtype=bool)
-        done[left] = False
-        done_rows = rows[done[rows]]
-        out.add_serialized(spans, int(recs["nspans"][done_rows].sum()), logs, int(recs["nlogs"][done_rows].sum()),
-                           self.groups.by_id)
+        nspans = int(recs["nspans"][rows].sum() - recs["nspans"][left].sum())
+        nlogs = int(recs["nlogs"][rows].sum() - recs["nlogs"][left].sum())
+        out.add_serialized(spans, nspans, logs, nlogs, self.groups.by_id)
         return left
 
     def kept_entry(self, batch: Batch, row: int) -> TraceEntry:
