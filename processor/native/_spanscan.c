@@ -4,8 +4,8 @@
  * ~2-3 us of Python per span. The derived metrics only need, per rule, how many spans (and which durations /
  * weights) fall into each distinct combination of label sources. `scan` walks the wire bytes once and groups
  * the spans of every rule by the raw bytes of the rule's label sources, so Python works per group (a few per
- * rule and request), never per span: it turns each group key into a series slot once (cached) and adds the
- * group's totals with numpy.
+ * rule and request), never per span: it turns each group key into a series slot once and keeps it in a `Slots`;
+ * from then on scan adds that group's totals to the aggregation's arrays itself.
  *
  * scan(buf, attr_keys, res_keys, rules, names, resolve, targets[, walked]) -> (spans, outs) or None when
  * the bytes are not what this scanner understands (the caller then uses the pure-Python path, the reference).
@@ -24,14 +24,17 @@
  *   names:     a Names(max) kept by the caller across calls for these rules: span name -> rule indexes, read
  *              and added to without the GIL; resolve(name bytes) is called for a name not in it and returns
  *              the tuple of rule indexes (then remembered), or None to make scan return None.
- *   targets:   one (cache, values, counts, sums, full) per rule: cache a dict {group key: series slot, or for
- *              a position split ((slot, weight), ...)}; values float64[slots] (counters) or None; counts
+ *   targets:   one (known, values, counts, sums, full) per rule: known a Slots(max) kept by the caller across
+ *              calls, {group key: series slot, or for a position split ((slot, weight), ...)} (put by Python
+ *              for the groups scan left to it); values float64[slots] (counters) or None; counts
  *              int64[slots, len(bounds) + 1] and sums float64[slots] (histograms) or None. Groups found in
  *              the cache are added to these arrays here; the others are left to Python. full: None or
  *              uint8[slots, len(bounds) + 1], nonzero where the exemplar reservoir takes no more candidates.
  *   spans: bytes, one record per span: int64 trace id offset, trace id length, span id offset, span id length
- *          (offsets into buf), uint64 end time, float64 duration in ns (end - start, 0 when end < start)
- *   outs: one (slots, misses, rows, sums, hist, cands, skipped) per rule over its groups (first-seen order):
+ *          (offsets into buf), uint64 end time, float64 duration in ns (end - start, 0 when end < start); None
+ *          when every out is None (the table is read only for exemplar candidates)
+ *   outs: per rule None when every group was applied and no candidate is offered (the usual case once the keys
+ *          are known), else (slots, misses, rows, sums, hist, cands, skipped) over its groups (first-seen order):
  *          slots int64[G] (-1: not applied), misses [(group index, key bytes)] of the groups not applied,
  *          rows int64[G] spans per group, sums float64[G] (counters: sum of weights; histograms: sum of
  *          seconds), hist int64[G * (len(bounds) + 1)] or None, cands int64 triples (group, bucket, span
@@ -250,6 +253,186 @@ done:
     PyThread_release_lock(n->lock);
 }
 
+/* A rule's series slots across calls: group key bytes -> the series slot (counters, histograms) or, for a position
+ * split, its (slot, weight) pairs, as Python resolved them (`NativeIntake._slot`). scan adds a request's groups
+ * whose key is here straight into the aggregation's arrays, so a request of known groups makes no Python object
+ * per group (a dict of bytes keys needed a bytes object and its hash for every group of every request). Bounded:
+ * past `max` keys, new ones are resolved by Python on every call that meets them. Used with the GIL held only
+ * (scan's apply and Python), so it needs no lock of its own. Holds no Python object. */
+typedef struct {
+    uint64_t hash;
+    uint8_t *key;          /* owned (PyMem_Raw); NULL: empty slot */
+    size_t len;
+    int64_t slot;          /* the series slot; -1 for a position split */
+    int64_t *pair_slots;   /* position split: npairs slots (owned, one block with the weights) */
+    double *pair_weights;
+    Py_ssize_t npairs;
+} known_group;
+
+typedef struct {
+    PyObject_HEAD
+    known_group *items;
+    size_t mask, count, max;
+} Slots;
+
+static void Slots_dealloc(Slots *t) {
+    if (t->items)
+        for (size_t i = 0; i <= t->mask; i++) {
+            PyMem_RawFree(t->items[i].key);
+            PyMem_RawFree(t->items[i].pair_slots);
+        }
+    PyMem_RawFree(t->items);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *Slots_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"max", NULL};
+    Py_ssize_t max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &max)) return NULL;
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max >= 1");
+        return NULL;
+    }
+    Slots *t = (Slots *)type->tp_alloc(type, 0);
+    if (t) t->max = (size_t)max;
+    return (PyObject *)t;
+}
+
+static known_group *slots_find(const Slots *t, const uint8_t *p, size_t len, uint64_t h) {
+    if (!t->items) return NULL;
+    for (size_t i = (size_t)h & t->mask;; i = (i + 1) & t->mask) {
+        known_group *k = &t->items[i];
+        if (!k->key) return NULL;
+        if (k->hash == h && k->len == len && memcmp(k->key, p, len) == 0) return k;
+    }
+}
+
+/* get(key) -> slot (int), ((slot, weight), ...) for a position split, or None. */
+static PyObject *Slots_get(Slots *t, PyObject *key) {
+    if (!PyBytes_Check(key)) {
+        PyErr_SetString(PyExc_TypeError, "key must be bytes");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(key);
+    size_t len = (size_t)PyBytes_GET_SIZE(key);
+    const known_group *k = slots_find(t, p, len, siphash13(&scan_key, p, len));
+    if (!k) Py_RETURN_NONE;
+    if (k->slot >= 0) return PyLong_FromLongLong(k->slot);
+    PyObject *pairs = PyTuple_New(k->npairs);
+    for (Py_ssize_t i = 0; pairs && i < k->npairs; i++) {
+        PyObject *pair = Py_BuildValue("(Ld)", (long long)k->pair_slots[i], k->pair_weights[i]);
+        if (!pair) Py_CLEAR(pairs);
+        else PyTuple_SET_ITEM(pairs, i, pair);
+    }
+    return pairs;
+}
+
+/* put(key, slot or ((slot, weight), ...)) -> True when remembered, False when `max` keys are known already. */
+static PyObject *Slots_put(Slots *t, PyObject *args) {
+    PyObject *key, *value;
+    if (!PyArg_ParseTuple(args, "O!O", &PyBytes_Type, &key, &value)) return NULL;
+    int64_t slot = -1;
+    Py_ssize_t npairs = 0;
+    int64_t *pair_slots = NULL;
+    if (PyLong_Check(value)) {
+        slot = PyLong_AsLongLong(value);
+        if (slot == -1 && PyErr_Occurred()) return NULL;
+        if (slot < 0) {
+            PyErr_SetString(PyExc_ValueError, "a slot is >= 0");
+            return NULL;
+        }
+    } else if (PyTuple_Check(value)) {
+        npairs = PyTuple_GET_SIZE(value);
+        pair_slots = PyMem_RawMalloc((size_t)(npairs ? npairs : 1) * (sizeof(int64_t) + sizeof(double)));
+        if (!pair_slots) return PyErr_NoMemory();
+        double *weights = (double *)(pair_slots + (npairs ? npairs : 1));
+        for (Py_ssize_t i = 0; i < npairs; i++) {
+            PyObject *pair = PyTuple_GET_ITEM(value, i);
+            long long ps;
+            double w;
+            if (!PyTuple_Check(pair) || !PyArg_ParseTuple(pair, "Ld", &ps, &w) || ps < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "pairs of (slot >= 0, weight)");
+                PyMem_RawFree(pair_slots);
+                return NULL;
+            }
+            pair_slots[i] = ps;
+            weights[i] = w;
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "value must be a slot or a tuple of (slot, weight) pairs");
+        return NULL;
+    }
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(key);
+    size_t len = (size_t)PyBytes_GET_SIZE(key);
+    uint64_t h = siphash13(&scan_key, p, len);
+    known_group *k = slots_find(t, p, len, h);
+    if (!k) {
+        if (t->count >= t->max) {
+            PyMem_RawFree(pair_slots);
+            Py_RETURN_FALSE;
+        }
+        if (!t->items || (t->count + 1) * 2 > t->mask + 1) {
+            size_t cap = t->items ? (t->mask + 1) * 2 : 64;
+            known_group *fresh = PyMem_RawCalloc(cap, sizeof(known_group));
+            if (!fresh) {
+                PyMem_RawFree(pair_slots);
+                return PyErr_NoMemory();
+            }
+            if (t->items) {
+                for (size_t i = 0; i <= t->mask; i++) {
+                    if (!t->items[i].key) continue;
+                    size_t j = (size_t)t->items[i].hash & (cap - 1);
+                    while (fresh[j].key) j = (j + 1) & (cap - 1);
+                    fresh[j] = t->items[i];
+                }
+                PyMem_RawFree(t->items);
+            }
+            t->items = fresh;
+            t->mask = cap - 1;
+        }
+        uint8_t *copy = PyMem_RawMalloc(len ? len : 1);
+        if (!copy) {
+            PyMem_RawFree(pair_slots);
+            return PyErr_NoMemory();
+        }
+        if (len) memcpy(copy, p, len);
+        size_t i = (size_t)h & t->mask;
+        while (t->items[i].key) i = (i + 1) & t->mask;
+        k = &t->items[i];
+        k->hash = h;
+        k->key = copy;
+        k->len = len;
+        k->pair_slots = NULL;
+        t->count++;
+    }
+    PyMem_RawFree(k->pair_slots);
+    k->slot = slot;
+    k->pair_slots = pair_slots;
+    k->pair_weights = pair_slots ? (double *)(pair_slots + (npairs ? npairs : 1)) : NULL;
+    k->npairs = npairs;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Slots_count(Slots *t, PyObject *unused) { return PyLong_FromSize_t(t->count); }
+
+static PyMethodDef Slots_methods[] = {
+    {"get", (PyCFunction)Slots_get, METH_O, "The slot, or position-split pairs, of a group key; None if unknown."},
+    {"put", (PyCFunction)Slots_put, METH_VARARGS, "Remembers a group key's slot or pairs; False when full."},
+    {"count", (PyCFunction)Slots_count, METH_NOARGS, "Group keys known now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SlotsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "processor.native._spanscan.Slots",
+    .tp_basicsize = sizeof(Slots),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Slots_new,
+    .tp_dealloc = (destructor)Slots_dealloc,
+    .tp_methods = Slots_methods,
+    .tp_doc = "Slots(max): a rule's group key bytes -> series slot or position-split pairs, kept across scan() calls.",
+};
+
 typedef struct {
     /* immutable inputs */
     key_pattern *attr_keys;
@@ -286,6 +469,8 @@ typedef struct {
     size_t scratch_cap;
     int32_t *attr_ids; /* per span: value id of each wanted attribute, -1 absent */
     int32_t *res_ids;  /* per resource */
+    uint8_t *keybuf;   /* a group's key bytes while its slot is looked up (scan's apply) */
+    size_t keybuf_cap;
 } scanner;
 
 #define SPAN_RECORD 48
@@ -848,10 +1033,11 @@ static void free_scanner(scanner *s) {
     PyMem_RawFree(s->scratch);
     PyMem_RawFree(s->attr_ids);
     PyMem_RawFree(s->res_ids);
+    PyMem_RawFree(s->keybuf);
 }
 
-/* The group's key bytes (see the top of this file), from its interned ids. */
-static PyObject *group_key(const scanner *s, const rule_spec *rule, const group *g) {
+/* The length of the group's key bytes (see the top of this file). */
+static size_t group_key_len(const scanner *s, const rule_spec *rule, const group *g) {
     const int32_t *ids = s->ikeys + g->key_off;
     size_t total = 0;
     for (Py_ssize_t i = 0; i < rule->nsources; i++) {
@@ -864,9 +1050,12 @@ static PyObject *group_key(const scanner *s, const rule_spec *rule, const group 
             total += 4;
         }
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!out) return NULL;
-    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    return total;
+}
+
+/* Writes the group's key bytes, from its interned ids, to o (group_key_len bytes). */
+static void group_key_write(const scanner *s, const rule_spec *rule, const group *g, uint8_t *o) {
+    const int32_t *ids = s->ikeys + g->key_off;
     for (Py_ssize_t i = 0; i < rule->nsources; i++) {
         int type = rule->sources[i].type;
         const slice *v = NULL;
@@ -886,7 +1075,6 @@ static PyObject *group_key(const scanner *s, const rule_spec *rule, const group 
             for (int b = 0; b < 4; b++) *o++ = (uint8_t)(u >> (8 * b));
         }
     }
-    return out;
 }
 
 /* A writable C-contiguous buffer of float64 ('d'), int64 ('q') or uint8 ('B') items (the aggregation's numpy
@@ -908,54 +1096,44 @@ static int get_target(PyObject *obj, Py_buffer *view, char kind) {
     return 1;
 }
 
-/* Applies a group whose key is in the rule's cache straight into the target arrays. Returns the series slot
- * (counters and histograms), -2 for an applied position split, or -1 when Python must handle the group (not
- * cached yet, or a slot beyond the arrays, which Python grows). */
-static Py_ssize_t apply_cached(const rule_spec *rule, const group *g, const int64_t *hist, PyObject *cached,
-                               Py_buffer *values, Py_buffer *counts, Py_buffer *sums) {
+/* Applies a group whose key is known (`Slots`) straight into the target arrays. Returns the series slot (counters
+ * and histograms), -2 for an applied position split, or -1 when Python must handle the group (a slot beyond the
+ * arrays, which Python grows). */
+static int64_t apply_known(const rule_spec *rule, const group *g, const int64_t *hist, const known_group *k,
+                           Py_buffer *values, Py_buffer *counts, Py_buffer *sums) {
     size_t width = (size_t)rule->nbounds + 1;
-    if (PyLong_CheckExact(cached)) {
-        Py_ssize_t slot = PyLong_AsSsize_t(cached);
-        if (slot < 0) { PyErr_Clear(); return -1; }
+    if (k->slot >= 0) {
+        size_t slot = (size_t)k->slot;
         if (rule->bounds) {
-            if (!counts->buf || !sums->buf || (size_t)slot >= (size_t)sums->len / 8 ||
-                ((size_t)slot + 1) * width > (size_t)counts->len / 8)
+            if (!counts->buf || !sums->buf || slot >= (size_t)sums->len / 8 || (slot + 1) * width > (size_t)counts->len / 8)
                 return -1;
-            int64_t *c = (int64_t *)counts->buf + (size_t)slot * width;
+            int64_t *c = (int64_t *)counts->buf + slot * width;
             for (size_t b = 0; b < width; b++) c[b] += hist[b];
             ((double *)sums->buf)[slot] += g->sum;
         } else {
-            if (!values->buf || (size_t)slot >= (size_t)values->len / 8) return -1;
+            if (!values->buf || slot >= (size_t)values->len / 8) return -1;
             ((double *)values->buf)[slot] += g->sum;
         }
-        return slot;
+        return k->slot;
     }
-    if (!PyTuple_CheckExact(cached) || rule->bounds || !values->buf) return -1;
-    /* position split: ((slot, weight), ...) - every slot checked before anything is added */
-    Py_ssize_t n = PyTuple_GET_SIZE(cached);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PyTuple_GET_ITEM(cached, i);
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyLong_CheckExact(PyTuple_GET_ITEM(pair, 0))
-            || !PyFloat_CheckExact(PyTuple_GET_ITEM(pair, 1)))
-            return -1;
-        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
-        if (slot < 0) { PyErr_Clear(); return -1; }
-        if ((size_t)slot >= (size_t)values->len / 8) return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PyTuple_GET_ITEM(cached, i);
-        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
-        ((double *)values->buf)[slot] += PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(pair, 1)) * (double)g->rows;
-    }
+    if (rule->bounds || !values->buf) return -1;
+    /* position split: every slot checked before anything is added */
+    for (Py_ssize_t i = 0; i < k->npairs; i++)
+        if ((size_t)k->pair_slots[i] >= (size_t)values->len / 8) return -1;
+    for (Py_ssize_t i = 0; i < k->npairs; i++)
+        ((double *)values->buf)[k->pair_slots[i]] += k->pair_weights[i] * (double)g->rows;
     return -2;
 }
 
-/* (slots, misses, rows, sums, hist, cands) for one rule: groups found in `cache` are added to the target
- * arrays here; `misses` lists (group index, key) of the others, which Python adds (their slots are -1). */
+/* One rule's groups applied: those whose key `known` holds are added to the target arrays here. Returns None when
+ * that was all of them and no exemplar candidate is to be offered (no Python object made per group), else
+ * (slots, misses, rows, sums, hist, cands, skipped) over the rule's groups: `misses` lists (group index, key) of
+ * the groups left to Python (their slots are -1). */
 static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
     rule_spec *rule = &s->rules[ri];
-    PyObject *cache, *values_obj, *counts_obj, *sums_obj, *full_obj;
-    if (!PyArg_ParseTuple(target, "O!OOOO", &PyDict_Type, &cache, &values_obj, &counts_obj, &sums_obj, &full_obj))
+    Slots *known;
+    PyObject *values_obj, *counts_obj, *sums_obj, *full_obj;
+    if (!PyArg_ParseTuple(target, "O!OOOO", &SlotsType, &known, &values_obj, &counts_obj, &sums_obj, &full_obj))
         return NULL;
     size_t n = 0, width = (size_t)rule->nbounds + 1, ncands = 0;
     for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule) {
@@ -963,72 +1141,87 @@ static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
         if (s->groups[gi].cand_off >= 0)
             for (size_t b = 0; b < width; b++) ncands += s->cands[s->groups[gi].cand_off + b] >= 0;
     }
+    int offers = rule->candidates && rule->bounds;
     Py_buffer values, counts, sums, full;
     memset(&values, 0, sizeof(values));
     memset(&counts, 0, sizeof(counts));
     memset(&sums, 0, sizeof(sums));
     memset(&full, 0, sizeof(full));
+    int64_t *slot_of = NULL, *cand_triples = NULL, *skip_triples = NULL;
     PyObject *slots = NULL, *misses = NULL, *rows = NULL, *sums_out = NULL, *hist = NULL, *cands = NULL;
     PyObject *skipped = NULL;
     PyObject *result = NULL;
     if (!get_target(values_obj, &values, 'd') || !get_target(counts_obj, &counts, 'q') ||
         !get_target(sums_obj, &sums, 'd') || !get_target(full_obj, &full, 'B'))
         goto out;
-    slots = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
+    slot_of = PyMem_RawMalloc((n ? n : 1) * sizeof(int64_t));
+    cand_triples = PyMem_RawMalloc((ncands ? ncands : 1) * 3 * sizeof(int64_t));
+    skip_triples = PyMem_RawMalloc((ncands ? ncands : 1) * 3 * sizeof(int64_t));
+    if (!slot_of || !cand_triples || !skip_triples) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    size_t i = 0, ci = 0, si_out = 0, nmiss = 0;
+    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule, i++) {
+        const group *g = &s->groups[gi];
+        size_t klen = group_key_len(s, rule, g);
+        if (!grow((void **)&s->keybuf, &s->keybuf_cap, 0, klen ? klen : 1, 1)) goto out;
+        group_key_write(s, rule, g, s->keybuf);
+        const int64_t *gh = rule->bounds ? s->hist + g->hist_off : NULL;
+        const known_group *k = slots_find(known, s->keybuf, klen, siphash13(&scan_key, s->keybuf, klen));
+        int64_t slot = k ? apply_known(rule, g, gh, k, &values, &counts, &sums) : -1;
+        nmiss += slot == -1;
+        slot_of[i] = slot;
+        if (g->cand_off < 0 || !offers) continue;
+        for (size_t b = 0; b < width; b++) {
+            int32_t si = s->cands[g->cand_off + b];
+            if (si < 0) continue;
+            /* set apart where the reservoir already holds per_bucket candidates (it refuses them unless an
+             * eviction frees room while this request's candidates are added) */
+            int is_full = slot >= 0 && full.buf && ((size_t)slot + 1) * width <= (size_t)full.len &&
+                          ((const uint8_t *)full.buf)[(size_t)slot * width + b];
+            int64_t *t = is_full ? skip_triples + 3 * si_out++ : cand_triples + 3 * ci++;
+            t[0] = (int64_t)i;
+            t[1] = (int64_t)b;
+            t[2] = (int64_t)si;
+        }
+    }
+    if (!nmiss && !ci && !si_out) {
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    slots = PyBytes_FromStringAndSize((const char *)slot_of, (Py_ssize_t)(n * 8));
     misses = PyList_New(0);
     rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     sums_out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
     hist = rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * width * 8)) : Py_NewRef(Py_None);
-    cands = rule->candidates && rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(ncands * 24))
-                                             : Py_NewRef(Py_None);
-    skipped = rule->candidates && rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(ncands * 24))
-                                               : Py_NewRef(Py_None);
+    cands = offers ? PyBytes_FromStringAndSize((const char *)cand_triples, (Py_ssize_t)(ci * 24)) : Py_NewRef(Py_None);
+    skipped = offers ? PyBytes_FromStringAndSize((const char *)skip_triples, (Py_ssize_t)(si_out * 24))
+                     : Py_NewRef(Py_None);
     if (!slots || !misses || !rows || !sums_out || !hist || !cands || !skipped) goto out;
-    size_t i = 0, ci = 0, si_out = 0;
+    i = 0;
     for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule, i++) {
-        group *g = &s->groups[gi];
-        PyObject *k = group_key(s, rule, g);
-        if (!k) goto out;
-        const int64_t *gh = rule->bounds ? s->hist + g->hist_off : NULL;
-        PyObject *cached = PyDict_GetItemWithError(cache, k);
-        int64_t slot = -1;
-        if (cached) slot = apply_cached(rule, g, gh, cached, &values, &counts, &sums);
-        else if (PyErr_Occurred()) { Py_DECREF(k); goto out; }
-        if (slot == -1) {
-            PyObject *miss = Py_BuildValue("(nO)", (Py_ssize_t)i, k);
-            if (!miss || PyList_Append(misses, miss) < 0) { Py_XDECREF(miss); Py_DECREF(k); goto out; }
-            Py_DECREF(miss);
-        }
-        Py_DECREF(k);
-        memcpy(PyBytes_AS_STRING(slots) + i * 8, &slot, 8);
+        const group *g = &s->groups[gi];
         memcpy(PyBytes_AS_STRING(rows) + i * 8, &g->rows, 8);
         memcpy(PyBytes_AS_STRING(sums_out) + i * 8, &g->sum, 8);
-        if (gh) memcpy(PyBytes_AS_STRING(hist) + i * width * 8, gh, width * 8);
-        if (g->cand_off >= 0 && cands != Py_None)
-            for (size_t b = 0; b < width; b++) {
-                int32_t si = s->cands[g->cand_off + b];
-                if (si < 0) continue;
-                int64_t triple[3] = {(int64_t)i, (int64_t)b, (int64_t)si};
-                /* set apart where the reservoir already holds per_bucket candidates (it refuses them unless
-                 * an eviction frees room while this request's candidates are added) */
-                if (slot >= 0 && full.buf && ((size_t)slot + 1) * width <= (size_t)full.len &&
-                    ((const uint8_t *)full.buf)[(size_t)slot * width + b]) {
-                    memcpy(PyBytes_AS_STRING(skipped) + si_out * 24, triple, 24);
-                    si_out++;
-                    continue;
-                }
-                memcpy(PyBytes_AS_STRING(cands) + ci * 24, triple, 24);
-                ci++;
-            }
+        if (rule->bounds) memcpy(PyBytes_AS_STRING(hist) + i * width * 8, s->hist + g->hist_off, width * 8);
+        if (slot_of[i] != -1) continue;
+        PyObject *k = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)group_key_len(s, rule, g));
+        if (!k) goto out;
+        group_key_write(s, rule, g, (uint8_t *)PyBytes_AS_STRING(k));
+        PyObject *miss = Py_BuildValue("(nN)", (Py_ssize_t)i, k);
+        if (!miss || PyList_Append(misses, miss) < 0) { Py_XDECREF(miss); goto out; }
+        Py_DECREF(miss);
     }
-    if (cands != Py_None && ci < ncands && _PyBytes_Resize(&cands, (Py_ssize_t)(ci * 24)) < 0) goto out;
-    if (skipped != Py_None && si_out < ncands && _PyBytes_Resize(&skipped, (Py_ssize_t)(si_out * 24)) < 0) goto out;
     result = PyTuple_Pack(7, slots, misses, rows, sums_out, hist, cands, skipped);
 out:
     if (values.obj) PyBuffer_Release(&values);
     if (counts.obj) PyBuffer_Release(&counts);
     if (sums.obj) PyBuffer_Release(&sums);
     if (full.obj) PyBuffer_Release(&full);
+    PyMem_RawFree(slot_of);
+    PyMem_RawFree(cand_triples);
+    PyMem_RawFree(skip_triples);
     Py_XDECREF(slots);
     Py_XDECREF(misses);
     Py_XDECREF(rows);
@@ -1238,12 +1431,16 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         goto out;
     }
     if (!(outs = PyList_New(s.nrules))) goto out;
+    int any_output = 0;
     for (Py_ssize_t i = 0; i < s.nrules; i++) {
         PyObject *o = rule_output(&s, i, PyTuple_GET_ITEM(targets, i));
         if (!o) goto out;
+        any_output |= o != Py_None;
         PyList_SET_ITEM(outs, i, o);
     }
-    PyObject *spans = PyBytes_FromStringAndSize((const char *)s.spans, (Py_ssize_t)(s.nspans * SPAN_RECORD));
+    /* the span table is read only for exemplar candidates, which come with a rule's output */
+    PyObject *spans = any_output ? PyBytes_FromStringAndSize((const char *)s.spans, (Py_ssize_t)(s.nspans * SPAN_RECORD))
+                                 : Py_NewRef(Py_None);
     if (!spans) goto out;
     result = Py_BuildValue("(NO)", spans, outs);
 out:
@@ -1264,11 +1461,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spanscan", NULL, -1
 
 PyMODINIT_FUNC PyInit__spanscan(void) {
     if (!hash_key_random(&scan_key) || PyType_Ready(&WalkedType) < 0 || PyType_Ready(&NamesType) < 0 ||
+        PyType_Ready(&SlotsType) < 0 ||
         !nogil_job_register(&WalkedType, &walked_job))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0) {
+    if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0 ||
+        PyModule_AddObjectRef(m, "Slots", (PyObject *)&SlotsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -78,14 +78,16 @@ def split_key(raw: bytes, sources: list[Source]) -> list[Any]:
 class _NativeRule:
     """One rule as the scanner sees it, and the cache from raw group keys to series slots (or split pairs)."""
 
-    def __init__(self, sources: list[Source], value_attr: int, agg: CounterAgg | HistogramAgg,
+    def __init__(self, module: ModuleType, sources: list[Source], value_attr: int, agg: CounterAgg | HistogramAgg,
                  sink: RuleSink | None, candidates: bool) -> None:
         self.sources = sources
         self.value_attr = value_attr
         self.agg = agg
         self.sink = sink  # None for RED
         self.candidates = candidates
-        self.cache: dict[bytes, Any] = {}
+        # group key -> series slot, or ((slot, weight), ...) for a position split; in C, so the scanner looks
+        # known keys up without a bytes object per group (up to GROUP_CACHE_MAX keys: a flood is not cached)
+        self.cache = module.Slots(GROUP_CACHE_MAX)
         bounds = tuple(agg.bounds) if isinstance(agg, HistogramAgg) else None
         self.spec = (tuple(sources), value_attr, bounds, candidates)
 
@@ -115,7 +117,7 @@ class NativeIntake:
         self.red_index = -1
         if red is not None:
             self.red_index = 0
-            self.rules.append(_NativeRule([(SRC_RESOURCE, self.res_pos["service.name"]), (SRC_NAME, 0),
+            self.rules.append(_NativeRule(module, [(SRC_RESOURCE, self.res_pos["service.name"]), (SRC_NAME, 0),
                                            (SRC_KIND, 0), (SRC_STATUS, 0)], -1, red, None, reservoir is not None))
         self.sink_base = len(self.rules)
         self.sinks = sinks
@@ -125,7 +127,7 @@ class NativeIntake:
             if rule.kind == "position_split":
                 sources.append((SRC_ATTR, self.attr_pos[rule.count_attribute]))  # type: ignore[index]
             value_attr = self.attr_pos[rule.value_attribute] if rule.value_attribute else -1
-            self.rules.append(_NativeRule(sources, value_attr, sink.agg, sink,
+            self.rules.append(_NativeRule(module, sources, value_attr, sink.agg, sink,
                                           reservoir is not None and isinstance(sink.agg, HistogramAgg)))
         self.specs = tuple(r.spec for r in self.rules)
         # Span name -> rule indexes, in C: walks on any thread read it without the GIL (`_resolve` fills it).
@@ -176,9 +178,12 @@ class NativeIntake:
         spans_table, outs = scanned
         offers: list[tuple[HistogramAgg, np.ndarray, bytes, bytes]] = []
         offered = 0
-        for rule, (slots_raw, misses, rows, sums, hist, cands, skipped) in zip(self.rules, outs, strict=True):
-            if not (misses or cands or skipped):
+        for rule, out in zip(self.rules, outs, strict=True):
+            if out is None:
                 continue  # the scanner added every group (the usual case once the keys are known)
+            slots_raw, misses, rows, sums, hist, cands, skipped = out
+            if not (misses or cands or skipped):
+                continue
             slots = np.frombuffer(slots_raw, dtype=np.int64)
             if misses:
                 slots = slots.copy()
@@ -238,8 +243,8 @@ class NativeIntake:
             slot = series.index.get(full)
             if slot is None:
                 slot = series.slot(full)
-        if slot != series.overflow and len(rule.cache) < GROUP_CACHE_MAX:
-            rule.cache[key] = slot
+        if slot != series.overflow:
+            rule.cache.put(key, slot)
         return slot
 
     @staticmethod
@@ -276,8 +281,8 @@ class NativeIntake:
                 count = any_number(parts[-1])
                 full = self._labels(sink.rule.labels, parts)
                 pairs = tuple(sink.split(full, count)) if count is not None and 1 <= count < 1e6 else ()
-                if len(rule.cache) < GROUP_CACHE_MAX and all(s != sink.agg.series.overflow for s, _ in pairs):
-                    rule.cache[key] = pairs
+                if all(s != sink.agg.series.overflow for s, _ in pairs):
+                    rule.cache.put(key, pairs)
             for s, w in pairs:
                 ids.append(s)
                 weights.append(w * n)

@@ -164,6 +164,58 @@ def test_same_results_on_the_recommender_workload_with_tight_limits() -> None:
     assert_same(run(requests, True, DEFAULT_RULES, series_limit=7), run(requests, False, DEFAULT_RULES, series_limit=7))
 
 
+
+@needs_native
+def test_known_groups_are_added_by_the_scanner_alone() -> None:
+    """Once a rule's group keys are in its Slots, scan adds those groups to the arrays itself: the request leaves
+    Python nothing (no output per rule, no span table), and the totals still equal the Python path's."""
+    raw = generate(requests=1, spans_per_request=400, seed=5, special_rate=0.2, click_rate=0.2).requests[0]
+    stages = {}
+    for native in (True, False):
+        clock = [0.0]
+        ctx = StageContext(registry=CollectorRegistry(), clock=lambda c=clock: c[0])  # type: ignore[misc]
+        stages[native] = build("spanmetrics", {"rules": str(DEFAULT_RULES), "exemplars": {"enabled": False}},
+                               ctx=ctx)
+        if not native:
+            stages[native][0].deriver.native = None
+        feed(*stages[native], [raw], clock, decide=False)  # the first request: Python resolves every key
+    intake = stages[True][0].deriver.native
+    assert all(rule.cache.count() for rule in intake.rules)
+    targets = tuple(rule.target(intake.reservoir) for rule in intake.rules)
+    scanned = NATIVE.scan(raw, intake.attr_keys, intake.res_keys, intake.specs, intake.names, intake._resolve,
+                          targets)
+    assert scanned == (None, [None] * len(intake.rules))
+    for native in (True, False):  # the same request once more on both paths (the scan above added it too)
+        stages[native][0].on_trace_bytes(raw)
+    stages[False][0].on_trace_bytes(raw)
+    assert_same(state(*stages[True]), state(*stages[False]))
+
+
+@needs_native
+def test_slots_hold_a_slot_or_split_pairs_per_key_up_to_their_bound() -> None:
+    slots = NATIVE.Slots(3)
+    assert slots.get(b"a") is None and slots.count() == 0
+    assert slots.put(b"a", 3) and slots.get(b"a") == 3
+    assert slots.put(b"", ((1, 2.0), (4, 0.5))) and slots.get(b"") == ((1, 2.0), (4, 0.5))
+    assert slots.put(b"a", ()) and slots.get(b"a") == ()  # replaced: a position split with nothing to add
+    assert slots.put(b"b", 0) and slots.count() == 3
+    assert not slots.put(b"c", 1) and slots.get(b"c") is None and slots.count() == 3  # full: not remembered
+    assert slots.put(b"b", 7) and slots.get(b"b") == 7  # a known key is still replaced
+    for bad, error in ((-1, ValueError), (((-1, 1.0),), ValueError), ("x", TypeError), (((1,),), TypeError),
+                       (((1, "w"),), TypeError), (2**70, OverflowError)):
+        with pytest.raises(error):
+            slots.put(b"b", bad)
+    assert slots.get(b"b") == 7
+    with pytest.raises(TypeError):
+        slots.get("a")
+    with pytest.raises(ValueError):
+        NATIVE.Slots(0)
+    many = NATIVE.Slots(5000)
+    keys = [i.to_bytes(4, "little") + b"k" * (i % 5) for i in range(3000)]  # grows its table many times
+    assert all(many.put(k, i) for i, k in enumerate(keys))
+    assert [many.get(k) for k in keys] == list(range(3000)) and many.count() == 3000
+
+
 # ---------------------------------------------------------------- random requests
 
 KEYS = ["reco.placement", "reco.position", "reco.revenue", "reco.num_results", "experiment.variant",
