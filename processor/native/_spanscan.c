@@ -7,8 +7,8 @@
  * rule and request), never per span: it turns each group key into a series slot once and keeps it in a `Slots`;
  * from then on scan adds that group's totals to the aggregation's arrays itself.
  *
- * scan(buf, attr_keys, res_keys, rules, names, resolve, targets[, walked]) -> (spans, outs) or None when
- * the bytes are not what this scanner understands (the caller then uses the pure-Python path, the reference).
+ * scan(buf, attr_keys, res_keys, rules, names, resolve, targets[, walked[, room]]) -> outs, or None when the bytes
+ * are not what this scanner understands (the caller then uses the pure-Python path, the reference).
  * walk(buf, attr_keys, res_keys, rules, names, resolve) -> walked: scan's pass over the bytes done ahead
  * (the pipeline calls it before the stage's lock); scan given it (same bytes, same key and rule objects) only
  * applies the groups to the targets.
@@ -30,15 +30,18 @@
  *              int64[slots, len(bounds) + 1] and sums float64[slots] (histograms) or None. Groups found in
  *              the cache are added to these arrays here; the others are left to Python. full: None or
  *              uint8[slots, len(bounds) + 1], nonzero where the exemplar reservoir takes no more candidates.
- *   spans: bytes, one record per span: int64 trace id offset, trace id length, span id offset, span id length
- *          (offsets into buf), uint64 end time, float64 duration in ns (end - start, 0 when end < start); None
- *          when every out is None (the table is read only for exemplar candidates)
+ *   room:      how many more traces the exemplar reservoir takes before it evicts one; candidates where `full`
+ *              is set are reported (`skipped`) only when the request has more candidates than that, since only
+ *              an eviction can make room for them. -1 (the default): always reported.
  *   outs: per rule None when every group was applied and no candidate is offered (the usual case once the keys
  *          are known), else (slots, misses, rows, sums, hist, cands, skipped) over its groups (first-seen order):
  *          slots int64[G] (-1: not applied), misses [(group index, key bytes)] of the groups not applied,
  *          rows int64[G] spans per group, sums float64[G] (counters: sum of weights; histograms: sum of
- *          seconds), hist int64[G * (len(bounds) + 1)] or None, cands int64 triples (group, bucket, span
- *          index) or None, skipped: the same for candidates where `full` was set.
+ *          seconds), hist int64[G * (len(bounds) + 1)] or None (rows, sums and hist are None when misses is
+ *          empty), cands or None: one record per candidate of int64 group index, bucket, span index, trace id
+ *          offset, trace id length, span id offset, span id length (offsets into buf), then uint64 end time and
+ *          float64 duration in ns (end - start, 0 when end < start); skipped: the same for candidates where
+ *          `full` was set, or None when not reported.
  *
  * A group key is, per source: resource/attribute: 0x00 (absent) or 0x01 + varint length + the raw AnyValue
  * bytes; name: varint length + bytes; kind/status: 4 bytes little-endian int32.
@@ -474,6 +477,9 @@ typedef struct {
 } scanner;
 
 #define SPAN_RECORD 48
+/* A candidate as scan reports it: group index, bucket, span index, then the span's record (SPAN_RECORD bytes). */
+#define CAND_WORDS (3 + SPAN_RECORD / 8)
+#define CAND_BYTES (CAND_WORDS * 8)
 
 /* The walk over the request runs without the GIL (so another stage can use the second core meanwhile); the
  * few steps that touch Python objects (a span name seen for the first time, setting an exception) take it
@@ -1128,8 +1134,9 @@ static int64_t apply_known(const rule_spec *rule, const group *g, const int64_t 
 /* One rule's groups applied: those whose key `known` holds are added to the target arrays here. Returns None when
  * that was all of them and no exemplar candidate is to be offered (no Python object made per group), else
  * (slots, misses, rows, sums, hist, cands, skipped) over the rule's groups: `misses` lists (group index, key) of
- * the groups left to Python (their slots are -1). */
-static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
+ * the groups left to Python (their slots are -1); rows, sums and hist are None when there are none. Candidates
+ * where the reservoir is full go to `skipped` only when `report_skipped` (else they are dropped here). */
+static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target, int report_skipped) {
     rule_spec *rule = &s->rules[ri];
     Slots *known;
     PyObject *values_obj, *counts_obj, *sums_obj, *full_obj;
@@ -1155,8 +1162,8 @@ static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
         !get_target(sums_obj, &sums, 'd') || !get_target(full_obj, &full, 'B'))
         goto out;
     slot_of = PyMem_RawMalloc((n ? n : 1) * sizeof(int64_t));
-    cand_triples = PyMem_RawMalloc((ncands ? ncands : 1) * 3 * sizeof(int64_t));
-    skip_triples = PyMem_RawMalloc((ncands ? ncands : 1) * 3 * sizeof(int64_t));
+    cand_triples = PyMem_RawMalloc((ncands ? ncands : 1) * CAND_WORDS * sizeof(int64_t));
+    skip_triples = PyMem_RawMalloc((ncands ? ncands : 1) * CAND_WORDS * sizeof(int64_t));
     if (!slot_of || !cand_triples || !skip_triples) {
         PyErr_NoMemory();
         goto out;
@@ -1180,10 +1187,12 @@ static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
              * eviction frees room while this request's candidates are added) */
             int is_full = slot >= 0 && full.buf && ((size_t)slot + 1) * width <= (size_t)full.len &&
                           ((const uint8_t *)full.buf)[(size_t)slot * width + b];
-            int64_t *t = is_full ? skip_triples + 3 * si_out++ : cand_triples + 3 * ci++;
+            if (is_full && !report_skipped) continue;
+            int64_t *t = is_full ? skip_triples + CAND_WORDS * si_out++ : cand_triples + CAND_WORDS * ci++;
             t[0] = (int64_t)i;
             t[1] = (int64_t)b;
             t[2] = (int64_t)si;
+            memcpy(t + 3, s->spans + (size_t)si * SPAN_RECORD, SPAN_RECORD);
         }
     }
     if (!nmiss && !ci && !si_out) {
@@ -1192,15 +1201,17 @@ static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target) {
     }
     slots = PyBytes_FromStringAndSize((const char *)slot_of, (Py_ssize_t)(n * 8));
     misses = PyList_New(0);
-    rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
-    sums_out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8));
-    hist = rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * width * 8)) : Py_NewRef(Py_None);
-    cands = offers ? PyBytes_FromStringAndSize((const char *)cand_triples, (Py_ssize_t)(ci * 24)) : Py_NewRef(Py_None);
-    skipped = offers ? PyBytes_FromStringAndSize((const char *)skip_triples, (Py_ssize_t)(si_out * 24))
-                     : Py_NewRef(Py_None);
+    rows = nmiss ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8)) : Py_NewRef(Py_None);
+    sums_out = nmiss ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * 8)) : Py_NewRef(Py_None);
+    hist = nmiss && rule->bounds ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * width * 8)) : Py_NewRef(Py_None);
+    cands = offers ? PyBytes_FromStringAndSize((const char *)cand_triples, (Py_ssize_t)(ci * CAND_BYTES))
+                   : Py_NewRef(Py_None);
+    skipped = offers && report_skipped
+                  ? PyBytes_FromStringAndSize((const char *)skip_triples, (Py_ssize_t)(si_out * CAND_BYTES))
+                  : Py_NewRef(Py_None);
     if (!slots || !misses || !rows || !sums_out || !hist || !cands || !skipped) goto out;
     i = 0;
-    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule, i++) {
+    for (int32_t gi = s->rule_first[ri]; nmiss && gi >= 0; gi = s->groups[gi].next_in_rule, i++) {
         const group *g = &s->groups[gi];
         memcpy(PyBytes_AS_STRING(rows) + i * 8, &g->rows, 8);
         memcpy(PyBytes_AS_STRING(sums_out) + i * 8, &g->sum, 8);
@@ -1408,8 +1419,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *attr_obj, *res_obj, *rules_obj, *resolve, *targets, *ahead = Py_None;
     Names *names;
-    if (!PyArg_ParseTuple(args, "y*OOOO!OO!|O", &buf, &attr_obj, &res_obj, &rules_obj, &NamesType, &names,
-                          &resolve, &PyTuple_Type, &targets, &ahead))
+    Py_ssize_t room = -1;
+    if (!PyArg_ParseTuple(args, "y*OOOO!OO!|On", &buf, &attr_obj, &res_obj, &rules_obj, &NamesType, &names,
+                          &resolve, &PyTuple_Type, &targets, &ahead, &room))
         return NULL;
     scanner s;
     PyObject *result = NULL, *outs = NULL;
@@ -1430,19 +1442,24 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "one target per rule");
         goto out;
     }
+    /* Candidates where the reservoir is full matter only if this request's candidates could make it evict: more
+     * of them than `room`, counted over every rule before any is reported. */
+    size_t offerable = 0;
+    for (Py_ssize_t ri = 0; ri < s.nrules; ri++) {
+        const rule_spec *rule = &s.rules[ri];
+        if (!rule->candidates || !rule->bounds) continue;
+        for (int32_t gi = s.rule_first[ri]; gi >= 0; gi = s.groups[gi].next_in_rule)
+            if (s.groups[gi].cand_off >= 0)
+                for (Py_ssize_t b = 0; b <= rule->nbounds; b++) offerable += s.cands[s.groups[gi].cand_off + b] >= 0;
+    }
+    int report_skipped = room < 0 || offerable > (size_t)room;
     if (!(outs = PyList_New(s.nrules))) goto out;
-    int any_output = 0;
     for (Py_ssize_t i = 0; i < s.nrules; i++) {
-        PyObject *o = rule_output(&s, i, PyTuple_GET_ITEM(targets, i));
+        PyObject *o = rule_output(&s, i, PyTuple_GET_ITEM(targets, i), report_skipped);
         if (!o) goto out;
-        any_output |= o != Py_None;
         PyList_SET_ITEM(outs, i, o);
     }
-    /* the span table is read only for exemplar candidates, which come with a rule's output */
-    PyObject *spans = any_output ? PyBytes_FromStringAndSize((const char *)s.spans, (Py_ssize_t)(s.nspans * SPAN_RECORD))
-                                 : Py_NewRef(Py_None);
-    if (!spans) goto out;
-    result = Py_BuildValue("(NO)", spans, outs);
+    result = Py_NewRef(outs);
 out:
     Py_XDECREF(outs);
     free_scanner(&s);

@@ -10,6 +10,7 @@ the first span of each (group, bucket), so no per-span Python object is ever mad
 
 from __future__ import annotations
 
+import struct
 from types import ModuleType
 from typing import Any
 
@@ -33,8 +34,9 @@ from processor.spanmetrics.rules import LabelSpec
 SRC_RESOURCE, SRC_NAME, SRC_KIND, SRC_STATUS, SRC_ATTR = range(5)
 GROUP_CACHE_MAX = 20_000  # per rule: distinct raw label combinations remembered (a flood is not cached)
 NAME_CACHE_MAX = 10_000  # like Deriver.plans: span names are low-cardinality, a flood of names is not cached
-SPAN_DTYPE = np.dtype([("tid_at", "<i8"), ("tid_len", "<i8"), ("sid_at", "<i8"), ("sid_len", "<i8"),
-                       ("end", "<u8"), ("dur", "<f8")])
+# One exemplar candidate as scan reports it: group index, bucket, span index, trace id offset and length, span id
+# offset and length (into the request), end time, duration in ns
+CANDIDATE = struct.Struct("<qqqqqqqQd")
 
 Source = tuple[int, int]
 
@@ -169,13 +171,14 @@ class NativeIntake:
     def consume(self, raw: bytes) -> bool:
         """Adds one serialized request; False when the scanner gave up (the caller then takes the Python path).
         Groups whose key is cached are added by the scanner itself; here only new keys and exemplars."""
-        targets = tuple(r.target(self.reservoir) for r in self.rules)
+        reservoir = self.reservoir
+        targets = tuple(r.target(reservoir) for r in self.rules)
         walked = self._ahead.take(raw)
-        scanned = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve,
-                                   targets, None if walked is MISSING else walked)
-        if scanned is None:
+        room = -1 if reservoir is None else max(0, reservoir.max_traces - len(reservoir.pending))
+        outs = self.module.scan(raw, self.attr_keys, self.res_keys, self.specs, self.names, self._resolve,
+                                targets, None if walked is MISSING else walked, room)
+        if outs is None:
             return False
-        spans_table, outs = scanned
         offers: list[tuple[HistogramAgg, np.ndarray, bytes, bytes]] = []
         offered = 0
         for rule, out in zip(self.rules, outs, strict=True):
@@ -189,17 +192,16 @@ class NativeIntake:
                 slots = slots.copy()
                 self._misses(rule, misses, slots, rows, sums, hist)
             if cands or skipped:
-                offers.append((rule.agg, slots, cands, skipped))  # type: ignore[arg-type]
-                offered += len(cands) // 24
+                offers.append((rule.agg, slots, cands, skipped or b""))  # type: ignore[arg-type]
+                offered += len(cands) // CANDIDATE.size
         if offered or (offers and self._eviction_possible(offered)):
             # Candidates the scanner set apart sit where the reservoir is full: they matter only if adding
             # this request's candidates evicts an old trace (which frees room), as the Python path would see.
             everything = self._eviction_possible(offered)
-            spans = np.frombuffer(spans_table, dtype=SPAN_DTYPE)
             for agg, slots, cands, skipped in offers:
                 chosen = cands + skipped if everything else cands
                 if chosen:
-                    self._candidates(agg, slots, np.frombuffer(chosen, dtype=np.int64).reshape(-1, 3), spans, raw)
+                    self._candidates(agg, slots, chosen, raw)
         return True
 
     def _eviction_possible(self, offered: int) -> bool:
@@ -291,24 +293,23 @@ class NativeIntake:
             sink.agg.add_groups(np.asarray(ids, dtype=np.int64), np.asarray(weights, dtype=np.float64),  # type: ignore[call-arg]
                                 np.asarray(measurements, dtype=np.int64))
 
-    def _candidates(self, agg: HistogramAgg, slots: np.ndarray, cands: np.ndarray, spans: np.ndarray,
-                    raw: bytes) -> None:
+    def _candidates(self, agg: HistogramAgg, slots: np.ndarray, cands: bytes, raw: bytes) -> None:
         """Offers the reservoir the first span of each (series, bucket) of this request, in (series, bucket)
-        order like `Deriver._histogram_batch`."""
+        order like `Deriver._histogram_batch`. A request has a few candidates per rule, so plain Python: numpy's
+        per-call cost is more than the work."""
         reservoir = self.reservoir
         assert reservoir is not None
-        combined = slots[cands[:, 0]] * agg.width + cands[:, 1]
-        order = np.lexsort((cands[:, 2], combined))
-        ordered = combined[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = ordered[1:] != ordered[:-1]
         width = agg.width
-        for c, span_index in zip(ordered[first].tolist(), cands[order[first], 2].tolist(), strict=True):
-            slot, b = divmod(c, width)
+        slot_of = slots.tolist()
+        first: dict[int, tuple] = {}  # slot * width + bucket -> the candidate of the lowest span index there
+        for cand in CANDIDATE.iter_unpack(cands):
+            combined = slot_of[cand[0]] * width + cand[1]
+            if first.get(combined, cand)[2] >= cand[2]:
+                first[combined] = cand
+        for combined in sorted(first):
+            slot, b = divmod(combined, width)
             if reservoir.wants(agg, slot, b):
-                s = spans[span_index]
-                tid_at, sid_at = int(s["tid_at"]), int(s["sid_at"])
-                trace_id = raw[tid_at:tid_at + int(s["tid_len"])]
-                span_id = raw[sid_at:sid_at + int(s["sid_len"])]
-                seconds = float(s["dur"] * 1e-9)
-                reservoir.add(trace_id, Candidate(agg, slot, b, Exemplar(trace_id, span_id, seconds, int(s["end"]))))
+                _, _, _, tid_at, tid_len, sid_at, sid_len, end, dur = first[combined]
+                trace_id = raw[tid_at:tid_at + tid_len]
+                span_id = raw[sid_at:sid_at + sid_len]
+                reservoir.add(trace_id, Candidate(agg, slot, b, Exemplar(trace_id, span_id, dur * 1e-9, end)))

@@ -68,14 +68,17 @@ class RedactionStage(Stage):
                                        "Values replaced by a detector, per detector", ("detector",))
         self._spans_touched = _counter(registry, "recohop_redaction_spans_touched",
                                        "Spans with at least one redacted value", ())
-        # Pre-create label sets so the audit series exist (at 0) before the first hit.
+        # Pre-create label sets so the audit series exist (at 0) before the first hit; the children are kept,
+        # since `labels()` costs more than the `inc` a request makes of it.
+        self._rule_children: dict[str, Counter] = {}
+        self._detector_children: dict[str, Counter] = {}
         for _, rule in rules.rules:
             if rule.action != "keep":
-                self._rule_hits.labels(rule.name)
+                self._rule_child(rule.name)
         if rules.otherwise is not None:
-            self._rule_hits.labels(rules.otherwise.name)
+            self._rule_child(rules.otherwise.name)
         for kind in redactor.detectors.kinds:
-            self._detector_hits.labels(kind)
+            self._detector_child(kind)
         registry.register(UnreadableValues(rules))
 
     def on_traces(self, request: TracesRequest) -> list[TracesRequest]:
@@ -120,15 +123,28 @@ class RedactionStage(Stage):
         r = self.redactor
         if r.rule_hits:
             for rule, n in r.rule_hits.items():
-                self._rule_hits.labels(rule).inc(n)
+                self._rule_child(rule).inc(n)
             r.rule_hits.clear()
         if r.detector_hits:
             for kind, n in r.detector_hits.items():
-                self._detector_hits.labels(kind).inc(n)
+                self._detector_child(kind).inc(n)
             r.detector_hits.clear()
         if r.spans_touched:
             self._spans_touched.inc(r.spans_touched)
             r.spans_touched = 0
+
+    def _rule_child(self, rule: str) -> Counter:
+        return _child(self._rule_children, self._rule_hits, rule)
+
+    def _detector_child(self, kind: str) -> Counter:
+        return _child(self._detector_children, self._detector_hits, kind)
+
+
+def _child(children: dict[str, Counter], family: Counter, label: str) -> Counter:
+    child = children.get(label)
+    if child is None:
+        child = children[label] = family.labels(label)
+    return child
 
 
 def load_ruleset(node: Node) -> RuleSet:

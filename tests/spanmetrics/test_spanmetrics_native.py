@@ -184,11 +184,33 @@ def test_known_groups_are_added_by_the_scanner_alone() -> None:
     targets = tuple(rule.target(intake.reservoir) for rule in intake.rules)
     scanned = NATIVE.scan(raw, intake.attr_keys, intake.res_keys, intake.specs, intake.names, intake._resolve,
                           targets)
-    assert scanned == (None, [None] * len(intake.rules))
+    assert scanned == [None] * len(intake.rules)
     for native in (True, False):  # the same request once more on both paths (the scan above added it too)
         stages[native][0].on_trace_bytes(raw)
     stages[False][0].on_trace_bytes(raw)
     assert_same(state(*stages[True]), state(*stages[False]))
+
+
+@needs_native
+def test_candidates_where_the_reservoir_is_full_are_reported_only_when_it_could_evict(extra_rules: Path) -> None:
+    """`room` (traces the reservoir takes before it evicts) decides whether scan reports the candidates it set
+    apart where `full` is marked: with more candidates than room, an eviction may free a place for them."""
+    clock = [0.0]
+    stage, _ = make_stage(True, extra_rules, clock)  # per_bucket 2: buckets fill after two requests
+    intake = stage.deriver.native
+    work = generate(requests=3, spans_per_request=400, seed=5, special_rate=0.2, click_rate=0.2).requests
+    for raw in work[:2]:
+        stage.on_trace_bytes(raw)
+    targets = tuple(rule.target(intake.reservoir) for rule in intake.rules)
+
+    def skipped(room: int) -> list[int | None]:
+        outs = NATIVE.scan(work[2], intake.attr_keys, intake.res_keys, intake.specs, intake.names,
+                           intake._resolve, targets, None, room)
+        return [None if out is None or out[6] is None else len(out[6]) // 72 for out in outs]
+
+    always, roomy, tight = skipped(-1), skipped(10**6), skipped(0)
+    assert any(always) and always == tight  # set apart where full, and reported
+    assert all(n is None for n in roomy)  # nothing could be evicted: not reported at all
 
 
 @needs_native

@@ -92,14 +92,15 @@ def test_a_walk_is_used_once_and_only_with_its_own_bytes_keys_and_rules(extra_ru
         return module.scan(data, *args, targets, walked)
 
     reference = scan(raw)
+    assert any(reference)  # the first request: keys to resolve and candidates to offer
     walked = module.walk(raw, *args)
-    assert scan(raw, walked)[0] == reference[0]
-    assert scan(raw, walked)[0] == reference[0]  # used up: walked again, same spans
+    assert scan(raw, walked) == reference
+    assert scan(raw, walked) == reference  # used up: walked again, the same groups and candidates
     other = module.walk(raw, native.attr_keys, native.res_keys, tuple(list(native.specs)), native.names,
                         native._resolve)
-    assert scan(raw, other)[0] == reference[0]  # equal rules in another object: not trusted, walked again
+    assert scan(raw, other) == reference  # equal rules in another object: not trusted, walked again
     copy = bytes(bytearray(raw))
-    assert scan(copy, module.walk(raw, *args))[0] == reference[0]  # equal bytes, another object
+    assert scan(copy, module.walk(raw, *args)) == reference  # equal bytes, another object
     assert module.walk(b"\x0a\x02\x12", *args) is not None  # not readable: the scan then says None
     assert scan(b"\x0a\x02\x12", module.walk(b"\x0a\x02\x12", *args)) is None
 
@@ -140,7 +141,7 @@ def test_names_are_bounded_and_tied_to_their_rules(extra_rules: Path) -> None:
     one = module.Names(1)  # one name kept; the others are resolved on every call, with the same result
     for _ in range(2):
         got = module.scan(raw, native.attr_keys, native.res_keys, native.specs, one, native._resolve, targets)
-        assert got[0] == reference[0] and one.count() == 1
+        assert got == reference and one.count() == 1
     # names resolved for these rules, given with fewer rules: refused, never read out of range
     assert max(max(native._resolve(n.encode()) or (0,)) for n in ("reco.generate", "scoring")) >= 1
     with pytest.raises(ValueError, match="out of range"):
