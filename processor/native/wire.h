@@ -32,6 +32,10 @@ static inline wire_cur wire_span(const uint8_t *p, size_t len) {
 
 /* 1 on success, 0 on truncation or a varint longer than 10 bytes. */
 static inline int wire_varint(wire_cur *c, uint64_t *out) {
+    if (c->p < c->end && *c->p < 0x80) { /* one byte: most tags and lengths in OTLP */
+        *out = *c->p++;
+        return 1;
+    }
     uint64_t v = 0;
     int shift = 0;
     while (c->p < c->end) {
