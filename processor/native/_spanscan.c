@@ -117,14 +117,64 @@ typedef struct {
     size_t table_cap;
 } interner;
 
+/* The byte-string key that starts every entry of the tables kept across calls (Names, Slots): open addressing,
+ * linear probing, keyed by scan_key, doubled at half full. A table is an array of `size`-byte entries. */
+typedef struct {
+    uint64_t hash;
+    uint8_t *key; /* owned (PyMem_Raw); NULL: empty entry */
+    size_t len;
+} keyed;
+
+#define KEYED_AT(items, size, i) ((keyed *)((uint8_t *)(items) + (i) * (size)))
+
+/* The entry of p[:len] (hash h), or NULL. */
+static void *keyed_find(void *items, size_t mask, size_t size, const uint8_t *p, size_t len, uint64_t h) {
+    if (!items) return NULL;
+    for (size_t i = (size_t)h & mask;; i = (i + 1) & mask) {
+        keyed *k = KEYED_AT(items, size, i);
+        if (!k->key) return NULL;
+        if (k->hash == h && k->len == len && memcmp(k->key, p, len) == 0) return k;
+    }
+}
+
+/* An empty entry for hash h, holding a copy of p[:len] (the caller fills the rest); the table grows first when
+ * half full. NULL out of memory (nothing added). No GIL needed. */
+static void *keyed_add(void **items, size_t *mask, size_t count, size_t size, const uint8_t *p, size_t len,
+                       uint64_t h) {
+    if (!*items || (count + 1) * 2 > *mask + 1) {
+        size_t cap = *items ? (*mask + 1) * 2 : 64;
+        void *fresh = PyMem_RawCalloc(cap, size);
+        if (!fresh) return NULL;
+        for (size_t i = 0; *items && i <= *mask; i++) {
+            keyed *k = KEYED_AT(*items, size, i);
+            if (!k->key) continue;
+            size_t j = (size_t)k->hash & (cap - 1);
+            while (KEYED_AT(fresh, size, j)->key) j = (j + 1) & (cap - 1);
+            memcpy(KEYED_AT(fresh, size, j), k, size);
+        }
+        PyMem_RawFree(*items);
+        *items = fresh;
+        *mask = cap - 1;
+    }
+    uint8_t *copy = PyMem_RawMalloc(len ? len : 1);
+    if (!copy) return NULL;
+    if (len) memcpy(copy, p, len);
+    size_t i = (size_t)h & *mask;
+    while (KEYED_AT(*items, size, i)->key) i = (i + 1) & *mask;
+    keyed *k = KEYED_AT(*items, size, i);
+    memset(k, 0, size);
+    k->hash = h;
+    k->key = copy;
+    k->len = len;
+    return k;
+}
+
 /* The span names' rules across calls: name bytes -> rule indexes, as resolve() answered (bounded: past `max`
  * names, new ones are resolved on every call that meets them). A walk on any thread reads and adds to it without
  * the GIL, so a request of known names needs the GIL for nothing. Its lock is held only for memory work, never
  * while waiting for the GIL, so a thread holding the GIL may take it too. Holds no Python object. */
 typedef struct {
-    uint64_t hash;
-    uint8_t *key; /* owned (PyMem_Raw); NULL: empty slot */
-    size_t len;
+    keyed k;
     int32_t *rules; /* owned (PyMem_Raw) */
     Py_ssize_t nrules;
 } known_name;
@@ -139,7 +189,7 @@ typedef struct {
 static void Names_dealloc(Names *n) {
     if (n->slots)
         for (size_t i = 0; i <= n->mask; i++) {
-            PyMem_RawFree(n->slots[i].key);
+            PyMem_RawFree(n->slots[i].k.key);
             PyMem_RawFree(n->slots[i].rules);
         }
     PyMem_RawFree(n->slots);
@@ -189,12 +239,7 @@ static PyTypeObject NamesType = {
 };
 
 static known_name *names_find(const Names *n, const uint8_t *p, size_t len, uint64_t h) {
-    if (!n->slots) return NULL;
-    for (size_t i = (size_t)h & n->mask;; i = (i + 1) & n->mask) {
-        known_name *k = &n->slots[i];
-        if (!k->key) return NULL;
-        if (k->hash == h && k->len == len && memcmp(k->key, p, len) == 0) return k;
-    }
+    return keyed_find(n->slots, n->mask, sizeof(known_name), p, len, h);
 }
 
 /* A copy of the rules known for p[:len] into *rules / *nrules (PyMem_Raw, caller frees). 1 known, 0 not, -1 out
@@ -222,37 +267,18 @@ static int names_get(Names *n, const uint8_t *p, size_t len, uint64_t h, int32_t
 static void names_put(Names *n, const uint8_t *p, size_t len, uint64_t h, const int32_t *rules, Py_ssize_t nrules) {
     PyThread_acquire_lock(n->lock, WAIT_LOCK);
     if (n->count < n->max && !names_find(n, p, len, h)) {
-        if (!n->slots || (n->count + 1) * 2 > n->mask + 1) {
-            size_t cap = n->slots ? (n->mask + 1) * 2 : 64;
-            known_name *fresh = PyMem_RawCalloc(cap, sizeof(known_name));
-            if (!fresh) goto done;
-            if (n->slots) {
-                for (size_t i = 0; i <= n->mask; i++) {
-                    if (!n->slots[i].key) continue;
-                    size_t j = (size_t)n->slots[i].hash & (cap - 1);
-                    while (fresh[j].key) j = (j + 1) & (cap - 1);
-                    fresh[j] = n->slots[i];
-                }
-                PyMem_RawFree(n->slots);
-            }
-            n->slots = fresh;
-            n->mask = cap - 1;
-        }
-        uint8_t *key = PyMem_RawMalloc(len ? len : 1);
         int32_t *copy = PyMem_RawMalloc((size_t)(nrules ? nrules : 1) * sizeof(int32_t));
-        if (!key || !copy) {
-            PyMem_RawFree(key);
+        known_name *k = copy ? keyed_add((void **)&n->slots, &n->mask, n->count, sizeof(known_name), p, len, h)
+                             : NULL;
+        if (k) {
+            if (nrules) memcpy(copy, rules, (size_t)nrules * sizeof(int32_t));
+            k->rules = copy;
+            k->nrules = nrules;
+            n->count++;
+        } else {
             PyMem_RawFree(copy);
-            goto done;
         }
-        if (len) memcpy(key, p, len);
-        if (nrules) memcpy(copy, rules, (size_t)nrules * sizeof(int32_t));
-        size_t i = (size_t)h & n->mask;
-        while (n->slots[i].key) i = (i + 1) & n->mask;
-        n->slots[i] = (known_name){h, key, len, copy, nrules};
-        n->count++;
     }
-done:
     PyThread_release_lock(n->lock);
 }
 
@@ -263,9 +289,7 @@ done:
  * past `max` keys, new ones are resolved by Python on every call that meets them. Used with the GIL held only
  * (scan's apply and Python), so it needs no lock of its own. Holds no Python object. */
 typedef struct {
-    uint64_t hash;
-    uint8_t *key;          /* owned (PyMem_Raw); NULL: empty slot */
-    size_t len;
+    keyed k;
     int64_t slot;          /* the series slot; -1 for a position split */
     int64_t *pair_slots;   /* position split: npairs slots (owned, one block with the weights) */
     double *pair_weights;
@@ -281,7 +305,7 @@ typedef struct {
 static void Slots_dealloc(Slots *t) {
     if (t->items)
         for (size_t i = 0; i <= t->mask; i++) {
-            PyMem_RawFree(t->items[i].key);
+            PyMem_RawFree(t->items[i].k.key);
             PyMem_RawFree(t->items[i].pair_slots);
         }
     PyMem_RawFree(t->items);
@@ -302,12 +326,7 @@ static PyObject *Slots_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
 }
 
 static known_group *slots_find(const Slots *t, const uint8_t *p, size_t len, uint64_t h) {
-    if (!t->items) return NULL;
-    for (size_t i = (size_t)h & t->mask;; i = (i + 1) & t->mask) {
-        known_group *k = &t->items[i];
-        if (!k->key) return NULL;
-        if (k->hash == h && k->len == len && memcmp(k->key, p, len) == 0) return k;
-    }
+    return keyed_find(t->items, t->mask, sizeof(known_group), p, len, h);
 }
 
 /* get(key) -> slot (int), ((slot, weight), ...) for a position split, or None. */
@@ -374,38 +393,10 @@ static PyObject *Slots_put(Slots *t, PyObject *args) {
             PyMem_RawFree(pair_slots);
             Py_RETURN_FALSE;
         }
-        if (!t->items || (t->count + 1) * 2 > t->mask + 1) {
-            size_t cap = t->items ? (t->mask + 1) * 2 : 64;
-            known_group *fresh = PyMem_RawCalloc(cap, sizeof(known_group));
-            if (!fresh) {
-                PyMem_RawFree(pair_slots);
-                return PyErr_NoMemory();
-            }
-            if (t->items) {
-                for (size_t i = 0; i <= t->mask; i++) {
-                    if (!t->items[i].key) continue;
-                    size_t j = (size_t)t->items[i].hash & (cap - 1);
-                    while (fresh[j].key) j = (j + 1) & (cap - 1);
-                    fresh[j] = t->items[i];
-                }
-                PyMem_RawFree(t->items);
-            }
-            t->items = fresh;
-            t->mask = cap - 1;
-        }
-        uint8_t *copy = PyMem_RawMalloc(len ? len : 1);
-        if (!copy) {
+        if (!(k = keyed_add((void **)&t->items, &t->mask, t->count, sizeof(known_group), p, len, h))) {
             PyMem_RawFree(pair_slots);
             return PyErr_NoMemory();
         }
-        if (len) memcpy(copy, p, len);
-        size_t i = (size_t)h & t->mask;
-        while (t->items[i].key) i = (i + 1) & t->mask;
-        k = &t->items[i];
-        k->hash = h;
-        k->key = copy;
-        k->len = len;
-        k->pair_slots = NULL;
         t->count++;
     }
     PyMem_RawFree(k->pair_slots);
