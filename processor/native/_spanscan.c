@@ -1122,6 +1122,15 @@ static int64_t apply_known(const rule_spec *rule, const group *g, const int64_t 
     return -2;
 }
 
+/* Exemplar candidates the walk found for one rule (the first span of each of its groups' buckets). */
+static size_t rule_candidates(const scanner *s, Py_ssize_t ri) {
+    size_t n = 0, width = (size_t)s->rules[ri].nbounds + 1;
+    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule)
+        if (s->groups[gi].cand_off >= 0)
+            for (size_t b = 0; b < width; b++) n += s->cands[s->groups[gi].cand_off + b] >= 0;
+    return n;
+}
+
 /* One rule's groups applied: those whose key `known` holds are added to the target arrays here. Returns None when
  * that was all of them and no exemplar candidate is to be offered (no Python object made per group), else
  * (slots, misses, rows, sums, hist, cands, skipped) over the rule's groups: `misses` lists (group index, key) of
@@ -1133,12 +1142,8 @@ static PyObject *rule_output(scanner *s, Py_ssize_t ri, PyObject *target, int re
     PyObject *values_obj, *counts_obj, *sums_obj, *full_obj;
     if (!PyArg_ParseTuple(target, "O!OOOO", &SlotsType, &known, &values_obj, &counts_obj, &sums_obj, &full_obj))
         return NULL;
-    size_t n = 0, width = (size_t)rule->nbounds + 1, ncands = 0;
-    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule) {
-        n++;
-        if (s->groups[gi].cand_off >= 0)
-            for (size_t b = 0; b < width; b++) ncands += s->cands[s->groups[gi].cand_off + b] >= 0;
-    }
+    size_t n = 0, width = (size_t)rule->nbounds + 1, ncands = rule_candidates(s, ri);
+    for (int32_t gi = s->rule_first[ri]; gi >= 0; gi = s->groups[gi].next_in_rule) n++;
     int offers = rule->candidates && rule->bounds;
     Py_buffer values, counts, sums, full;
     memset(&values, 0, sizeof(values));
@@ -1436,13 +1441,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     /* Candidates where the reservoir is full matter only if this request's candidates could make it evict: more
      * of them than `room`, counted over every rule before any is reported. */
     size_t offerable = 0;
-    for (Py_ssize_t ri = 0; ri < s.nrules; ri++) {
-        const rule_spec *rule = &s.rules[ri];
-        if (!rule->candidates || !rule->bounds) continue;
-        for (int32_t gi = s.rule_first[ri]; gi >= 0; gi = s.groups[gi].next_in_rule)
-            if (s.groups[gi].cand_off >= 0)
-                for (Py_ssize_t b = 0; b <= rule->nbounds; b++) offerable += s.cands[s.groups[gi].cand_off + b] >= 0;
-    }
+    for (Py_ssize_t ri = 0; ri < s.nrules; ri++) offerable += rule_candidates(&s, ri);
     int report_skipped = room < 0 || offerable > (size_t)room;
     if (!(outs = PyList_New(s.nrules))) goto out;
     for (Py_ssize_t i = 0; i < s.nrules; i++) {

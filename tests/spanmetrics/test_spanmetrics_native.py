@@ -27,6 +27,7 @@ from bench.workload import generate
 from processor.native import load
 from processor.otlp_values import varint
 from processor.spanmetrics import derive as derive_module
+from processor.spanmetrics.native import CANDIDATE
 from processor.stages.base import StageContext
 
 NATIVE = load("spanscan")
@@ -206,7 +207,7 @@ def test_candidates_where_the_reservoir_is_full_are_reported_only_when_it_could_
     def skipped(room: int) -> list[int | None]:
         outs = NATIVE.scan(work[2], intake.attr_keys, intake.res_keys, intake.specs, intake.names,
                            intake._resolve, targets, None, room)
-        return [None if out is None or out[6] is None else len(out[6]) // 72 for out in outs]
+        return [None if out is None or out[6] is None else len(out[6]) // CANDIDATE.size for out in outs]
 
     always, roomy, tight = skipped(-1), skipped(10**6), skipped(0)
     assert any(always) and always == tight  # set apart where full, and reported
