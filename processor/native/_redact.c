@@ -577,23 +577,6 @@ static void count_outcome(Scanner *sc, const outcome *o) {
 
 /* ------------------------------------------------------------------ message parts */
 
-/* wire_next with the common case inlined: a one-byte tag of a length-delimited field with a one-byte length. */
-static inline __attribute__((always_inline)) int next_field(wire_cur *c, wire_field *f) {
-    const uint8_t *p = c->p;
-    if (c->end - p >= 2 && (p[0] & 0x87) == 2 && p[0] >= 8 && p[1] < 0x80) {
-        size_t n = p[1];
-        if (n > (size_t)(c->end - p - 2)) return -1;
-        f->start = p;
-        f->number = p[0] >> 3;
-        f->wtype = 2;
-        f->data = p + 2;
-        f->len = n;
-        c->p = p + 2 + n;
-        return 1;
-    }
-    return wire_next(c, f);
-}
-
 typedef struct {
     const uint8_t *key, *val;
     size_t keylen, vallen;
@@ -606,7 +589,7 @@ static int split_kv(const uint8_t *p, size_t n, kv_parts *kp) {
     wire_field f;
     int seen_key = 0, seen_value = 0;
     for (int i = 0; i < 2; i++) {
-        if (next_field(&c, &f) != 1 || f.wtype != 2) return 0;
+        if (wire_next(&c, &f) != 1 || f.wtype != 2) return 0;
         if (f.number == 1 && !seen_key) {
             seen_key = 1;
             kp->key = f.data;
@@ -619,7 +602,7 @@ static int split_kv(const uint8_t *p, size_t n, kv_parts *kp) {
             return 0;
         }
     }
-    return next_field(&c, &f) == 0;
+    return wire_next(&c, &f) == 0;
 }
 
 enum { V_EMPTY, V_STRING, V_BOOL, V_INT, V_DOUBLE, V_ARRAY, V_KVLIST, V_BYTES };
@@ -636,7 +619,7 @@ static int split_any(const uint8_t *p, size_t n, any_parts *av) {
     static const uint8_t wtypes[8] = {0, 2, 0, 0, 1, 2, 2, 2};
     wire_cur c = wire_span(p, n);
     wire_field f;
-    int r = next_field(&c, &f);
+    int r = wire_next(&c, &f);
     if (r == 0) {
         av->kind = V_EMPTY;
         av->data = p;
@@ -648,7 +631,7 @@ static int split_any(const uint8_t *p, size_t n, any_parts *av) {
     av->data = f.wtype == 2 ? f.data : p;
     av->len = f.wtype == 2 ? f.len : 0;
     av->value = f.wtype == 2 ? 0 : f.value;
-    return next_field(&c, &f) == 0;
+    return wire_next(&c, &f) == 0;
 }
 
 /* ------------------------------------------------------------------ callbacks, memoised */
@@ -894,7 +877,7 @@ static int nested_clean(Scanner *sc, const any_parts *av, int depth) {
     wire_cur c = wire_span(av->data, av->len);
     wire_field f;
     int r;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         if (f.number != 1 || f.wtype != 2) return 0;
         if (av->kind == V_ARRAY) {
             int v = value_clean(sc, f.data, f.len, depth + 1);
@@ -1149,7 +1132,7 @@ static int walk_attrs_only(Scanner *sc, const uint8_t *p, size_t n, long *change
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         if (f.number != number) continue;
         if (f.wtype != 2) return 0;
         int k = do_kv(sc, &f, changed);
@@ -1167,7 +1150,7 @@ static int walk_scope(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r, names = 0, versions = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         int k = 1;
         if (f.number == 1 || f.number == 2) {
             if (f.wtype != 2 || (f.number == 1 ? names++ : versions++)) return 0;
@@ -1186,7 +1169,7 @@ static int walk_link(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r, states = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         int k = 1;
         if (f.number == 3) {
             if (f.wtype != 2 || states++) return 0;
@@ -1204,7 +1187,7 @@ static int walk_event(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r, names = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         int k = 1;
         if (f.number == 2) {
             if (f.wtype != 2 || names++) return 0;
@@ -1222,7 +1205,7 @@ static int walk_status(Scanner *sc, const uint8_t *p, size_t n, long *changed) {
     wire_cur c = wire_span(p, n);
     wire_field f;
     int r, messages = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         if (f.number != 2) continue;
         if (f.wtype != 2 || messages++) return 0;
         if (f.len) {
@@ -1243,7 +1226,7 @@ static int walk_span(Scanner *sc, const uint8_t *p, size_t n, long *unused) {
     sc->ctx = p;
     sc->ctx_len = n;
     sc->in_span = 1;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         int k = 1;
         switch (f.number) {
         case 3: /* trace_state */
@@ -1309,7 +1292,7 @@ static int walk_pair(Scanner *sc, const uint8_t *p, size_t n, walker first, walk
     wire_field f;
     int r;
     long unused = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         int k = 1;
         if (f.number == 1 || f.number == 2) {
             if (f.wtype != 2) return 0;
@@ -1329,7 +1312,7 @@ static int first_field(const uint8_t *p, size_t n, const uint8_t **out, size_t *
     int r;
     *out = NULL;
     *out_len = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         if (f.number != 1) continue;
         if (f.wtype != 2 || *out) return 0;
         *out = f.data;
@@ -1361,7 +1344,7 @@ static int walk_request(Scanner *sc, const uint8_t *p, size_t n) {
     wire_field f;
     int r;
     long unused = 0;
-    while ((r = next_field(&c, &f)) == 1) {
+    while ((r = wire_next(&c, &f)) == 1) {
         if (f.number != 1) continue;
         if (f.wtype != 2) return 0;
         int k = container(sc, &f, walk_resource_spans, &unused);

@@ -11,6 +11,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The readers run once per field of every request in four walks: inlined into each loop, the field's parts stay
+ * in registers and what a caller does not read is not computed (called, wire_next was 40 % of the walks'
+ * instructions). */
+#if defined(__GNUC__)
+#define WIRE_INLINE __attribute__((always_inline))
+#else
+#define WIRE_INLINE
+#endif
+
 typedef struct {
     const uint8_t *p;
     const uint8_t *end;
@@ -31,7 +40,7 @@ static inline wire_cur wire_span(const uint8_t *p, size_t len) {
 }
 
 /* 1 on success, 0 on truncation or a varint longer than 10 bytes. */
-static inline int wire_varint(wire_cur *c, uint64_t *out) {
+static inline WIRE_INLINE int wire_varint(wire_cur *c, uint64_t *out) {
     if (c->p < c->end && *c->p < 0x80) { /* one byte: most tags and lengths in OTLP */
         *out = *c->p++;
         return 1;
@@ -64,9 +73,24 @@ static inline uint64_t wire_le64(const uint8_t *p) {
 }
 
 /* The next field: 1 = read, 0 = end of message, -1 = malformed. */
-static inline int wire_next(wire_cur *c, wire_field *f) {
-    if (c->p >= c->end) return 0;
-    f->start = c->p;
+static inline WIRE_INLINE int wire_next(wire_cur *c, wire_field *f) {
+    const uint8_t *p = c->p;
+    if (p >= c->end) return 0;
+    f->start = p;
+    f->value = 0; /* every part set on every path: a caller reading one that its wire type leaves unset reads 0 */
+    f->data = NULL;
+    f->len = 0;
+    if (c->end - p >= 2 && (p[0] & 0x87) == 2 && p[0] >= 8 && p[1] < 0x80) {
+        /* one-byte tag of a length-delimited field with a one-byte length: most fields of OTLP */
+        size_t n = p[1];
+        if (n > (size_t)(c->end - p - 2)) return -1;
+        f->number = p[0] >> 3;
+        f->wtype = 2;
+        f->data = p + 2;
+        f->len = n;
+        c->p = p + 2 + n;
+        return 1;
+    }
     uint64_t key;
     if (!wire_varint(c, &key)) return -1;
     if ((key >> 3) == 0 || (key >> 3) > 0x1FFFFFFF) return -1;
