@@ -109,12 +109,16 @@ typedef struct {
     int needs_attrs;
 } name_entry;
 
-/* Open-addressing set of byte strings (per call): string -> dense id. */
+/* Open-addressing set of byte strings (per call): string -> dense id. `recent` holds the last id looked up per
+ * (length, last byte) bucket, compared before hashing: a request repeats the same few names and label values
+ * span after span, and a compare costs a fraction of the keyed hash. */
+#define RECENT_SLOTS 64
 typedef struct {
     slice *items;
     size_t n, cap;
     int32_t *table;
     size_t table_cap;
+    int32_t recent[RECENT_SLOTS];
 } interner;
 
 /* The byte-string key that starts every entry of the tables kept across calls (Names, Slots): open addressing,
@@ -521,13 +525,18 @@ static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, siz
 
 /* Id of a byte string; *is_new tells whether it was added. -1 on a Python error. */
 static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
+    size_t bucket = (len + (len ? 7 * (size_t)p[len - 1] : 0)) & (RECENT_SLOTS - 1);
+    int32_t id = in->recent[bucket];
+    *is_new = 0;
+    if (id >= 0 && in->items[id].len == len && memcmp(in->items[id].p, p, len) == 0) return id;
     uint64_t h = siphash13(&scan_key, p, len);
     size_t mask = in->table_cap - 1, slot = (size_t)h & mask;
-    int32_t id;
-    *is_new = 0;
     while ((id = in->table[slot]) >= 0) {
         const slice *e = &in->items[id];
-        if (e->hash == h && e->len == len && memcmp(e->p, p, len) == 0) return id;
+        if (e->hash == h && e->len == len && memcmp(e->p, p, len) == 0) {
+            in->recent[bucket] = id;
+            return id;
+        }
         slot = (slot + 1) & mask;
     }
     if (in->n >= INT32_MAX / 2) {
@@ -540,6 +549,7 @@ static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
     in->items[id].len = len;
     in->items[id].hash = h;
     in->table[slot] = id;
+    in->recent[bucket] = id;
     *is_new = 1;
     if (in->n * 2 > in->table_cap && !rehash(&in->table, &in->table_cap, in->n, in->items, sizeof(slice),
                                              offsetof(slice, hash)))
@@ -552,6 +562,7 @@ static int interner_init(interner *in, size_t cap) {
     in->table = PyMem_RawMalloc(cap * sizeof(int32_t));
     if (!in->table) { PyErr_NoMemory(); return 0; }
     memset(in->table, 0xFF, cap * sizeof(int32_t));
+    memset(in->recent, 0xFF, sizeof(in->recent));
     return 1;
 }
 
