@@ -250,7 +250,7 @@ static Py_ssize_t schema_len = 0;
 static Py_ssize_t keyvalue_msg = -1; /* the schema index of KeyValue (its common shapes take a shortcut) */
 
 /* Strict UTF-8 as upb checks it: no overlongs, no surrogates, nothing above U+10FFFF. */
-static int valid_utf8(const uint8_t *p, size_t n) {
+static int valid_utf8_text(const uint8_t *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         if (i + 8 <= n) {
@@ -277,6 +277,25 @@ static int valid_utf8(const uint8_t *p, size_t n) {
         i += need + 1;
     }
     return 1;
+}
+
+/* valid_utf8_text, after a quicker look for the common all-ASCII string: whole words, the last one overlapping
+ * the one before, or the bytes of a string shorter than a word. */
+static int valid_utf8(const uint8_t *p, size_t n) {
+    if (n >= 8) {
+        uint64_t any = 0, w;
+        for (size_t i = 0; i + 8 <= n; i += 8) {
+            memcpy(&w, p + i, 8);
+            any |= w;
+        }
+        memcpy(&w, p + n - 8, 8);
+        if (!((any | w) & 0x8080808080808080ULL)) return 1;
+    } else {
+        uint8_t any = 0;
+        for (size_t i = 0; i < n; i++) any |= p[i];
+        if (any < 0x80) return 1;
+    }
+    return valid_utf8_text(p, n);
 }
 
 static size_t varint_bytes(const uint8_t *p, const uint8_t *end) {
@@ -323,10 +342,11 @@ static int valid_message(const uint8_t *p, size_t len, Py_ssize_t msg, int depth
     wire_field f;
     int r;
     while ((r = wire_next(&c, &f)) == 1) {
-        size_t tag_len = varint_bytes(f.start, c.end);
-        if (tag_len > 5) return 0;
+        /* a tag or a length varint over 5 bytes is what upb does not take; tag and length in 6 bytes are not */
+        if (f.start[0] >= 0x80 && varint_bytes(f.start, c.end) > 5) return 0;
         if (f.wtype != 2) continue;
-        if ((size_t)(f.data - f.start) - tag_len > 5) return 0; /* a length varint upb does not take */
+        size_t head = (size_t)(f.data - f.start);
+        if (head > 6 && head - varint_bytes(f.start, c.end) > 5) return 0;
         if (f.number > SCHEMA_MAX_FIELD) continue;
         switch (m->kind[f.number]) {
         case F_STRING:
