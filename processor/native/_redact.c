@@ -343,6 +343,8 @@ static slot *tab_insert(table *t, const uint8_t *p, size_t n, uint64_t h) {
 
 /* ------------------------------------------------------------------ the scanner object */
 
+#define RECENT_KEYS 64
+
 typedef struct {
     size_t start, end; /* replaced range of the input */
     size_t off, len;   /* replacement in scratch */
@@ -373,6 +375,9 @@ typedef struct {
     Py_ssize_t *rule_hits;
     Py_ssize_t detector_hits[N_KINDS];
     Py_ssize_t spans_touched;
+    /* per call: the key slot last found per (length, last byte) bucket, compared before hashing (a request repeats
+     * the same few keys span after span); emptied whenever the key table takes an entry, which may move slots */
+    slot *recent_keys[RECENT_KEYS];
     PyThreadState *released; /* during a walk: the thread state saved while the GIL is released, else NULL */
     PyThread_type_lock walk_lock; /* held by the thread walking (see redact()); NULL before __init__ */
 } Scanner;
@@ -646,8 +651,11 @@ typedef struct {
 
 /* The key's rule, memoised per key (Python only for a key seen for the first time). 1, or -1 on error. */
 static int key_action(Scanner *sc, const uint8_t *key, size_t n, key_rule *kr) {
+    size_t bucket = (n + (n ? 7 * (size_t)key[n - 1] : 0)) & (RECENT_KEYS - 1);
+    slot *s = sc->recent_keys[bucket];
+    if (s && s->keylen == n && memcmp(s->key, key, n) == 0) goto found;
     uint64_t h = siphash13(&memo_key, key, n);
-    slot *s = tab_find(&sc->keys, key, n, h);
+    s = tab_find(&sc->keys, key, n, h);
     if (!s) {
         gil_take(sc);
         PyObject *res = PyObject_CallFunction(sc->key_action, "y#", (const char *)key, (Py_ssize_t)n);
@@ -671,6 +679,7 @@ static int key_action(Scanner *sc, const uint8_t *key, size_t n, key_rule *kr) {
             Py_DECREF(res);
             return -1;
         }
+        memset(sc->recent_keys, 0, sizeof sc->recent_keys); /* the insert may clear or move the table */
         s = tab_insert(&sc->keys, key, n, h);
         if (!s) {
             outcome_free(&o);
@@ -684,6 +693,8 @@ static int key_action(Scanner *sc, const uint8_t *key, size_t n, key_rule *kr) {
         Py_DECREF(res);
         gil_drop(sc);
     }
+    sc->recent_keys[bucket] = s;
+found:
     kr->code = s->code;
     kr->rule = s->rule;
     kr->text = s->o.rep;
@@ -1438,6 +1449,7 @@ static PyObject *Scanner_redact(Scanner *sc, PyObject *arg) {
     sc->scratch_len = 0;
     sc->delta = 0;
     sc->spans_touched = 0;
+    memset(sc->recent_keys, 0, sizeof sc->recent_keys);
     memset(sc->rule_hits, 0, (size_t)n_rules * sizeof(Py_ssize_t));
     memset(sc->detector_hits, 0, sizeof sc->detector_hits);
     int r = walk_request(sc, buf, n);
