@@ -174,6 +174,24 @@ def test_every_position_and_tiny_memos() -> None:
 
 
 @needs_native
+def test_keys_alike_in_length_and_last_byte_keep_their_own_actions() -> None:
+    """The walk compares the key slot last found per (length, last byte) before hashing: keys that share such a
+    bucket (user.abc is pseudonymised, zzzz.abc only scanned; zzzz.pwd, masked, beside them), alternating, keep their own
+    actions, also when a new key's memo entry empties the memo in the middle of a request."""
+    for memo_max in (2, 1000):
+        pair = Pair({**DEFAULT_RULES, "summary_attribute": True})
+        pair.native.native = NativeTraces(pair.native.redactor, NATIVE, memo_max=memo_max)
+        request = traces_request(ORDINARY)
+        for i, span in enumerate(request.resource_spans[0].scope_spans[0].spans):
+            for j in range(6):
+                key = ("user.abc", "zzzz.abc", "user.abc", "zzzz.pwd")[(i + j) % 4]
+                span.attributes.append(kv(key, f"value-{i}-{j}"))
+        out = pair.check(request.SerializeToString())
+        assert b"zzzz.abc" in out and b"value-0-1" in out  # the scanned key's value passes
+        assert b"value-0-0" not in out  # user.abc's value is a pseudonym
+
+
+@needs_native
 def test_bytes_the_scanner_does_not_handle_go_the_python_way() -> None:
     """A span name given twice (protobuf keeps the last): the scanner gives up, the stage still redacts."""
     pair = Pair({**DEFAULT_RULES, "summary_attribute": True})

@@ -167,6 +167,27 @@ def test_same_results_on_the_recommender_workload_with_tight_limits() -> None:
 
 
 @needs_native
+def test_names_and_values_alike_in_length_and_last_byte_are_told_apart(extra_rules: Path) -> None:
+    """The scanner's interner compares the last id per (length, last byte) before hashing: names and label values
+    that share such a bucket, alternating span after span, must still count as the distinct strings they are."""
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for i in range(60):
+        span = scope.spans.add(name=("xa1", "xb1", "xa1", "xc1")[i % 4], trace_id=bytes([i + 1]) * 16,
+                               span_id=bytes([i + 1]) * 8, start_time_unix_nano=10**18,
+                               end_time_unix_nano=10**18 + 1000 * (i + 1))
+        span.attributes.add(key="reco.placement", value=AnyValue(string_value=("aa9", "bb9", "cb9")[i % 3]))
+    raw = request.SerializeToString()
+    native = run([raw], True, extra_rules, decide=False)
+    assert_same(native, run([raw], False, extra_rules, decide=False))
+    names = {dict(labels).get("name") for metric, labels, _, _ in native["exact"] if metric == "t_calls_total"}
+    assert {"xa1", "xb1", "xc1"} <= names
+    placements = {dict(labels).get("placement") for metric, labels, _, _ in native["exact"]
+                  if metric == "t_calls_total"}
+    assert {"aa9", "bb9", "cb9"} <= placements
+
+
+@needs_native
 def test_known_groups_are_added_by_the_scanner_alone() -> None:
     """Once a rule's group keys are in its Slots, scan adds those groups to the arrays itself: the request leaves
     Python nothing (no output per rule, no span table), and the totals still equal the Python path's."""
