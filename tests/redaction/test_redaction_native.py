@@ -192,6 +192,22 @@ def test_keys_alike_in_length_and_last_byte_keep_their_own_actions() -> None:
 
 
 @needs_native
+def test_texts_alike_in_length_and_last_byte_are_each_scanned() -> None:
+    """The walk remembers the text last cleared by the prefilter per (length, last byte): a clean name or value
+    and one holding an e-mail address that share such a bucket, alternating span after span, are each judged on
+    their own bytes."""
+    pair = Pair({**DEFAULT_RULES, "summary_attribute": True})
+    texts = ["plain texto", "mail a@b.io", "plain texto", "plain texto", "mail c@d.io"]
+    request = traces_request(ORDINARY)
+    for i, span in enumerate(request.resource_spans[0].scope_spans[0].spans):
+        span.name = texts[i % len(texts)]
+        span.attributes.append(kv("reco.search_query", texts[(i + 1) % len(texts)]))
+    out = pair.check(request.SerializeToString())
+    assert b"plain texto" in out
+    assert b"a@b.io" not in out and b"c@d.io" not in out
+
+
+@needs_native
 def test_bytes_the_scanner_does_not_handle_go_the_python_way() -> None:
     """A span name given twice (protobuf keeps the last): the scanner gives up, the stage still redacts."""
     pair = Pair({**DEFAULT_RULES, "summary_attribute": True})
