@@ -343,9 +343,6 @@ static slot *tab_insert(table *t, const uint8_t *p, size_t n, uint64_t h) {
 
 /* ------------------------------------------------------------------ the scanner object */
 
-#define RECENT_KEYS 64
-#define RECENT_TEXTS 64
-
 typedef struct {
     const uint8_t *p; /* into the request being walked */
     size_t n;
@@ -381,12 +378,10 @@ typedef struct {
     Py_ssize_t *rule_hits;
     Py_ssize_t detector_hits[N_KINDS];
     Py_ssize_t spans_touched;
-    /* per call: the key slot last found per (length, last byte) bucket, compared before hashing (a request repeats
-     * the same few keys span after span); emptied whenever the key table takes an entry, which may move slots */
-    slot *recent_keys[RECENT_KEYS];
-    /* per call: the text last found clean by the prefilter per (length, last byte) bucket: span names and label
-     * values recur span after span, and a compare costs a fraction of the prefilter's pass over the bytes */
-    text_ref clean_texts[RECENT_TEXTS];
+    /* per call, per `recent_bucket`: the key slot last found (emptied whenever the key table takes an entry,
+     * which may move slots), and the text the prefilter last cleared (a compare costs a fraction of its pass) */
+    slot *recent_keys[RECENT_SLOTS];
+    text_ref clean_texts[RECENT_SLOTS];
     PyThreadState *released; /* during a walk: the thread state saved while the GIL is released, else NULL */
     PyThread_type_lock walk_lock; /* held by the thread walking (see redact()); NULL before __init__ */
 } Scanner;
@@ -660,7 +655,7 @@ typedef struct {
 
 /* The key's rule, memoised per key (Python only for a key seen for the first time). 1, or -1 on error. */
 static int key_action(Scanner *sc, const uint8_t *key, size_t n, key_rule *kr) {
-    size_t bucket = (n + (n ? 7 * (size_t)key[n - 1] : 0)) & (RECENT_KEYS - 1);
+    size_t bucket = recent_bucket(key, n);
     slot *s = sc->recent_keys[bucket];
     if (s && s->keylen == n && memcmp(s->key, key, n) == 0) goto found;
     uint64_t h = siphash13(&memo_key, key, n);
@@ -827,12 +822,10 @@ static int pseudonym_digest(Scanner *sc, const uint8_t *p, size_t n, char out[64
 
 /* ------------------------------------------------------------------ texts and attributes */
 
-/* A text field (span name, status message, event name): detectors through text_outcome when the prefilter
- * lets it through. 1 ok, 0 give up, -1 error. */
 /* 1 when the prefilter cleared these very bytes earlier in this call (no detector the rules use can hit them and
  * they are UTF-8), else 0 with *bucket set for `remember_clean`. */
 static inline int known_clean(Scanner *sc, const uint8_t *p, size_t n, size_t *bucket) {
-    *bucket = (n + (n ? 7 * (size_t)p[n - 1] : 0)) & (RECENT_TEXTS - 1);
+    *bucket = recent_bucket(p, n);
     const text_ref *t = &sc->clean_texts[*bucket];
     return t->p && t->n == n && memcmp(t->p, p, n) == 0;
 }
@@ -842,6 +835,8 @@ static inline void remember_clean(Scanner *sc, const uint8_t *p, size_t n, size_
     sc->clean_texts[bucket].n = n;
 }
 
+/* A text field (span name, status message, event name): detectors through text_outcome when the prefilter
+ * lets it through. 1 ok, 0 give up, -1 error. */
 static int do_text(Scanner *sc, const wire_field *f, long *changed) {
     size_t bucket;
     if (known_clean(sc, f->data, f->len, &bucket)) return 1;

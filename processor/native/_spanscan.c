@@ -109,10 +109,8 @@ typedef struct {
     int needs_attrs;
 } name_entry;
 
-/* Open-addressing set of byte strings (per call): string -> dense id. `recent` holds the last id looked up per
- * (length, last byte) bucket, compared before hashing: a request repeats the same few names and label values
- * span after span, and a compare costs a fraction of the keyed hash. */
-#define RECENT_SLOTS 64
+/* Open-addressing set of byte strings (per call): string -> dense id; `recent` holds the last id looked up per
+ * `recent_bucket`, compared before hashing. */
 typedef struct {
     slice *items;
     size_t n, cap;
@@ -525,7 +523,7 @@ static int rehash(int32_t **table, size_t *cap, size_t n, const void *items, siz
 
 /* Id of a byte string; *is_new tells whether it was added. -1 on a Python error. */
 static int32_t intern(interner *in, const uint8_t *p, size_t len, int *is_new) {
-    size_t bucket = (len + (len ? 7 * (size_t)p[len - 1] : 0)) & (RECENT_SLOTS - 1);
+    size_t bucket = recent_bucket(p, len);
     int32_t id = in->recent[bucket];
     *is_new = 0;
     if (id >= 0 && in->items[id].len == len && memcmp(in->items[id].p, p, len) == 0) return id;

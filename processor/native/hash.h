@@ -92,4 +92,13 @@ static inline hash_key hash_key_derive(const hash_key *k, uint64_t counter) {
     return out;
 }
 
+/* A shortcut before the keyed hash, for walks that meet the same few strings span after span (names, label
+ * values, attribute keys): each call keeps the entry it last found per bucket of this (length, last byte) mix
+ * and compares it first. Only a memcmp decides a hit, so a crafted input costs at most one compare more. */
+#define RECENT_SLOTS 64
+
+static inline size_t recent_bucket(const uint8_t *p, size_t n) {
+    return (n + (n ? 7 * (size_t)p[n - 1] : 0)) & (RECENT_SLOTS - 1);
+}
+
 #endif
